@@ -1,0 +1,86 @@
+"""``evaluate_self_supervised.py``: online probe (default) or a retrained linear head, plus k-NN."""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from mvmr.cli.common import add_common_flags, configure_runtime, format_table, run_main
+from mvmr.config import PretrainConfig, load_config
+from mvmr.data import MVMRDataModule
+from mvmr.data.views import build_eval_view, build_ten_crop_view
+from mvmr.evaluation.features import extract_features
+from mvmr.evaluation.knn import knn_logits
+from mvmr.evaluation.linear import fit_linear
+from mvmr.evaluation.metrics import topk_accuracy
+from mvmr.methods.pretrain import MVMRPretrainModule
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Linear evaluation of a pretrained MV-MR encoder")
+    parser.add_argument("--config", required=True, help="the self-supervised config the model was trained with")
+    parser.add_argument("--ckpt", required=True, help="checkpoint to evaluate (runs/<name>/checkpoints/best.ckpt)")
+    parser.add_argument("--epochs", type=int, default=None, help="linear-head epochs with --retrain (default: eval.epochs)")
+    parser.add_argument("--retrain", action="store_true", help="train a new linear head on frozen features")
+    parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    add_common_flags(parser, tuning=False)
+    return parser.parse_args(argv)
+
+
+def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    configure_runtime()
+    cfg = load_config(args.config, args.set, schema=PretrainConfig)
+    pl.seed_everything(cfg.seed, verbose=False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = MVMRPretrainModule.from_checkpoint(args.ckpt).to(device).eval()
+    dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
+    dm.setup("fit")
+    info = module.info
+    size = module.cfg.dataset.size
+    center = build_eval_view(size, info.mean, info.std).to(device)
+    test_view = build_ten_crop_view(size, info.mean, info.std).to(device) if cfg.eval.ten_crop else center
+    progress = not args.no_progress
+    backbone = module.forward
+
+    extract = lambda loader, view, name: extract_features(backbone, loader, view, device, name, progress)
+    train_x, train_y = extract(dm.labelled_train_dataloader(shuffle=False, drop_last=False), center, "train features")
+    test_x, test_y = extract(dm.test_dataloader(), test_view, "test features")
+    test_center = test_x.mean(1) if test_x.ndim == 3 else test_x
+    n_classes = module.n_classes
+    crops = "ten-crop" if test_x.ndim == 3 else "center"
+    rows, results = [], {}
+
+    if args.retrain:
+        val_x, val_y = extract(dm.val_dataloader(), center, "val features")
+        if val_x.shape[0] == 0:
+            val_x, val_y = train_x, train_y
+        fit = fit_linear(train_x, train_y, val_x, val_y, n_classes, cfg.eval.lrs, cfg.eval.wds,
+                         args.epochs or cfg.eval.epochs, cfg.eval.batch_size, cfg.seed)
+        with torch.no_grad():
+            acc = topk_accuracy(fit.head(test_x), test_y)
+        rows.append([f"linear (retrained, {crops}; lr={fit.lr:g} wd={fit.wd:g} epochs={fit.epochs}, "
+                     f"val top-1 {fit.val_top1:.2f})", acc[1], acc[5]])
+        results.update(linear_top1=acc[1], linear_top5=acc[5])
+    else:
+        if module.probe is None:
+            raise SystemExit("error: this checkpoint has no online probe; pass --retrain")
+        with torch.no_grad():
+            logits = module.probe(test_x.to(device)).cpu()
+            logits = logits.mean(1) if logits.ndim == 3 else logits
+        acc = topk_accuracy(logits, test_y)
+        rows.append([f"online probe ({crops})", acc[1], acc[5]])
+        results.update(probe_top1=acc[1], probe_top5=acc[5])
+
+    knn = topk_accuracy(knn_logits(train_x, train_y, test_center, n_classes, cfg.eval.knn_k,
+                                   cfg.eval.knn_temperature), test_y)
+    rows.append([f"k-NN (k={cfg.eval.knn_k}, cosine)", knn[1], knn[5]])
+    results.update(knn_top1=knn[1])
+    print(f"{cfg.dataset.name} test split: {test_y.numel()} images, {train_y.numel()} labelled train images")
+    print(format_table(["evaluation", "top-1 %", "top-5 %"], rows))
+    return results
+
+
+main = run_main(evaluate)

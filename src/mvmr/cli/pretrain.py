@@ -1,0 +1,82 @@
+"""``main_self_supervised.py`` / ``main_clip_self_supervised.py``: MV-MR pretraining."""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import pytorch_lightning as pl
+
+from mvmr.checkpoint import load_checkpoint
+from mvmr.cli.common import (RunDir, add_common_flags, build_trainer, configure_runtime, format_table,
+                             resume_checkpoint, run_main, tune, write_run_config)
+from mvmr.config import PretrainConfig, load_config
+from mvmr.data import MVMRDataModule
+from mvmr.errors import CheckpointError
+from mvmr.methods.pretrain import MVMRPretrainModule
+
+
+def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/digits_self_supervised.yaml")
+    add_common_flags(parser)
+    return parser.parse_args(argv)
+
+
+def load_encoder_weights(module: MVMRPretrainModule, path: str) -> None:
+    """``fine_tune_from``: copy backbone + projector weights of a checkpoint of this project."""
+    state = load_checkpoint(path)["state_dict"]
+    own = module.state_dict()
+    keys = [k for k in state if k.startswith(("backbone.", "projector."))]
+    bad = [k for k in keys if k in own and own[k].shape != state[k].shape]
+    if not keys or bad:
+        detail = f"{bad[0]}: {tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}" if bad else "no encoder weights"
+        raise CheckpointError(f"fine_tune_from '{path}' does not match encoder.* of the config ({detail})")
+    module.load_state_dict({k: state[k] for k in keys}, strict=False)
+
+
+def pretrain(argv: Sequence[str] | None = None, description: str = "MV-MR self-supervised pretraining") -> RunDir:
+    args = parse_args(argv, description)
+    configure_runtime()
+    cfg = load_config(args.config, args.set, schema=PretrainConfig)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = MVMRDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
+    datamodule.setup("fit")
+    module = MVMRPretrainModule(cfg, datamodule.info)
+    if cfg.fine_tune_from:
+        load_encoder_weights(module, cfg.fine_tune_from)
+    run = RunDir.for_config(cfg, args.config, "self_supervised")
+    print(f"Run directory: {run.path}")
+    monitor = "val/top1" if module.probe is not None and cfg.dataset.val_fraction > 0 else None
+    trainer = build_trainer(cfg, run, monitor=monitor, callbacks=extra_callbacks(cfg, module, datamodule, run))
+    ckpt_path = resume_checkpoint(cfg, run, args.resume)
+    if ckpt_path is None:
+        tune(cfg, trainer, module, datamodule, args.auto_bs, args.auto_lr)
+    write_run_config(cfg, run)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    report(trainer, module, datamodule, run)
+    return run
+
+
+def extra_callbacks(cfg, module, datamodule, run) -> list:
+    """Callbacks beyond logging/checkpointing (representation cache, etc.), when available."""
+    try:
+        from mvmr.methods.callbacks import build_callbacks
+    except ImportError:
+        return []
+    return build_callbacks(cfg, module, datamodule, run)
+
+
+def report(trainer: pl.Trainer, module: MVMRPretrainModule, datamodule, run: RunDir) -> None:
+    """Online-probe accuracy of the best checkpoint on the test split, as a table."""
+    if module.probe is None or not trainer.is_global_zero:
+        print(f"Run directory: {run.path}")
+        return
+    ckpt = str(run.best) if run.best.is_file() else None
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    rows = [["online probe (test)", results[0].get("test/top1", float("nan")), results[0].get("test/top5", float("nan"))]]
+    print(format_table(["evaluation", "top-1 %", "top-5 %"], rows))
+    print(f"Checkpoints: {run.checkpoints}  (best by val/top1, last)")
+    print(f"Run directory: {run.path}")
+
+
+main = run_main(pretrain)

@@ -1,0 +1,401 @@
+"""Typed config schema, YAML loading, ``--set a.b=c`` overrides and validation.
+
+Every entry point loads its config through :func:`load_config`; nothing is ``eval``-ed. A bad key,
+type or value raises :class:`~mvmr.errors.ConfigError` with a one-line message naming the key
+and what is allowed, before any work starts.
+
+Schemas are plain dataclasses. A field's type drives validation; bounds and choices live in the
+field's ``metadata`` (``ge``, ``gt``, ``le``, ``choices``), and each field has a ``help`` string
+that ``describe_schema`` turns into the README's config reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import yaml
+
+from mvmr.errors import ConfigError
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **bounds: Any):
+    """A dataclass field with a help string and validation bounds (ge, gt, le, choices)."""
+    meta = {"help": help, **bounds}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Schema sections shared by every protocol
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DatasetConfig:
+    name: str = option("digits", "dataset name (registry): digits, mnist, fashion_mnist, cifar10, cifar100, "
+                                 "cifar20, stl10, imagenet, image_folder")
+    path: Optional[str] = option(None, "folder holding the dataset files (None: the dataset's default)")
+    size: int = option(32, "training / evaluation image size (pixels)", ge=8)
+    n_classes: Optional[int] = option(None, "number of classes (None: read from the data; checked if given)", ge=1)
+    aug_policy: str = option("custom", "augmentation policy of the x' view",
+                             choices=("custom", "cifar", "randaugment", "autoaugment"))
+    aug_strength: float = option(1.0, "scale of the colour-jitter magnitudes", ge=0.0)
+    classes_file: Optional[str] = option(None, "file with one class (wnid) per line: restricts imagenet / image_folder")
+    to_rgb: bool = option(False, "repeat grayscale images to 3 channels")
+    val_fraction: float = option(0.1, "fraction of the labelled train split held out for model selection",
+                                 ge=0.0, le=0.5)
+    load_size: Optional[int] = option(None, "decode size for file datasets (None: size*256/224)", ge=8)
+    percentage: Optional[float] = option(None, "semi-supervised: percent of labelled train images kept",
+                                         gt=0.0, le=100.0)
+    split_file: Optional[str] = option(None, "semi-supervised: file listing the labelled train images to keep")
+
+
+@dataclass
+class EncoderConfig:
+    backbone: str = option("resnet50", "torchvision ResNet", choices=("resnet18", "resnet34", "resnet50"))
+    out_dim: str = option("8192-8192-8192", "projector widths, e.g. 8192-8192-8192 (Linear-BN-ReLU, last Linear)")
+    small_kernel: bool = option(False, "3x3 stride-1 first convolution for small images (no max-pool)")
+    maxpool: Optional[bool] = option(None, "keep the stem max-pool (None: not with small_kernel, else yes)")
+    zero_init_residual: bool = option(True, "zero-init the last BN of each residual block")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = option("auto", "Lightning accelerator", choices=("auto", "cpu", "gpu"))
+    devices: Union[int, str] = option(1, "number of devices, or 'auto'")
+    num_nodes: int = option(1, "number of nodes", ge=1)
+    strategy: str = option("auto", "Lightning strategy", choices=("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"))
+    sync_batchnorm: bool = option(False, "convert BatchNorm to SyncBatchNorm under DDP")
+    max_steps: int = option(-1, "stop after this many optimiser steps (-1: epochs decide)", ge=-1)
+    limit_train_batches: Union[int, float] = option(1.0, "Lightning limit_train_batches (for quick runs)")
+    limit_val_batches: Union[int, float] = option(1.0, "Lightning limit_val_batches")
+    progress_bar: bool = option(True, "show a progress bar")
+
+
+@dataclass
+class ProbeConfig:
+    enabled: bool = option(True, "train an online linear probe on detached backbone features")
+    lr: float = option(1e-3, "probe learning rate (same optimiser type, no weight decay)", gt=0.0)
+
+
+@dataclass
+class EvalConfig:
+    epochs: int = option(100, "linear-evaluation epochs (the --epochs flag overrides)", ge=1)
+    lrs: List[float] = option(help="linear-evaluation learning rates tried, chosen on the validation split",
+                              factory=lambda: [1e-3, 3e-3, 1e-2])
+    wds: List[float] = option(help="linear-evaluation weight decays tried", factory=lambda: [0.0, 1e-5])
+    batch_size: int = option(256, "linear-evaluation batch size", ge=1)
+    ten_crop: bool = option(True, "average the probe over ten crops at test time")
+    knn_k: int = option(20, "k of the cosine k-NN classifier", ge=1)
+    knn_temperature: float = option(0.07, "temperature of the k-NN vote weights exp(sim/T)", gt=0.0)
+
+
+@dataclass
+class LossConfig:
+    mse_weight: float = option(1.0, "weight of MSE(z̄, z)")
+    std_weight: float = option(1.0, "weight of the variance hinge on z and z̄")
+    dcor_weight: float = option(1.0, "weight of 1 - dCor(z̄, z)")
+    unbiased: bool = option(False, "bias-corrected dCor² (U-statistic) instead of the V-statistic dCor")
+    gather: bool = option(True, "compute every batch-level term on the global batch under DDP")
+
+
+@dataclass
+class RepresentationConfig:
+    name: str = option(help="representation (registry): pixels, augmented_pixels, hog, scatnet, local_std, dct, "
+                            "color_histogram, gabor, teacher")
+    weight: float = option(1.0, "weight w_k of 1 - dCor(φ_k(x̄), z); negative = the authors' sign")
+    params: Dict[str, Any] = option(help="parameters of the representation", factory=dict)
+
+
+@dataclass
+class HogConfig:
+    nbins: int = option(24, "HOG orientation bins (default for a 'hog' representation)", ge=2)
+    pool: int = option(8, "HOG cell size (average pooling)", ge=1)
+
+
+@dataclass
+class ScatnetConfig:
+    J: int = option(2, "scattering scales (default for a 'scatnet' representation)", ge=1)
+    L: int = option(8, "scattering angles", ge=1)
+
+
+@dataclass
+class BaseTrainConfig:
+    """Keys every trainer script shares (names from the original project's configs)."""
+
+    batch_size: int = option(256, "batch size per device", ge=1)
+    epochs: int = option(100, "training epochs", ge=1)
+    warmup_epochs: int = option(10, "linear warm-up epochs before the cosine decay", ge=0)
+    lr: float = option(1e-4, "learning rate", gt=0.0)
+    wd: float = option(1e-6, "weight decay", ge=0.0)
+    optimizer: str = option("adam", "optimiser", choices=("adam", "adamw", "sgd", "lars"))
+    momentum: float = option(0.9, "momentum (sgd, lars)", ge=0.0, le=1.0)
+    scheduler: str = option("warmup_cosine", "learning-rate schedule", choices=("warmup_cosine", "cosine", "multistep"))
+    milestones: List[int] = option(help="multistep: epochs at which lr is multiplied by 0.1", factory=list)
+    fp16: bool = option(False, "mixed precision: bf16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), "
+                               "else fp16 on CUDA; losses stay float32")
+    channels_last: bool = option(True, "channels_last memory format for the encoder")
+    compile: bool = option(False, "torch.compile the backbone")
+    accumulate_grad_batches: int = option(1, "gradient accumulation steps", ge=1)
+    n_workers: int = option(2, "data-loader worker processes", ge=0)
+    log_every: int = option(50, "log every N steps", ge=1)
+    eval_every: int = option(1, "validate every N epochs", ge=1)
+    seed: int = option(0, "random seed")
+    deterministic: bool = option(False, "deterministic algorithms (slower)")
+    resume: bool = option(True, "continue from <run>/checkpoints/last.ckpt when it exists")
+    run_dir: str = option("runs", "folder that holds run directories")
+    name: Optional[str] = option(None, "run name (None: config file name + comment)")
+    comment: str = option("", "free text appended to the run name")
+    dataset: DatasetConfig = option(factory=DatasetConfig, help="dataset section")
+    trainer: TrainerConfig = option(factory=TrainerConfig, help="hardware / Lightning section")
+    batch_size_suggested: Optional[int] = option(None, "written by --auto_bs")
+    lr_suggested: Optional[float] = option(None, "written by --auto_lr")
+
+
+@dataclass
+class PretrainConfig(BaseTrainConfig):
+    """MV-MR pretraining (main_self_supervised.py, main_clip_self_supervised.py)."""
+
+    std_margin: float = option(1.0, "γ of the variance hinge relu(γ - std_j)", ge=0.0)
+    normalize_z: bool = option(False, "L2-normalise z and z̄ before the loss (as the authors' option)")
+    fine_tune_from: Optional[str] = option(None, "checkpoint whose weights initialise the encoder")
+    encoder: EncoderConfig = option(factory=EncoderConfig, help="encoder / projector section")
+    loss: LossConfig = option(factory=LossConfig, help="loss-term weights")
+    representations: List[RepresentationConfig] = option(help="the φ_k terms", factory=list)
+    hog: HogConfig = option(factory=HogConfig, help="defaults for 'hog' representations (seed key)")
+    scatnet: ScatnetConfig = option(factory=ScatnetConfig, help="defaults for 'scatnet' representations (seed key)")
+    probe: ProbeConfig = option(factory=ProbeConfig, help="online linear probe")
+    eval: EvalConfig = option(factory=EvalConfig, help="linear / k-NN evaluation")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        name = " or ".join(_type_name(a) for a in args)
+        return name + (" or null" if len(args) < len(typing.get_args(tp)) else "")
+    if origin in (list, List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (dict, Dict):
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp``; return it converted (e.g. '1e-4' -> 1e-4, dict -> dataclass)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of keys, got {value!r}")
+        return build_dataclass(tp, value, prefix=f"{key}.")
+    if origin in (list, List):
+        (item_tp,) = typing.get_args(tp)
+        if value is None:
+            value = []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads '1e-4' as a string (YAML 1.1); parse it, never eval it
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. out_dim: 2048 (a one-layer projector)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise TypeError(f"unsupported schema type {tp} for {key}")
+
+
+def _check_bounds(value: Any, meta: dict, key: str) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, choices))}")
+    for name, test, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                             ("le", lambda v, b: v <= b, "<=")):
+        if name in meta and isinstance(value, (int, float)) and not test(value, meta[name]):
+            raise ConfigError(f"{key} must be {word} {meta[name]}, got {value!r}")
+
+
+def build_dataclass(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and checking every value."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; allowed under '{prefix.rstrip('.') or 'top level'}': "
+            f"{', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name in data:
+            value = _coerce(data[name], hints[name], key)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+        else:
+            raise ConfigError(f"missing required config key '{key}'")
+        _check_bounds(value, f.metadata, key)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'encoder.out_dim=512-512'`` -> (['encoder', 'out_dim'], '512-512'); the value is YAML-typed."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value (e.g. --set dataset.size=32), got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``--set a.b=c`` overrides to a raw mapping; list items are addressed by index (``representations.0.weight``)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[_list_index(node, part, parts[: i + 1])]
+                continue
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, parts)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"--set {'.'.join(parts)}: '{'.'.join(parts[:-1])}' is not a section")
+    return data
+
+
+def _list_index(node: list, part: str, parts: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {'.'.join(parts)}: '{part}' is not an index of a list of {len(node)} items")
+    return int(part)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, schema: type = PretrainConfig) -> Any:
+    """Read YAML ``path`` (or start from defaults when None), apply overrides, validate against ``schema``."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' not found; pass an existing YAML file, e.g. configs/digits_self_supervised.yaml")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"config file '{path}' is not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}' must be a mapping of keys")
+    data = apply_overrides(data, list(overrides or []))
+    cfg = build_dataclass(schema, data)
+    check_consistency(cfg)
+    return cfg
+
+
+def check_consistency(cfg: Any) -> None:
+    """Cross-field checks that a per-field type cannot express."""
+    if getattr(cfg, "warmup_epochs", 0) > getattr(cfg, "epochs", 1):
+        raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be <= epochs ({cfg.epochs})")
+    encoder = getattr(cfg, "encoder", None)
+    if encoder is not None:
+        from mvmr.models.projector import parse_widths
+
+        parse_widths(encoder.out_dim, key="encoder.out_dim")
+    for i, rep in enumerate(getattr(cfg, "representations", []) or []):
+        if not rep.name:
+            raise ConfigError(f"representations[{i}].name is required")
+    devices = getattr(getattr(cfg, "trainer", None), "devices", 1)
+    if isinstance(devices, str) and devices != "auto":
+        raise ConfigError(f"trainer.devices must be a positive integer or 'auto', got {devices!r}")
+    if isinstance(devices, int) and devices < 1:
+        raise ConfigError(f"trainer.devices must be >= 1, got {devices}")
+
+
+def to_dict(cfg: Any) -> dict:
+    """The resolved config as a plain mapping (written to <run>/config.yaml)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe_schema(cls: type = PretrainConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Rows (key, type, default, help) for the README's config reference."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe_schema(tp, key + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        if "choices" in f.metadata:
+            help_text += f" ({' / '.join(map(str, f.metadata['choices']))})"
+        rows.append((key, _type_name(tp), repr(default), help_text))
+    return rows

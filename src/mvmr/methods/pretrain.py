@@ -1,0 +1,209 @@
+"""MV-MR pretraining as a LightningModule (self-supervised, and distillation with a ``teacher`` term).
+
+One training step (B images, uint8, on the device)::
+
+    x̄ = eval_view(x)            x' = train_view(x)   (random per sample)
+    z̄ = g(f(x̄))                 z = g(f(x'))
+    φ_k = representation_k(x̄)   (no gradients; from the cache when there is one)
+    loss, terms = objective(z̄, z, φ)   + cross-entropy of the online probe on f(x̄).detach()
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvmr.config import PretrainConfig, build_dataclass, to_dict
+from mvmr.data.views import build_eval_view, build_train_view
+from mvmr.errors import MVMRError
+from mvmr.losses import MVMRObjective
+from mvmr.methods.optim import build_optimizer, param_groups
+from mvmr.models import build_backbone, build_projector
+from mvmr.representations import build_representation
+
+SEED_SECTIONS = {"hog": ("nbins", "pool"), "scatnet": ("J", "L")}
+
+
+class NonFiniteLossError(MVMRError):
+    """The loss became NaN or inf; the message names the term and the step."""
+
+
+def representation_keys(names: list[str]) -> list[str]:
+    """Unique module keys: the name itself, or ``name_i`` when a name is used twice."""
+    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Number of rows of ``logits`` (N, K) whose top-k classes contain ``labels`` (N,)."""
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum()
+
+
+class MVMRPretrainModule(pl.LightningModule):
+    """Backbone f, projector g, the representations φ_k, the MV-MR objective and an online probe."""
+
+    def __init__(self, cfg: PretrainConfig, info: Any):
+        super().__init__()
+        self.cfg = cfg
+        self.info = info
+        self.save_hyperparameters({"config": to_dict(cfg), "info": dataclasses.asdict(info)})
+        self.lr = cfg.lr  # Lightning's LR finder writes here
+        channels = info.channels
+        self.backbone, self.feature_dim = build_backbone(
+            cfg.encoder.backbone, in_channels=channels, small_kernel=cfg.encoder.small_kernel,
+            maxpool=cfg.encoder.maxpool, zero_init_residual=cfg.encoder.zero_init_residual)
+        self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim)
+        size = cfg.dataset.size
+        self.train_view = build_train_view(cfg.dataset.aug_policy, size, info.mean, info.std, channels,
+                                           strength=cfg.dataset.aug_strength)
+        self.eval_view = build_eval_view(size, info.mean, info.std)
+        self.register_buffer("_mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
+
+        names = [r.name for r in cfg.representations]
+        keys = representation_keys(names)
+        self.representations = nn.ModuleDict()
+        self.representation_weights: Dict[str, float] = {}
+        for i, (key, rep) in enumerate(zip(keys, cfg.representations)):
+            params = dict(rep.params)
+            for seed_key in SEED_SECTIONS.get(rep.name, ()):  # seed configs keep hog/scatnet params top-level
+                params.setdefault(seed_key, getattr(getattr(cfg, rep.name), seed_key))
+            self.representations[key] = build_representation(
+                rep.name, params, in_channels=channels, image_size=size, augment=self._augment_normalised)
+            self.representation_weights[key] = rep.weight
+        self.objective = MVMRObjective(
+            mse_weight=cfg.loss.mse_weight, std_weight=cfg.loss.std_weight, dcor_weight=cfg.loss.dcor_weight,
+            std_margin=cfg.std_margin, unbiased=cfg.loss.unbiased, normalize_z=cfg.normalize_z,
+            gather=cfg.loss.gather)
+        self.n_classes = cfg.dataset.n_classes or info.n_classes
+        self.probe = nn.Linear(self.feature_dim, self.n_classes) if cfg.probe.enabled else None
+        self.representation_cache = None  # set by the cache callback: key -> (N, d_k) tensor-like, by index
+        self._val_counts: Dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _augment_normalised(self, x_bar: torch.Tensor) -> torch.Tensor:
+        """The training augmentation applied to an already normalised view (for ``augmented_pixels``)."""
+        return self.train_view((x_bar * self._std + self._mean).clamp(0, 1))
+
+    def _to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of a normalised batch: (B, C, H, W) -> (B, feature_dim)."""
+        return self.backbone(self._to_memory_format(x))
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, z) = (f(x), g(f(x))) for a normalised batch."""
+        h = self.forward(x)
+        return h, self.projector(h)
+
+    def compute_representations(self, x_bar: torch.Tensor, index: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """φ_k(x̄) for every k: (B, d_k) each, read from the cache when the cache holds k."""
+        out = {}
+        for key, rep in self.representations.items():
+            cache = self.representation_cache
+            if cache is not None and key in cache:
+                out[key] = cache[key](index).to(x_bar.device, non_blocking=True)
+            else:
+                out[key] = rep(x_bar)
+        return out
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels, index = batch
+        with torch.no_grad():
+            x_bar = self.eval_view(images)
+            x_aug = self.train_view(images)
+        h_bar, z_bar = self.embed(x_bar)
+        _, z = self.embed(x_aug)
+        reps = self.compute_representations(x_bar, index)
+        loss, terms = self.objective(z_bar, z, reps, self.representation_weights)
+        self._check_finite(loss, terms)
+        log = {f"train/{k}": v for k, v in terms.items()}
+        if self.probe is not None:
+            probe_loss, probe_log = self._probe_step(h_bar.detach(), labels)
+            loss = loss + probe_loss
+            log.update(probe_log)
+        self.log_dict(log, on_step=True, on_epoch=True, prog_bar=False, batch_size=images.shape[0])
+        self.log("loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return loss
+
+    def _probe_step(self, h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        labelled = labels >= 0
+        if not labelled.any():
+            return h.new_zeros(()), {}
+        logits = self.probe(h[labelled].float())
+        y = labels[labelled]
+        loss = F.cross_entropy(logits, y)
+        acc = topk_correct(logits, y, 1).float() / y.numel()
+        return loss, {"train/probe_loss": loss.detach(), "train/probe_top1": acc}
+
+    def _check_finite(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> None:
+        if torch.isfinite(loss):
+            return
+        bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v)] or ["loss"]
+        raise NonFiniteLossError(
+            f"loss term '{bad[0]}' became {terms.get(bad[0], loss).item()} at step {self.global_step} "
+            f"(epoch {self.current_epoch}); lower lr or check the data; the last good checkpoint is kept")
+
+    # ------------------------------------------------------------------ evaluation of the probe
+    def _eval_step(self, batch, stage: str) -> None:
+        if self.probe is None:
+            return
+        images, labels, _ = batch
+        logits = self.probe(self.forward(self.eval_view(images)).float())
+        counts = self._val_counts.setdefault(stage, torch.zeros(3, device=self.device))
+        counts += torch.stack([topk_correct(logits, labels, 1), topk_correct(logits, labels, 5),
+                               torch.tensor(labels.numel(), device=self.device)]).to(counts)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        counts = self._val_counts.pop(stage, None)
+        if counts is None:
+            return
+        counts = self.all_gather(counts).reshape(-1, 3).sum(0) if self.trainer.world_size > 1 else counts
+        total = counts[2].clamp_min(1)
+        self.log(f"{stage}/top1", 100 * counts[0] / total, prog_bar=True, sync_dist=False)
+        self.log(f"{stage}/top5", 100 * counts[1] / total, sync_dist=False)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        model = nn.ModuleDict({"backbone": self.backbone, "projector": self.projector})
+        extra = []
+        if self.probe is not None:
+            extra.append({"params": list(self.probe.parameters()), "lr": self.cfg.probe.lr,
+                          "weight_decay": 0.0, "lars_exclude": True})
+        groups = param_groups(model, self.cfg.wd, extra)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or self.cfg.epochs))
+        return build_optimizer(self.cfg, groups, self.lr, total, steps_per_epoch)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> "MVMRPretrainModule":
+        """Rebuild the module from a checkpoint of this project (config and dataset info are inside)."""
+        from mvmr.checkpoint import load_checkpoint
+        from mvmr.data import DatasetInfo
+
+        ckpt = load_checkpoint(path, map_location)
+        hp = ckpt.get("hyper_parameters", {})
+        cfg = build_dataclass(PretrainConfig, hp["config"])
+        info = DatasetInfo(**hp["info"])
+        module = cls(cfg, info)
+        module.load_state_dict(ckpt["state_dict"], strict=False)
+        return module

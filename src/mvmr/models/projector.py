@@ -1,0 +1,34 @@
+"""The projector g: an MLP described by a string such as ``"8192-8192-8192"``."""
+from __future__ import annotations
+
+from torch import nn
+
+from mvmr.errors import ConfigError
+
+
+def parse_widths(spec: str, key: str = "encoder.out_dim") -> list[int]:
+    """``"2048-2048"`` -> [2048, 2048]; a one-line ConfigError for anything else."""
+    parts = str(spec).split("-")
+    try:
+        widths = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{key} must be positive integers joined by '-', e.g. 8192-8192-8192, got {spec!r}") from None
+    if not widths or any(w < 1 for w in widths):
+        raise ConfigError(f"{key} must be positive integers joined by '-', e.g. 8192-8192-8192, got {spec!r}")
+    return widths
+
+
+def build_projector(in_dim: int, spec: str) -> nn.Sequential:
+    """Linear-BN-ReLU blocks for every width but the last, which is a plain Linear.
+
+    (B, in_dim) -> (B, widths[-1]). Example: in_dim=512, spec="2048-2048" gives
+    Linear(512, 2048) BN ReLU Linear(2048, 2048).
+    """
+    widths = parse_widths(spec)
+    layers: list[nn.Module] = []
+    prev = in_dim
+    for width in widths[:-1]:
+        layers += [nn.Linear(prev, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+        prev = width
+    layers.append(nn.Linear(prev, widths[-1]))
+    return nn.Sequential(*layers)

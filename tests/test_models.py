@@ -1,0 +1,55 @@
+"""Encoder stems, projector shapes, optimiser schedules."""
+import math
+
+import pytest
+import torch
+
+from mvmr.errors import ConfigError
+from mvmr.methods.optim import LARS, SCHEDULES
+from mvmr.models import build_backbone, build_projector, parse_widths
+
+
+@pytest.mark.parametrize("name, dim", [("resnet18", 512), ("resnet50", 2048)])
+def test_backbone_feature_dim(name, dim):
+    net, d = build_backbone(name, in_channels=1, small_kernel=True)
+    assert d == dim
+    assert net(torch.randn(2, 1, 16, 16)).shape == (2, dim)
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, torch.nn.Identity)
+
+
+def test_standard_stem_keeps_maxpool():
+    net, _ = build_backbone("resnet18")
+    assert net.conv1.kernel_size == (7, 7) and isinstance(net.maxpool, torch.nn.MaxPool2d)
+
+
+def test_projector_layout():
+    proj = build_projector(512, "64-64-32")
+    kinds = [type(m).__name__ for m in proj]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert proj(torch.randn(4, 512)).shape == (4, 32)
+    assert parse_widths("8192-8192-8192") == [8192] * 3
+    with pytest.raises(ConfigError):
+        parse_widths("0-3")
+
+
+def test_warmup_cosine_schedule_values():
+    f = SCHEDULES.get("warmup_cosine")(total_steps=110, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    mid = 10 + 50
+    assert f(mid) == pytest.approx(1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(1e-3)
+
+
+def test_multistep_schedule():
+    f = SCHEDULES.get("multistep")(total_steps=100, warmup_steps=0, milestones=[10, 20])
+    assert (f(9), f(10), f(25)) == (1.0, pytest.approx(0.1), pytest.approx(0.01))
+
+
+def test_lars_trust_ratio_step():
+    p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    p.grad = torch.tensor([0.6, 0.8])
+    opt = LARS([p], lr=1.0, momentum=0.0, weight_decay=0.0, eta=0.1)
+    opt.step()
+    # ratio = 0.1 * ||w|| / ||g|| = 0.1 * 5 / 1 = 0.5
+    assert torch.allclose(p.detach(), torch.tensor([3.0 - 0.3, 4.0 - 0.4]))
