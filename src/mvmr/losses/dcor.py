@@ -110,8 +110,10 @@ def pairwise_distances(x: torch.Tensor, chunk_size: Optional[int] = None,
                        dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Euclidean distance matrix: x (B, ...) -> (B, B), zero diagonal, float32 or float64.
 
-    Coinciding rows (the diagonal, exact duplicates) get distance 0 and a zero gradient; other
+    Coinciding rows (the diagonal, exact duplicates) get distance 0 and a zero (sub)gradient; other
     distances are not clamped, so their gradient is the exact unit vector (x_i − x_j)/‖x_i − x_j‖.
+    Distances come from the Gram formula on batch-centred columns, accurate to about
+    sqrt(eps)·‖x_i − x̄‖ (float32: ~3e-4 relative) for nearly coinciding rows.
     ``chunk_size``: columns per Gram chunk (default: :func:`auto_chunk_size`).
     """
     x = as_batch_matrix(x)
@@ -139,6 +141,37 @@ def u_centre(a: torch.Tensor) -> torch.Tensor:
     return centred * (1 - torch.eye(n, dtype=a.dtype, device=a.device))
 
 
+def check_unbiased_batch(batch: int) -> None:
+    """The U-centred estimator divides by (B−2)(B−3)·…: it needs B >= 4."""
+    if batch < 4:
+        raise ConfigError(f"the bias-corrected dCor needs at least 4 samples per batch, got {batch}; "
+                          "use a larger batch or set loss.unbiased=false")
+
+
+def centred_distances(x: torch.Tensor, unbiased: bool = False, chunk_size: Optional[int] = None,
+                      dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """x (B, ...) -> the (B, B) double-centred (or U-centred when ``unbiased``) distance matrix.
+
+    Compute it once per tensor and pair it with several others via :func:`correlation_from_centred`.
+    """
+    if unbiased:
+        check_unbiased_batch(x.shape[0])
+    with autocast_disabled(x.device):
+        distances = pairwise_distances(x, chunk_size, dtype)
+        return u_centre(distances) if unbiased else double_centre(distances)
+
+
+def correlation_from_centred(a: torch.Tensor, b: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """dCor (V-statistic) or u_dCor² (``unbiased``) from two centred (B, B) matrices -> scalar."""
+    if a.shape != b.shape:
+        raise ValueError(f"distance correlation needs paired samples, got batch sizes {a.shape[0]} and {b.shape[0]}")
+    with autocast_disabled(a.device):
+        # Normalisations (1/B² or 1/(B(B−3))) cancel in the ratio.
+        cov_ab, var_a, var_b = (a * b).sum(), (a * a).sum(), (b * b).sum()
+        dcor_sqr = safe_divide(cov_ab, safe_sqrt(var_a) * safe_sqrt(var_b))
+        return dcor_sqr if unbiased else safe_sqrt(dcor_sqr)
+
+
 def distance_correlation(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False,
                          chunk_size: Optional[int] = None) -> torch.Tensor:
     """Sample distance correlation between x (B, p) and y (B, q) -> scalar tensor.
@@ -153,16 +186,7 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor, unbiased: bool = Fals
     x, y = as_batch_matrix(x), as_batch_matrix(y)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"distance correlation needs paired samples, got batch sizes {x.shape[0]} and {y.shape[0]}")
-    batch = x.shape[0]
-    if unbiased and batch < 4:
-        raise ConfigError(f"the bias-corrected dCor needs at least 4 samples per batch, got {batch}; "
-                          "use a larger batch or set loss.unbiased=false")
     dtype = compute_dtype(x, y)
-    centre = u_centre if unbiased else double_centre
-    with autocast_disabled(x.device):
-        a = centre(pairwise_distances(x, chunk_size, dtype))
-        b = centre(pairwise_distances(y, chunk_size, dtype))
-        # Normalisations (1/B² or 1/(B(B−3))) cancel in the ratio.
-        cov_xy, var_x, var_y = (a * b).sum(), (a * a).sum(), (b * b).sum()
-        dcor_sqr = safe_divide(cov_xy, safe_sqrt(var_x) * safe_sqrt(var_y))
-        return dcor_sqr if unbiased else safe_sqrt(dcor_sqr)
+    a = centred_distances(x, unbiased, chunk_size, dtype)
+    b = centred_distances(y, unbiased, chunk_size, dtype)
+    return correlation_from_centred(a, b, unbiased)

@@ -1,0 +1,114 @@
+"""The MV-MR objective: invariance + variance hinge + distance correlations (METHOD.md, "The loss")."""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvmr.errors import ConfigError
+from mvmr.losses.dcor import autocast_disabled, centred_distances, compute_dtype, correlation_from_centred
+from mvmr.losses.distributed import gather_with_grad
+
+STD_EPS = 1e-4
+
+
+def std_hinge(z: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean_j relu(margin − sqrt(var_j(z) + 1e-4)) for z (B, D); var_j is the unbiased batch variance."""
+    std = torch.sqrt(z.var(dim=0, unbiased=True) + STD_EPS)
+    return F.relu(margin - std).mean()
+
+
+class MVMRObjective(nn.Module):
+    """MV-MR loss for embeddings z̄ = g(f(x̄)), z = g(f(x')) and representations φ_k(x̄)::
+
+        L = mse_weight · MSE(z̄, z)
+          + std_weight · [mean_j relu(γ − std_j(z)) + mean_j relu(γ − std_j(z̄))]
+          + dcor_weight · (1 − dCor(z̄, z))
+          + Σ_k w_k · (1 − dCor(φ_k, z))
+
+    std_j = sqrt(var_j + 1e-4) with the unbiased variance over the batch; γ = ``std_margin``.
+    ``unbiased=True`` uses the bias-corrected estimator of dCor² in every dCor term, i.e. each term
+    is 1 − u_dCor² (not square-rooted; u_dCor² can be slightly negative, so a term can exceed 1).
+    ``normalize_z=True`` L2-normalises z and z̄ along dim 1 first (the authors' option).
+    ``gather=True`` computes every term on the global batch under DDP (z̄, z and every φ_k are
+    gathered from all ranks with :func:`gather_with_grad`); ``gather=False`` uses the local batch.
+
+    A negative w_k reproduces the authors' public code, which adds +dCor(φ_k, z) for the hand-crafted
+    representations (minimising the dependence): w_k(1 − dCor) differs from |w_k|·dCor by a constant.
+
+    Representations are constants (detached). All terms are computed in float32 (float64 inputs
+    stay float64) with autocast disabled.
+    """
+
+    def __init__(self, mse_weight: float = 1.0, std_weight: float = 1.0, dcor_weight: float = 1.0,
+                 std_margin: float = 1.0, unbiased: bool = False, normalize_z: bool = False,
+                 gather: bool = True):
+        super().__init__()
+        self.mse_weight = mse_weight
+        self.std_weight = std_weight
+        self.dcor_weight = dcor_weight
+        self.std_margin = std_margin
+        self.unbiased = unbiased
+        self.normalize_z = normalize_z
+        self.gather = gather
+
+    def extra_repr(self) -> str:
+        return (f"mse_weight={self.mse_weight}, std_weight={self.std_weight}, dcor_weight={self.dcor_weight}, "
+                f"std_margin={self.std_margin}, unbiased={self.unbiased}, normalize_z={self.normalize_z}, "
+                f"gather={self.gather}")
+
+    def forward(self, z_bar: torch.Tensor, z: torch.Tensor, representations: Mapping[str, torch.Tensor],
+                representation_weights: Mapping[str, float]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """z_bar, z: (B, D); representations: name -> (B, d_k); weights: name -> w_k.
+
+        Returns (loss, terms): the weighted scalar loss and the detached UNWEIGHTED terms "mse",
+        "std", "dcor_zz" (= 1 − dCor(z̄, z)), "dcor/<name>" (= 1 − dCor(φ_k, z)) and "loss".
+        """
+        self._check_inputs(z_bar, z, representations, representation_weights)
+        dtype = compute_dtype(z_bar, z)
+        with autocast_disabled(z.device):
+            z_bar, z = z_bar.to(dtype), z.to(dtype)
+            if self.normalize_z:
+                z_bar, z = F.normalize(z_bar, dim=1), F.normalize(z, dim=1)
+            reps = {name: rep.detach() for name, rep in representations.items()}
+            if self.gather:
+                z_bar, z = gather_with_grad(z_bar), gather_with_grad(z)
+                reps = {name: gather_with_grad(rep) for name, rep in reps.items()}
+            if z.shape[0] < 2:
+                raise ConfigError(f"the MV-MR loss needs at least 2 samples per batch, got {z.shape[0]}; "
+                                  "use a larger batch or drop the last incomplete batch")
+
+            centred_z = centred_distances(z, self.unbiased)  # shared by every dCor(·, z) term
+            terms = {
+                "mse": F.mse_loss(z_bar, z),
+                "std": std_hinge(z, self.std_margin) + std_hinge(z_bar, self.std_margin),
+                "dcor_zz": 1 - self._dcor(centred_distances(z_bar, self.unbiased), centred_z),
+            }
+            loss = (self.mse_weight * terms["mse"] + self.std_weight * terms["std"]
+                    + self.dcor_weight * terms["dcor_zz"])
+            for name, rep in reps.items():
+                term = 1 - self._dcor(centred_distances(rep, self.unbiased, dtype=dtype), centred_z)
+                terms[f"dcor/{name}"] = term
+                loss = loss + float(representation_weights[name]) * term
+        terms["loss"] = loss
+        return loss, {key: value.detach() for key, value in terms.items()}
+
+    def _dcor(self, centred_a: torch.Tensor, centred_b: torch.Tensor) -> torch.Tensor:
+        return correlation_from_centred(centred_a, centred_b, self.unbiased)
+
+    @staticmethod
+    def _check_inputs(z_bar: torch.Tensor, z: torch.Tensor, representations: Mapping[str, torch.Tensor],
+                      representation_weights: Mapping[str, float]) -> None:
+        if z.dim() != 2 or z_bar.shape != z.shape:
+            raise ValueError(f"z_bar and z must both be (B, D) embeddings, got {tuple(z_bar.shape)} and {tuple(z.shape)}")
+        for name, rep in representations.items():
+            if rep.dim() < 1 or rep.shape[0] != z.shape[0]:
+                raise ValueError(f"representation '{name}' must have the batch size {z.shape[0]} of z "
+                                 f"as its first dim, got shape {tuple(rep.shape)}")
+        missing = sorted(set(representations) - set(representation_weights))
+        unused = sorted(set(representation_weights) - set(representations))
+        if missing or unused:
+            raise ValueError(f"representation weights must match the representations: "
+                             f"no weight for {missing}, no representation for {unused}")
