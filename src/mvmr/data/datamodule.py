@@ -1,0 +1,167 @@
+"""The one DataModule behind every entry point: splits, semi-supervised subsets and loaders.
+
+Every loader yields ``(images uint8 (B, C, H, W), labels long (B,), indices long (B,))``; an index is
+the sample's position in that loader's dataset, stable across epochs (a key for per-sample caches).
+Labels are -1 for unlabelled samples.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mvmr.data.datasets import DatasetInfo, ImageDataset, balanced_subset, build_dataset, stratified_split
+from mvmr.errors import ConfigError, DataError
+
+
+class IndexedSubset(Dataset):
+    """Chosen positions of one or more datasets, concatenated; item i is (image, label, i)."""
+
+    def __init__(self, parts: Sequence[tuple[ImageDataset, np.ndarray]]):
+        self.parts = [(dataset, np.asarray(positions, dtype=np.int64)) for dataset, positions in parts]
+        self._ends = np.cumsum([len(positions) for _, positions in self.parts], dtype=np.int64)
+        targets = [dataset.targets[positions] for dataset, positions in self.parts]
+        self.targets = np.concatenate(targets) if targets else np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        part = int(np.searchsorted(self._ends, index, side="right"))
+        dataset, positions = self.parts[part]
+        start = int(self._ends[part - 1]) if part else 0
+        image, label = dataset[int(positions[index - start])]
+        return image, label, index
+
+
+def read_split_file(path: str) -> list[str]:
+    """Listed names, one per line (blank lines and '#' comments skipped)."""
+    try:
+        lines = Path(path).expanduser().read_text().splitlines()
+    except OSError as err:
+        raise DataError(f"dataset.split_file: cannot read '{path}' ({err.strerror})") from None
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def positions_listed(path: str, dataset: ImageDataset) -> np.ndarray:
+    """Sorted positions of the samples a split file lists: each line is a sample's name (an array dataset's
+    "<index>") or the ending of its path (a file name, or a path relative to the split's folder)."""
+    names = dataset.names
+    by_basename: dict[str, list[int]] = defaultdict(list)
+    for position, name in enumerate(names):
+        by_basename[name.rsplit("/", 1)[-1]].append(position)
+    listed = read_split_file(path)
+    if not listed:
+        raise DataError(f"dataset.split_file '{path}' lists no image; write one file name per line")
+    positions = []
+    for number, line in enumerate(listed, 1):
+        entry = line.replace("\\", "/")
+        matches = [p for p in by_basename.get(entry.rsplit("/", 1)[-1], [])
+                   if names[p] == entry or names[p].endswith("/" + entry.lstrip("/"))]
+        if len(matches) != 1:
+            problem = "matches no train image" if not matches else f"matches {len(matches)} train images"
+            fix = "list file names, relative paths or, for array datasets, sample indices" if not matches \
+                else "use a longer relative path"
+            raise DataError(f"dataset.split_file '{path}' line {number}: {line!r} {problem}; {fix}")
+        positions.append(matches[0])
+    return np.unique(np.asarray(positions, dtype=np.int64))
+
+
+class MVMRDataModule(pl.LightningDataModule):
+    """Train/val/test splits of ``cfg_dataset`` and their loaders.
+
+    - val: ``val_fraction`` of the labelled train split (stratified, ``seed``); never the test split.
+    - labelled train: the rest, reduced by ``percentage`` (class-balanced) or to ``split_file``'s list
+      (then val is drawn from the unlisted images).
+    - pretraining set: labelled train (the reduced one when percentage / split_file is set) + unlabelled
+      train samples (a flat image folder) + the dataset's extra unlabelled part (stl10), labels -1 where unknown.
+    """
+
+    def __init__(self, cfg_dataset: Any, batch_size: int, n_workers: int, seed: int = 0,
+                 eval_batch_size: int | None = None):
+        super().__init__()
+        self.cfg = cfg_dataset
+        self.batch_size = batch_size  # Lightning's batch-size finder changes this attribute
+        self.eval_batch_size = eval_batch_size
+        self.n_workers = n_workers
+        self.seed = seed
+        self._info: DatasetInfo | None = None
+
+    # ------------------------------------------------------------------ splits
+    def setup(self, stage: str | None = None) -> None:
+        """Build every split once (later calls do nothing)."""
+        if self._info is not None:
+            return
+        train = build_dataset(self.cfg, "train")
+        test = build_dataset(self.cfg, "test")
+        extra = build_dataset(self.cfg, "extra_unlabeled")
+        val_positions, labelled_positions = self._labelled_split(train)
+        unlabelled_positions = np.flatnonzero(train.targets < 0)
+        self.val_dataset = IndexedSubset([(train, val_positions)])
+        self.labelled_train_dataset = IndexedSubset([(train, labelled_positions)])
+        pretrain = [(train, np.union1d(labelled_positions, unlabelled_positions))]
+        if extra is not None:
+            pretrain.append((extra, np.arange(len(extra))))
+        self.pretrain_dataset = IndexedSubset(pretrain)
+        self.test_dataset = IndexedSubset([(test, np.arange(len(test)))] if test is not None else [])
+        self._info = train.info
+
+    def _labelled_split(self, train: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+        """(val positions, labelled-train positions) within the train split."""
+        cfg = self.cfg
+        if cfg.split_file and cfg.percentage is not None:
+            raise ConfigError("dataset.percentage and dataset.split_file are both set; keep one of them")
+        labelled = np.flatnonzero(train.targets >= 0)
+        listed = positions_listed(cfg.split_file, train) if cfg.split_file else None
+        if listed is not None and (train.targets[listed] < 0).any():
+            raise DataError(f"dataset.split_file '{cfg.split_file}' lists unlabelled images; "
+                            f"list images of the labelled train split")
+        pool = labelled if listed is None else np.setdiff1d(labelled, listed)
+        held, _ = stratified_split(train.targets[pool], cfg.val_fraction, self.seed)
+        val = pool[held]
+        if listed is not None:
+            return val, listed
+        rest = np.setdiff1d(labelled, val)
+        if cfg.percentage is not None:
+            rest = rest[balanced_subset(train.targets[rest], cfg.percentage, self.seed)]
+        return val, rest
+
+    @property
+    def info(self) -> DatasetInfo:
+        self.setup()
+        return self._info
+
+    @property
+    def num_pretrain_samples(self) -> int:
+        self.setup()
+        return len(self.pretrain_dataset)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset: IndexedSubset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+        self.setup()
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                          drop_last=drop_last and len(dataset) >= batch_size,  # never an empty epoch
+                          num_workers=self.n_workers, persistent_workers=self.n_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def pretrain_dataloader(self, shuffle: bool, drop_last: bool) -> DataLoader:
+        """The pretraining set (labels -1 where unknown)."""
+        return self._loader(self.pretrain_dataset, self.batch_size, shuffle, drop_last)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.pretrain_dataloader(shuffle=True, drop_last=True)
+
+    def labelled_train_dataloader(self, shuffle: bool, drop_last: bool) -> DataLoader:
+        return self._loader(self.labelled_train_dataset, self.batch_size, shuffle, drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.eval_batch_size or self.batch_size, False, False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The test split (empty when the dataset has none, e.g. a flat image folder)."""
+        return self._loader(self.test_dataset, self.eval_batch_size or self.batch_size, False, False)

@@ -1,0 +1,30 @@
+"""Dataset registry: ``build_dataset(cfg, split)`` -> :class:`ImageDataset` or None.
+
+Builders (one module per family) register themselves in ``DATASETS`` on import:
+digits (default, embedded), mnist, fashion_mnist, cifar10, cifar100, cifar20, stl10, imagenet,
+image_folder. Splits: "train", "test", "extra_unlabeled" (only stl10's unlabelled part).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from mvmr.data.datasets import cifar, digits, folders, idx, stl10  # noqa: F401  (registration)
+from mvmr.data.datasets.base import (DATASETS, SPLITS, UNLABELLED, ArrayImageDataset, DatasetInfo, FileImageDataset,
+                                     ImageDataset, load_image, pixel_stats)
+from mvmr.data.datasets.splits import balanced_subset, stratified_split
+from mvmr.errors import ConfigError
+
+__all__ = ["DATASETS", "SPLITS", "UNLABELLED", "ArrayImageDataset", "DatasetInfo", "FileImageDataset",
+           "ImageDataset", "balanced_subset", "build_dataset", "load_image", "pixel_stats", "stratified_split"]
+
+
+def build_dataset(cfg: Any, split: str) -> ImageDataset | None:
+    """The ``split`` of dataset ``cfg.name``; checks ``cfg.n_classes`` against the data when both are known."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    dataset = DATASETS.get(cfg.name, key="dataset.name")(cfg, split)
+    n_classes = getattr(cfg, "n_classes", None)
+    if dataset is not None and n_classes is not None and dataset.info.n_classes and n_classes != dataset.info.n_classes:
+        raise ConfigError(f"dataset.n_classes is {n_classes} but {cfg.name} has {dataset.info.n_classes} classes; "
+                          f"set dataset.n_classes to {dataset.info.n_classes} or remove it")
+    return dataset
