@@ -1,0 +1,72 @@
+"""Images/s of the ``custom`` x' view: mvmr's batched per-sample view vs a per-sample torchvision v2 loop.
+
+    python benchmarks/views_throughput.py [--repeats 5] [--device cpu]
+
+Both sides get uint8 (B, 3, S, S) batches and return normalised float32 (B, 3, S, S) with the same policy
+(random resized crop, flip, colour jitter p=0.8, grayscale p=0.2, blur p=0.5, solarize p=0.1).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import torch
+import torchvision.transforms.v2 as T
+
+from mvmr.data.views import build_train_view
+from mvmr.data.views.photometric import BLUR_SIGMA, JITTER, blur_kernel_size
+from mvmr.data.views.policies import default_crop_scale
+
+CASES = [(32, 256), (96, 64)]  # (size, batch)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def torchvision_custom(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The same policy as torchvision v2 transforms on one uint8 (3, S, S) image."""
+    kernel = blur_kernel_size(size)
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=default_crop_scale(size), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(*JITTER)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(kernel, sigma=BLUR_SIGMA)], p=0.5),
+        T.RandomSolarize(threshold=128, p=0.1),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(MEAN, STD),
+    ])
+
+
+def images_per_second(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, repeats: int) -> float:
+    """Median throughput over ``repeats`` timed batches, after one warm-up batch."""
+    run(images)
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        run(images)
+        sync()
+        times.append(time.perf_counter() - start)
+    return images.shape[0] / sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="device of the mvmr view (the torchvision loop runs on CPU)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch threads: {torch.get_num_threads()}, mvmr view on {args.device}")
+    print(f"{'size':>5} {'batch':>6} {'mvmr img/s':>12} {'torchvision loop img/s':>23} {'ratio':>7}")
+    for size, batch in CASES:
+        images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+        view = build_train_view("custom", size, MEAN, STD, 3).to(args.device)
+        per_sample = torchvision_custom(size)
+        ours = images_per_second(view, images.to(args.device), args.repeats)
+        loop = images_per_second(lambda x: torch.stack([per_sample(image) for image in x]), images, args.repeats)
+        print(f"{size:>5} {batch:>6} {ours:>12.0f} {loop:>23.0f} {ours / loop:>6.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Deterministic views: x̄ (resize + centre crop + normalise), ten crops for testing, and a one-image transform."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from mvmr.data.views.resample import center_crop, resize_center_crop, resize_shorter_side
+from mvmr.data.views.tensors import Normalize, check_normalisation, check_size, to_unit_float, view_mode
+from mvmr.errors import ConfigError, DataError
+
+TEN_CROP_RATIO = 256 / 224
+TEN_CROP_MIN_SIZE = 64  # below this, corner crops cut off too much of the object (digits, CIFAR): centre only
+
+
+class EvalView(nn.Module):
+    """x̄: (B, C, H, W) uint8 or float in [0, 1] -> (B, C, size, size) float32: shorter side resized to ``size``
+    (bilinear, antialiased), centre crop, normalised."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.size = check_size(size)
+        self.channels = check_normalisation(mean, std)
+        self.normalize = Normalize(mean, std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with view_mode(images):
+            return self.normalize(resize_center_crop(to_unit_float(images, self.channels), self.size))
+
+
+class TenCropView(nn.Module):
+    """(B, C, H, W) -> (B, 10, C, size, size): shorter side resized to round(size * resize_ratio), then
+    torchvision's ``ten_crop`` order: corners (top-left, top-right, bottom-left, bottom-right), centre, and the
+    same five crops of the mirrored image; normalised."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], resize_ratio: float = TEN_CROP_RATIO):
+        super().__init__()
+        self.size = check_size(size)
+        self.resize_to = int(round(size * resize_ratio))
+        if self.resize_to < size:
+            raise ConfigError(f"ten-crop resize_ratio must be >= 1; got {resize_ratio}")
+        self.channels = check_normalisation(mean, std)
+        self.normalize = Normalize(mean, std)
+
+    def five_crops(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Four corners and the centre, each (B, C, size, size)."""
+        height, width, s = images.shape[-2], images.shape[-1], self.size
+        return [images[..., :s, :s], images[..., :s, width - s:], images[..., height - s:, :s],
+                images[..., height - s:, width - s:], center_crop(images, s)]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with view_mode(images):
+            resized = resize_shorter_side(to_unit_float(images, self.channels), self.resize_to)
+            crops = self.five_crops(resized) + self.five_crops(resized.flip(-1))
+            return self.normalize(torch.stack(crops, dim=1))
+
+
+class EvalTransform:
+    """x̄ of ONE image: PIL.Image, or uint8 tensor (C, H, W) / (H, W) -> float32 (C, size, size), normalised.
+    PIL images are converted to 'L' or 'RGB' to match len(mean). Picklable (usable in DataLoader workers)."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
+        self.view = EvalView(size, mean, std)
+
+    def __call__(self, image: Union[Image.Image, torch.Tensor]) -> torch.Tensor:
+        return self.view(self.as_tensor(image)[None])[0]
+
+    def as_tensor(self, image: Union[Image.Image, torch.Tensor]) -> torch.Tensor:
+        """uint8 (C, H, W) of a PIL image or tensor."""
+        if isinstance(image, Image.Image):
+            array = np.asarray(image.convert("L" if self.view.channels == 1 else "RGB"))
+            tensor = torch.from_numpy(array.copy())
+            return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        if isinstance(image, torch.Tensor) and image.ndim in (2, 3):
+            return image[None] if image.ndim == 2 else image
+        raise DataError(f"eval_transform takes a PIL image or a (C, H, W) / (H, W) tensor; got "
+                        f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}")
+
+
+def build_eval_view(size: int, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+    """x̄ for batches on the device, see ``EvalView``."""
+    return EvalView(size, mean, std)
+
+
+def build_ten_crop_view(size: int, mean: Sequence[float], std: Sequence[float],
+                        resize_ratio: float = TEN_CROP_RATIO) -> nn.Module:
+    """Ten normalised crops per image, see ``TenCropView``."""
+    return TenCropView(size, mean, std, resize_ratio)
+
+
+def build_test_view(size: int, mean: Sequence[float], std: Sequence[float],
+                    ten_crop: bool = True) -> tuple[nn.Module, str]:
+    """(view, description) for test images: ten crops when asked and ``size >= TEN_CROP_MIN_SIZE``, else x̄."""
+    if ten_crop and size >= TEN_CROP_MIN_SIZE:
+        return TenCropView(size, mean, std), "ten-crop"
+    reason = f", ten-crop needs size >= {TEN_CROP_MIN_SIZE}" if ten_crop else ""
+    return EvalView(size, mean, std), f"center{reason}"
+
+
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> EvalTransform:
+    """x̄ of one image (PIL or uint8 tensor), the same maths as ``build_eval_view``."""
+    return EvalTransform(size, mean, std)

@@ -1,0 +1,90 @@
+"""The x' view: a registered augmentation policy between uint8 -> [0, 1] conversion and normalisation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from torch import nn
+
+from mvmr.data.views.geometric import PaddedCropFlip, ResizedCropFlip
+from mvmr.data.views.photometric import auto_augment, colour_ops, rand_augment
+from mvmr.data.views.tensors import (Normalize, check_normalisation, check_size, make_stateless, to_unit_float,
+                                     view_mode)
+from mvmr.errors import ConfigError
+from mvmr.registry import Registry
+
+# name -> factory(size, channels, strength) -> nn.Module mapping (B, C, H, W) float in [0, 1] to
+# (B, C, size, size) float in [0, 1], every random parameter drawn per sample.
+VIEW_POLICIES = Registry("aug_policy")
+
+
+def default_crop_scale(size: int) -> Tuple[float, float]:
+    """Area range of the random resized crop: (0.08, 1) as on ImageNet, (0.2, 1) for small images (<= 64)."""
+    return (0.2, 1.0) if size <= 64 else (0.08, 1.0)
+
+
+@dataclass(frozen=True)
+class CustomKnobs:
+    """Probabilities and crop ranges of the ``custom`` policy; the defaults are SimCLR/VICReg's."""
+
+    crop_scale: Optional[Tuple[float, float]] = None  # None: default_crop_scale(size)
+    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    p_flip: float = 0.5
+    p_jitter: float = 0.8
+    p_grayscale: float = 0.2
+    p_blur: float = 0.5
+    p_solarize: float = 0.1
+
+
+@VIEW_POLICIES.register("custom")
+def custom_policy(size: int, channels: int, strength: float = 1.0, knobs: CustomKnobs = CustomKnobs()) -> nn.Module:
+    """Random resized crop + flip, colour jitter (x strength), grayscale, blur, solarize (see ``colour_ops``)."""
+    crop = ResizedCropFlip(size, knobs.crop_scale or default_crop_scale(size), knobs.crop_ratio, knobs.p_flip)
+    colour = colour_ops(size, channels, strength, knobs.p_jitter, knobs.p_grayscale, knobs.p_blur, knobs.p_solarize)
+    return nn.Sequential(crop, *colour)
+
+
+@VIEW_POLICIES.register("cifar")
+def cifar_policy(size: int, channels: int, strength: float = 1.0) -> nn.Module:
+    """Resize to size, random crop with 4 pixels of zero padding per 32 pixels of size, flip; no colour ops
+    (``strength`` is unused)."""
+    return PaddedCropFlip(size, padding=int(round(4 * size / 32)), p_flip=0.5)
+
+
+@VIEW_POLICIES.register("randaugment")
+def randaugment_policy(size: int, channels: int, strength: float = 1.0) -> nn.Module:
+    """Random resized crop + flip, then RandAugment(n=2, m=10) with ops drawn per sample (``strength`` unused)."""
+    return nn.Sequential(ResizedCropFlip(size, default_crop_scale(size)), rand_augment(n=2, magnitude=10))
+
+
+@VIEW_POLICIES.register("autoaugment")
+def autoaugment_policy(size: int, channels: int, strength: float = 1.0) -> nn.Module:
+    """Random resized crop + flip, then AutoAugment ('cifar10' policy for size <= 64, else 'imagenet') with the
+    sub-policy drawn per sample (``strength`` unused)."""
+    return nn.Sequential(ResizedCropFlip(size, default_crop_scale(size)), auto_augment(size))
+
+
+class TrainView(nn.Module):
+    """x': (B, C, H, W) uint8 or float in [0, 1] -> (B, C, size, size) float32, augmented per sample, normalised.
+    No parameters, no checkpointed state, no gradients."""
+
+    def __init__(self, augment: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.channels = check_normalisation(mean, std)
+        self.augment = make_stateless(augment)
+        self.normalize = Normalize(mean, std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with view_mode(images):
+            return self.normalize(self.augment(to_unit_float(images, self.channels)).clamp(0.0, 1.0))
+
+
+def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
+                     strength: float = 1.0) -> nn.Module:
+    """The training view x' of ``policy`` (custom | cifar | randaugment | autoaugment), see ``TrainView``."""
+    check_size(size)
+    check_normalisation(mean, std, channels)
+    if strength < 0:
+        raise ConfigError(f"dataset.aug_strength must be >= 0; got {strength}")
+    factory = VIEW_POLICIES.get(policy, key="dataset.aug_policy")
+    return TrainView(factory(size, channels, strength), mean, std)

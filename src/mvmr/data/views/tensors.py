@@ -1,0 +1,73 @@
+"""Input checks, uint8 -> [0, 1] conversion and normalisation shared by every view."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from mvmr.errors import ConfigError, DataError
+
+SUPPORTED_CHANNELS = (1, 3)
+
+
+def check_normalisation(mean: Sequence[float], std: Sequence[float], channels: int | None = None) -> int:
+    """Validate per-channel ``mean``/``std`` (in [0, 1] units); returns the number of channels."""
+    mean, std = list(mean), list(std)
+    n = len(mean)
+    if n not in SUPPORTED_CHANNELS or len(std) != n or (channels is not None and channels != n):
+        raise ConfigError(f"views need mean/std with one value per channel (1 or 3); got mean={mean}, std={std}"
+                          + (f" for {channels} channels" if channels is not None else ""))
+    if any(s <= 0 for s in std):
+        raise ConfigError(f"views need a positive std per channel; got std={std}")
+    return n
+
+
+def check_size(size: int) -> int:
+    """The output side length, a positive int."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"view size must be a positive integer (dataset.size); got {size!r}")
+    return size
+
+
+def to_unit_float(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, C, H, W) uint8 in [0, 255] or float in [0, 1] -> float32 in [0, 1] (uint8 is divided by 255 once)."""
+    if images.ndim != 4 or images.shape[1] != channels or not (images.dtype == torch.uint8
+                                                                or images.is_floating_point()):
+        raise DataError(f"a view expects a (B, {channels}, H, W) uint8 or float batch; got shape "
+                        f"{tuple(images.shape)} of {images.dtype}; check dataset.to_rgb and the dataset's channels")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+@contextlib.contextmanager
+def view_mode(images: torch.Tensor) -> Iterator[None]:
+    """Views run without gradients and in float32 even inside a mixed-precision (autocast) training step."""
+    with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+        yield
+
+
+class Normalize(nn.Module):
+    """(..., C, H, W) -> (x - mean) / std per channel; the constants are not saved in checkpoints."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean.to(images)) / self.std.to(images)
+
+
+def make_stateless(module: nn.Module) -> nn.Module:
+    """Turn every parameter and buffer below ``module`` into a non-persistent buffer (kornia's policy ops keep
+    their probabilities and magnitudes as trainable parameters): a view has nothing to train, and a checkpoint
+    never depends on how the views are implemented. Returns ``module``, changed in place."""
+    for sub in module.modules():
+        for name in list(sub._parameters):
+            value = sub._parameters.pop(name)
+            sub.register_buffer(name, None if value is None else value.detach(), persistent=False)
+        sub._non_persistent_buffers_set.update(sub._buffers.keys())
+    return module

@@ -1,0 +1,384 @@
+"""Views: x' per-sample randomness, x̄ / ten-crop against torchvision float64 references, shapes, determinism."""
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from mvmr.data.views import (EvalView, TenCropView, VIEW_POLICIES, CustomKnobs, build_eval_view, build_ten_crop_view, build_train_view,
+                             eval_transform)
+from mvmr.data.views.geometric import PaddedCropFlip, sample_resized_crop_boxes
+from mvmr.data.views.photometric import PerSampleChoice, auto_augment, blur_kernel_size, rand_augment
+from mvmr.data.views.policies import TrainView, custom_policy
+from mvmr.data.views.resample import resample_boxes
+from mvmr.errors import ConfigError, DataError
+
+POLICIES = ["autoaugment", "cifar", "custom", "randaugment"]
+MEAN = {1: [0.4], 3: [0.485, 0.456, 0.406]}
+STD = {1: [0.3], 3: [0.229, 0.224, 0.225]}
+NO_RANDOMNESS = CustomKnobs(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), p_flip=0.0, p_jitter=0.0,
+                            p_grayscale=0.0, p_blur=0.0, p_solarize=0.0)
+
+
+def uint8_images(batch=4, channels=3, height=8, width=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, channels, height, width or height), dtype=torch.uint8, generator=g)
+
+
+def normalise64(x, channels):
+    """float64 (..., C, H, W) in [0, 1] -> normalised."""
+    mean = torch.tensor(MEAN[channels], dtype=torch.float64).view(-1, 1, 1)
+    std = torch.tensor(STD[channels], dtype=torch.float64).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+def eval_reference(images, size):
+    """float64 torchvision Resize(size, antialias) + CenterCrop(size) + normalise."""
+    x = images.to(torch.float64) / 255
+    x = TF.center_crop(TF.resize(x, [size], antialias=True), [size, size])
+    return normalise64(x, images.shape[1])
+
+
+def train_view(policy, size, channels, strength=1.0):
+    return build_train_view(policy, size, MEAN[channels], STD[channels], channels, strength=strength)
+
+
+def unnormalise(y, channels):
+    return y.double() * torch.tensor(STD[channels]).view(-1, 1, 1) + torch.tensor(MEAN[channels]).view(-1, 1, 1)
+
+
+# ------------------------------------------------------------------ x': shapes, range, randomness, seeds
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("batch,stored,size", [(1, 8, 16), (5, 20, 16), (3, 12, 12)])
+def test_train_view_shape_dtype_range(policy, channels, batch, stored, size):
+    view = train_view(policy, size, channels)
+    with torch.no_grad():
+        out = view(uint8_images(batch, channels, stored))
+    assert out.shape == (batch, channels, size, size) and out.dtype == torch.float32
+    pixels = unnormalise(out, channels)  # back in [0, 1] units
+    assert torch.isfinite(out).all() and pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_train_view_is_per_sample(policy):
+    """Eight copies of one image in a batch get eight different views (one draw per batch would repeat)."""
+    image = uint8_images(1, 3, 16)
+    torch.manual_seed(0)
+    out = train_view(policy, 16, 3)(image.expand(8, -1, -1, -1).contiguous())
+    distinct = {tuple(row.flatten().tolist()) for row in out}
+    if policy == "cifar":  # 9 x 9 offsets x 2 flips: a repeat among 8 draws is possible, all-equal is not
+        assert len(distinct) >= 6
+    else:
+        assert len(distinct) == 8
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_train_view_reproducible_under_seed(policy):
+    images = uint8_images(6, 3, 16)
+    view = train_view(policy, 16, 3)
+    runs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        runs.append(view(images))
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_float_input_equals_uint8_input(policy):
+    """The view accepts floats in [0, 1] (e.g. an unnormalised x̄) and divides uint8 by 255 exactly once."""
+    images = uint8_images(4, 3, 12)
+    view = train_view(policy, 12, 3)
+    torch.manual_seed(3)
+    from_uint8 = view(images)
+    torch.manual_seed(3)
+    from_float = view(images.double() / 255)
+    assert torch.allclose(from_uint8, from_float, atol=1e-5)
+
+
+@pytest.mark.parametrize("stored", [8, 16, 23])
+def test_custom_without_randomness_equals_eval_view(stored):
+    """Full-image crop and p=0 for every op: x' == x̄ (upscale, identity and antialiased downscale)."""
+    for channels in (1, 3):
+        view = TrainView(custom_policy(16, channels, knobs=NO_RANDOMNESS), MEAN[channels], STD[channels])
+        images = uint8_images(3, channels, stored)
+        expected = build_eval_view(16, MEAN[channels], STD[channels])(images)
+        assert torch.allclose(view(images), expected, atol=2e-5)
+
+
+def test_cifar_without_randomness_equals_eval_view():
+    view = TrainView(PaddedCropFlip(16, padding=0, p_flip=0.0), MEAN[3], STD[3])
+    images = uint8_images(3, 3, 8)
+    assert torch.equal(view(images), build_eval_view(16, MEAN[3], STD[3])(images))
+
+
+def test_cifar_crop_is_a_shifted_window_of_the_padded_image():
+    """Hand check: every output is the resized image, zero-padded by 2, read at an offset in [0, 4]^2, maybe
+    mirrored; each of the 50 x 2 (offset, flip) outcomes is matched against all candidates."""
+    torch.manual_seed(0)
+    x = torch.rand(50, 1, 8, 8, dtype=torch.float64)
+    out = PaddedCropFlip(8, padding=2, p_flip=0.5)(x)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    flips = 0
+    for sample, result in zip(padded, out):
+        windows = [sample[:, i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
+        plain = any(torch.equal(result, w) for w in windows)
+        mirrored = any(torch.equal(result, w.flip(-1)) for w in windows)
+        assert plain or mirrored
+        flips += mirrored and not plain
+    assert 10 <= flips <= 40  # p_flip = 0.5 over 50 samples
+
+
+def test_cifar_padding_scales_with_size():
+    assert VIEW_POLICIES.get("cifar")(32, 3).padding == 4
+    assert VIEW_POLICIES.get("cifar")(96, 3).padding == 12
+    assert VIEW_POLICIES.get("cifar")(8, 3).padding == 1
+
+
+# ------------------------------------------------------------------ resized crop: boxes and resampling
+@pytest.mark.parametrize("height,width,scale", [(32, 32, (0.08, 1.0)), (24, 40, (0.2, 1.0))])
+def test_crop_boxes_follow_torchvision_distribution(height, width, scale):
+    """Boxes fit the image and their area fraction / log-aspect / offsets match torchvision's sampler."""
+    ratio = (3 / 4, 4 / 3)
+    torch.manual_seed(0)
+    ours = sample_resized_crop_boxes(4000, height, width, scale, ratio)
+    ref = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(1, height, width), list(scale), list(ratio))
+                        for _ in range(4000)], dtype=torch.float64)  # (top, left, h, w)
+    top, left, h, w = ours.double().unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
+    assert torch.equal(ours, ours.round())
+    for a, b, tol in [(h * w / (height * width), ref[:, 2] * ref[:, 3] / (height * width), 0.02),
+                      (torch.log(w / h), torch.log(ref[:, 3] / ref[:, 2]), 0.02),
+                      (top / height, ref[:, 0] / height, 0.02), (left / width, ref[:, 1] / width, 0.02)]:
+        assert abs(a.mean() - b.mean()) < tol and abs(a.std() - b.std()) < tol
+
+
+def test_crop_boxes_fallback_matches_torchvision():
+    """No attempt can fit (ratio 2 at full area): the fallback centre crop is deterministic."""
+    ours = sample_resized_crop_boxes(3, 10, 10, (1.0, 1.0), (2.0, 2.0))
+    ref = T.RandomResizedCrop.get_params(torch.empty(1, 10, 10), [1.0, 1.0], [2.0, 2.0])
+    assert ours.tolist() == [list(map(float, ref))] * 3
+
+
+def test_resample_boxes_equals_torchvision_resized_crop():
+    """Per-sample crop + antialiased resize + flip == torchvision's resized_crop on each sample (float64),
+    for upscaled, unscaled and downscaled boxes of different aspect."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 3, 24, 30, dtype=torch.float64, generator=g)
+    boxes = torch.tensor([[0, 0, 24, 30], [3, 5, 4, 7], [2, 1, 12, 12], [10, 3, 13, 27], [0, 9, 21, 5]],
+                         dtype=torch.float64)
+    flip = torch.tensor([False, True, False, True, True])
+    out = resample_boxes(images, boxes, 12, flip)
+    for image, (top, left, h, w), mirrored, result in zip(images, boxes.long().tolist(), flip, out):
+        ref = TF.resized_crop(image, top, left, h, w, [12, 12], antialias=True)
+        ref = TF.horizontal_flip(ref) if mirrored else ref
+        assert torch.allclose(result, ref, atol=1e-12)
+
+
+def test_resize_downscale_is_antialiased():
+    """1-pixel stripes downscaled 3x average to grey (plain bilinear sampling would keep full contrast)."""
+    stripes = (torch.arange(48) % 2).double().expand(1, 1, 48, 48).contiguous()
+    out = resample_boxes(stripes, torch.tensor([[0.0, 0.0, 48.0, 48.0]]), 16, torch.tensor([False]))
+    assert (out - 0.5).abs().max() < 0.15
+
+
+# ------------------------------------------------------------------ colour ops of the custom policy
+def colour_only(channels=3, **probabilities):
+    knobs = CustomKnobs(**{**NO_RANDOMNESS.__dict__, **probabilities})
+    return TrainView(custom_policy(16, channels, knobs=knobs), MEAN[channels], STD[channels])
+
+
+def test_solarize_inverts_bright_pixels():
+    images = uint8_images(4, 3, 16)
+    x = images.double() / 255
+    expected = normalise64(torch.where(x >= 0.5, 1 - x, x), 3)
+    assert torch.allclose(colour_only(p_solarize=1.0)(images).double(), expected, atol=1e-5)
+
+
+def test_grayscale_uses_luma_weights():
+    images = uint8_images(4, 3, 16)
+    x = images.double() / 255
+    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].expand(-1, 3, -1, -1)
+    assert torch.allclose(colour_only(p_grayscale=1.0)(images).double(), normalise64(grey, 3), atol=1e-5)
+
+
+def test_jitter_strength_scales_magnitudes():
+    """strength 0 leaves colours alone; strength s gives torchvision's ranges 0.4s / 0.4s / 0.2s / 0.1s."""
+    images = uint8_images(4, 3, 16)
+    knobs = {"p_jitter": 1.0}
+    zero = TrainView(custom_policy(16, 3, strength=0.0, knobs=CustomKnobs(**{**NO_RANDOMNESS.__dict__, **knobs})),
+                     MEAN[3], STD[3])
+    assert torch.allclose(zero(images), build_eval_view(16, MEAN[3], STD[3])(images), atol=1e-6)
+    jitter = custom_policy(16, 3, strength=0.5)[1]
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (0.2, 0.2, 0.1, 0.05)
+    assert not torch.allclose(colour_only(p_jitter=1.0)(images), zero(images), atol=1e-3)
+
+
+def test_one_channel_custom_keeps_brightness_and_contrast_only():
+    ops = custom_policy(16, 1)
+    jitter = ops[1]
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (0.4, 0.4, 0.0, 0.0)
+    assert not any(type(op).__name__ == "RandomGrayscale" for op in ops)
+
+
+@pytest.mark.parametrize("size,kernel", [(224, 23), (96, 9), (32, 3), (8, 3), (50, 5)])
+def test_blur_kernel_is_odd_tenth_of_size(size, kernel):
+    assert blur_kernel_size(size) == kernel
+
+
+def test_crop_scale_default_depends_on_size():
+    assert custom_policy(64, 3)[0].scale == (0.2, 1.0)
+    assert custom_policy(96, 3)[0].scale == (0.08, 1.0)
+
+
+# ------------------------------------------------------------------ per-sample policy choice
+class AddConstant(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return x + self.value
+
+
+def test_per_sample_choice_picks_distinct_branches_per_sample():
+    """Branch k adds 10^k: each output reveals which branches ran on that sample."""
+    choice = PerSampleChoice([AddConstant(10.0 ** k) for k in range(4)], picks=2)
+    torch.manual_seed(0)
+    out = choice(torch.zeros(200, 1, 1, 1))[:, 0, 0, 0].round().long().tolist()
+    digits = [[int(d) for d in f"{value:04d}"] for value in out]
+    assert all(sorted(d) == [0, 0, 1, 1] for d in digits)  # exactly two distinct branches per sample
+    assert len({tuple(d) for d in digits}) == 6  # all C(4, 2) pairs occur: chosen per sample, not per batch
+
+
+@pytest.mark.parametrize("build", [lambda: rand_augment(), lambda: auto_augment(16), lambda: auto_augment(96)])
+def test_policy_ops_keep_grey_images_grey(build):
+    """Why 1-channel images may run as 3 repeated channels and come back as the first: no op mixes them apart."""
+    torch.manual_seed(0)
+    out = build().module(torch.rand(128, 1, 12, 12).repeat(1, 3, 1, 1))
+    assert torch.equal(out, out[:, :1].expand_as(out))
+
+
+def test_policies_work_on_one_channel_and_are_per_sample():
+    """RandAugment / AutoAugment ops draw per sample also on 1 channel (kornia's 'color' needs 3: repeated)."""
+    for policy in ("randaugment", "autoaugment"):
+        torch.manual_seed(0)
+        out = train_view(policy, 16, 1)(uint8_images(1, 1, 16).expand(16, -1, -1, -1).contiguous())
+        assert out.shape == (16, 1, 16, 16) and len({tuple(r.flatten().tolist()) for r in out}) == 16
+
+
+# ------------------------------------------------------------------ x̄, ten crops, one-image transform
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("height,width,size", [(8, 8, 32), (32, 32, 32), (40, 40, 28), (20, 30, 16), (31, 17, 9)])
+def test_eval_view_equals_torchvision_float64(channels, height, width, size):
+    images = uint8_images(3, channels, height, width)
+    out = build_eval_view(size, MEAN[channels], STD[channels])(images)
+    assert out.shape == (3, channels, size, size) and out.dtype == torch.float32
+    assert torch.allclose(out.double(), eval_reference(images, size), atol=1e-5)
+
+
+def test_eval_view_is_deterministic_and_stateless():
+    view = build_eval_view(16, MEAN[3], STD[3])
+    images = uint8_images(4, 3, 20)
+    assert torch.equal(view(images), view(images))
+    assert list(view.parameters()) == [] and view.state_dict() == {}
+
+
+@pytest.mark.parametrize("height,width,size", [(32, 32, 28), (8, 8, 32), (24, 36, 20)])
+def test_ten_crop_equals_torchvision_ten_crop(height, width, size):
+    images = uint8_images(2, 3, height, width)
+    out = build_ten_crop_view(size, MEAN[3], STD[3])(images)
+    assert out.shape == (2, 10, 3, size, size)
+    resized = TF.resize(images.double() / 255, [round(size * 256 / 224)], antialias=True)
+    ref = normalise64(torch.stack(TF.ten_crop(resized, [size, size]), dim=1), 3)
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels,mode", [(1, "L"), (3, "RGB")])
+def test_eval_transform_pil_equals_eval_view(channels, mode):
+    images = uint8_images(1, channels, 20, 26)
+    array = images[0].permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[..., 0] if channels == 1 else array, mode)
+    transform = eval_transform(16, MEAN[channels], STD[channels])
+    expected = build_eval_view(16, MEAN[channels], STD[channels])(images)[0]
+    assert torch.equal(transform(pil), expected) and torch.equal(transform(images[0]), expected)
+    if channels == 1:
+        assert torch.equal(transform(images[0, 0]), expected)  # (H, W)
+    assert torch.equal(pickle.loads(pickle.dumps(transform))(pil), expected)  # DataLoader workers
+
+
+def test_eval_transform_converts_pil_mode_to_channels():
+    rgba = Image.fromarray(np.full((12, 12, 4), 200, dtype=np.uint8), "RGBA")
+    assert eval_transform(8, MEAN[1], STD[1])(rgba).shape == (1, 8, 8)
+    assert eval_transform(8, MEAN[3], STD[3])(rgba).shape == (3, 8, 8)
+
+
+# ------------------------------------------------------------------ modules, errors, devices
+def test_train_views_have_no_trainable_state():
+    for policy in POLICIES:
+        view = train_view(policy, 16, 3)
+        assert list(view.parameters()) == [] and view.state_dict() == {}, policy
+
+
+def test_errors_are_one_line_and_name_the_fix():
+    with pytest.raises(ConfigError, match="dataset.aug_policy: unknown aug_policy 'mixup'; allowed: autoaugment"):
+        build_train_view("mixup", 16, MEAN[3], STD[3], 3)
+    with pytest.raises(ConfigError, match="one value per channel"):
+        build_train_view("custom", 16, MEAN[3], STD[3], 1)
+    with pytest.raises(ConfigError, match="aug_strength"):
+        build_train_view("custom", 16, MEAN[3], STD[3], 3, strength=-1.0)
+    with pytest.raises(DataError, match=r"expects a \(B, 3, H, W\).*dataset.to_rgb"):
+        build_eval_view(16, MEAN[3], STD[3])(uint8_images(2, 1, 8))
+    with pytest.raises(ConfigError, match="resize_ratio"):
+        build_ten_crop_view(16, MEAN[3], STD[3], resize_ratio=0.5)
+
+
+def test_views_stay_float32_without_grad_under_autocast():
+    """Lightning runs training_step under autocast: the views must not drop to bfloat16 nor record gradients."""
+    images = uint8_images(3, 3, 12).float().div(255).requires_grad_()
+    for view in [train_view("custom", 16, 3), build_eval_view(16, MEAN[3], STD[3])]:
+        torch.manual_seed(0)
+        plain = view(images)
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = view(images)
+        assert mixed.dtype == torch.float32 and not mixed.requires_grad and torch.equal(mixed, plain)
+
+
+def test_registry_lists_the_four_policies():
+    assert VIEW_POLICIES.names() == POLICIES
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_views_run_on_cuda_with_the_same_draws():
+    images = uint8_images(8, 3, 20)
+    for policy in POLICIES:
+        view = train_view(policy, 16, 3)
+        torch.manual_seed(0)
+        cpu = view(images)
+        torch.manual_seed(0)
+        gpu = view.cuda()(images.cuda())
+        assert gpu.shape == cpu.shape and gpu.device.type == "cuda"
+        if policy in ("custom", "cifar"):  # parameters are drawn on the CPU: same crops on both devices
+            assert torch.allclose(gpu.cpu(), cpu, atol=1e-2)
+    eval_view = build_eval_view(16, MEAN[3], STD[3])
+    assert torch.allclose(eval_view.cuda()(images.cuda()).cpu(), eval_view(images), atol=1e-5)
+    assert not math.isnan(float(build_ten_crop_view(16, MEAN[3], STD[3]).cuda()(images.cuda()).sum()))
+
+
+def test_test_view_uses_ten_crops_only_for_large_images():
+    from mvmr.data.views import build_test_view
+
+    mean, std = [0.5], [0.25]
+    small, label = build_test_view(32, mean, std, ten_crop=True)
+    assert isinstance(small, EvalView) and "ten-crop needs size >= 64" in label
+    large, label = build_test_view(96, mean, std, ten_crop=True)
+    assert isinstance(large, TenCropView) and label == "ten-crop"
+    images = torch.randint(0, 256, (2, 1, 96, 96), dtype=torch.uint8)
+    assert large(images).shape == (2, 10, 1, 96, 96)
+    off, label = build_test_view(96, mean, std, ten_crop=False)
+    assert isinstance(off, EvalView) and label == "center"
