@@ -12,7 +12,8 @@ from mvmr.errors import ConfigError
 from mvmr.representations import REPRESENTATIONS, Representation, build_representation, describe_representations
 from mvmr.representations.gabor import gabor_sigma
 
-ALL = ["augmented_pixels", "color_histogram", "dct", "gabor", "hog", "local_std", "pixels", "scatnet"]
+HAND_CRAFTED = ["augmented_pixels", "color_histogram", "dct", "gabor", "hog", "local_std", "pixels", "scatnet"]
+ALL = sorted(HAND_CRAFTED + ["teacher"])  # the teacher needs weights on disk: tested in test_teacher.py
 EXAMPLE_DIMS = {"augmented_pixels": 27648, "color_histogram": 96, "dct": 27648, "gabor": 20736, "hog": 10368,
                 "local_std": 27648, "pixels": 27648, "scatnet": 139968}  # 3×96×96, defaults (hand-computed)
 SMALL = {"hog": {"nbins": 6, "pool": 4}, "scatnet": {"J": 2, "L": 4}, "gabor": {"scales": 2, "pool": 4},
@@ -82,13 +83,14 @@ def test_describe_lists_every_family_with_defaults_and_example_size():
     text = describe_representations()
     table = text.splitlines()
     assert len(table) == 2 + len(ALL)
-    for name in ALL:
+    assert "| `teacher` |" in text and "512 (CLIP ViT-B/16)" in text
+    for name in HAND_CRAFTED:
         row = next(line for line in table if line.startswith(f"| `{name}` |"))
         assert row.rstrip(" |").endswith(str(EXAMPLE_DIMS[name]))
     assert "nbins=24, pool=8" in text and "keep=null" in text
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", HAND_CRAFTED)
 def test_docstring_states_the_example_output_size(name):
     cls = REPRESENTATIONS.get(name)
     extra = {"augment": flip_augment} if cls.needs_augment else {}
@@ -98,7 +100,7 @@ def test_docstring_states_the_example_output_size(name):
 
 # ------------------------------------------------------------------ contract shared by all families
 @pytest.mark.parametrize("size", [12, 13])
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", HAND_CRAFTED)
 def test_contract_shape_dtype_no_gradients_no_state(name, size):
     rep = build(name, size=size)
     assert isinstance(rep, Representation)
@@ -110,7 +112,7 @@ def test_contract_shape_dtype_no_gradients_no_state(name, size):
     assert rep.deterministic == (name != "augmented_pixels")
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n != "augmented_pixels"])
+@pytest.mark.parametrize("name", [n for n in HAND_CRAFTED if n != "augmented_pixels"])
 def test_batch_items_are_independent_and_half_input_is_upcast(name):
     rep = build(name)
     x = images()
@@ -122,7 +124,7 @@ def test_batch_items_are_independent_and_half_input_is_upcast(name):
     torch.testing.assert_close(half, rep(x.bfloat16().float()))
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n != "augmented_pixels"])
+@pytest.mark.parametrize("name", [n for n in HAND_CRAFTED if n != "augmented_pixels"])
 def test_autocast_is_disabled_inside(name):
     rep = build(name)
     x = images()
@@ -132,7 +134,7 @@ def test_autocast_is_disabled_inside(name):
     torch.testing.assert_close(out, rep(x), rtol=1e-6, atol=1e-6)  # bf16 convolutions would differ by ~1e-2
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", HAND_CRAFTED)
 def test_to_device_moves_everything(name):
     """No GPU here: the meta device stands in. Tensors left on the CPU would make forward fail."""
     rep = build(name).to("meta")

@@ -55,7 +55,9 @@ def describe_representations() -> str:
     for name in REPRESENTATIONS:
         cls = REPRESENTATIONS.get(name)
         params = ", ".join(f"{key}={_yaml_value(spec.default)}" for key, spec in cls.param_specs.items()) or "—"
-        extra = {"augment": _identity} if cls.needs_augment else {}
-        example = cls(channels, size, **extra).output_dim()
+        example = getattr(cls, "example_dim", None)
+        if example is None:  # families that need weights on disk state their example instead of building
+            extra = {"augment": _identity} if cls.needs_augment else {}
+            example = cls(channels, size, **extra).output_dim()
         rows.append(f"| `{name}` | {params} | {cls.dim_formula} | {example} |")
     return "\n".join(rows)
