@@ -88,7 +88,7 @@ class EvalConfig:
                               factory=lambda: [1e-3, 3e-3, 1e-2])
     wds: List[float] = option(help="linear-evaluation weight decays tried", factory=lambda: [0.0, 1e-5])
     batch_size: int = option(256, "linear-evaluation batch size", ge=1)
-    ten_crop: bool = option(True, "average the probe over ten crops at test time")
+    ten_crop: bool = option(True, "average the probe over ten crops at test time (when dataset.size >= 64)")
     knn_k: int = option(20, "k of the cosine k-NN classifier", ge=1)
     knn_temperature: float = option(0.07, "temperature of the k-NN vote weights exp(sim/T)", gt=0.0)
 
@@ -156,8 +156,25 @@ class BaseTrainConfig:
 
 
 @dataclass
+class CacheConfig:
+    enabled: bool = option(True, "compute deterministic φ_k(x̄) once per dataset and read them by sample index")
+    dir: Optional[str] = option(None, "cache folder (None: <run_dir>/cache, shared by runs)")
+    dtype: str = option("float16", "storage dtype", choices=("float16", "float32"))
+    max_dim: Optional[int] = option(None, "seeded random projection of larger representations to this many dims", ge=1)
+
+
+@dataclass
+class ClipConfig:
+    model_name: str = option("ViT-B-16", "open_clip architecture (default for a 'teacher' representation; seed key)")
+    pretrained: Optional[str] = option(None, "local open_clip checkpoint file, or a tag already in the local cache")
+
+
+@dataclass
 class PretrainConfig(BaseTrainConfig):
     """MV-MR pretraining (main_self_supervised.py, main_clip_self_supervised.py)."""
+
+    encoder_type: str = option("resnet", "encoder family (seed key)", choices=("resnet",))
+    clip: ClipConfig = option(factory=ClipConfig, help="defaults for a 'teacher' representation of kind open_clip (seed key)")
 
     std_margin: float = option(1.0, "γ of the variance hinge relu(γ - std_j)", ge=0.0)
     normalize_z: bool = option(False, "L2-normalise z and z̄ before the loss (as the authors' option)")
@@ -167,8 +184,30 @@ class PretrainConfig(BaseTrainConfig):
     representations: List[RepresentationConfig] = option(help="the φ_k terms", factory=list)
     hog: HogConfig = option(factory=HogConfig, help="defaults for 'hog' representations (seed key)")
     scatnet: ScatnetConfig = option(factory=ScatnetConfig, help="defaults for 'scatnet' representations (seed key)")
+    cache: CacheConfig = option(factory=CacheConfig, help="representation cache")
     probe: ProbeConfig = option(factory=ProbeConfig, help="online linear probe")
     eval: EvalConfig = option(factory=EvalConfig, help="linear / k-NN evaluation")
+
+
+@dataclass
+class SemiSupervisedConfig(BaseTrainConfig):
+    """Fine-tuning backbone + linear head on a labelled fraction (main_semi_supervised.py)."""
+
+    lr_head: Optional[float] = option(None, "learning rate of the linear head (None: 10 x lr)", gt=0.0)
+    fine_tune_from: Optional[str] = option(None, "pretrained checkpoint (the --path_ckpt flag overrides)")
+    encoder: Optional[EncoderConfig] = option(None, "if given, checked against the checkpoint's encoder")
+    eval: EvalConfig = option(factory=EvalConfig, help="test-time evaluation (ten_crop)")
+
+
+@dataclass
+class VOCConfig(BaseTrainConfig):
+    """VOC07 multi-label classification on frozen features (main_voc.py)."""
+
+    num_classes: int = option(20, "VOC07 classes (seed key; must be 20)", ge=20, le=20)
+    protocol: str = option("linear", "linear: BCE linear head; svm: one linear SVM per class, cost by CV",
+                           choices=("linear", "svm"))
+    svm_costs: List[float] = option(help="SVM costs tried by cross-validation", factory=lambda: [0.01, 0.1, 1.0, 10.0])
+    fine_tune_from: Optional[str] = option(None, "unused (seed key)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from mvmr.cli.common import add_common_flags, configure_runtime, format_table, run_main
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
-from mvmr.data.views import build_eval_view, build_ten_crop_view
+from mvmr.data.views import build_eval_view, build_test_view
 from mvmr.evaluation.features import extract_features
 from mvmr.evaluation.knn import knn_logits
 from mvmr.evaluation.linear import fit_linear
@@ -41,7 +41,8 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     info = module.info
     size = module.cfg.dataset.size
     center = build_eval_view(size, info.mean, info.std).to(device)
-    test_view = build_ten_crop_view(size, info.mean, info.std).to(device) if cfg.eval.ten_crop else center
+    test_view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop)
+    test_view = test_view.to(device)
     progress = not args.no_progress
     backbone = module.forward
 
@@ -50,7 +51,6 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     test_x, test_y = extract(dm.test_dataloader(), test_view, "test features")
     test_center = test_x.mean(1) if test_x.ndim == 3 else test_x
     n_classes = module.n_classes
-    crops = "ten-crop" if test_x.ndim == 3 else "center"
     rows, results = [], {}
 
     if args.retrain:

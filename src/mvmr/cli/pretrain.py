@@ -11,7 +11,8 @@ from mvmr.cli.common import (RunDir, add_common_flags, build_trainer, configure_
                              resume_checkpoint, run_main, tune, write_run_config)
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
-from mvmr.errors import CheckpointError
+from mvmr.errors import CheckpointError, ConfigError
+from mvmr.methods.callbacks import build_callbacks
 from mvmr.methods.pretrain import MVMRPretrainModule
 
 
@@ -34,10 +35,14 @@ def load_encoder_weights(module: MVMRPretrainModule, path: str) -> None:
     module.load_state_dict({k: state[k] for k in keys}, strict=False)
 
 
-def pretrain(argv: Sequence[str] | None = None, description: str = "MV-MR self-supervised pretraining") -> RunDir:
+def pretrain(argv: Sequence[str] | None = None, description: str = "MV-MR self-supervised pretraining",
+             require_teacher: bool = False) -> RunDir:
     args = parse_args(argv, description)
     configure_runtime()
     cfg = load_config(args.config, args.set, schema=PretrainConfig)
+    if require_teacher and not any(r.name == "teacher" for r in cfg.representations):
+        raise ConfigError("distillation needs a teacher: add to representations e.g. "
+                          "{name: teacher, weight: 1.0, params: {kind: open_clip, model_name: ViT-B-16, pretrained: /path/to/weights.bin}}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = MVMRDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
     datamodule.setup("fit")
@@ -58,11 +63,7 @@ def pretrain(argv: Sequence[str] | None = None, description: str = "MV-MR self-s
 
 
 def extra_callbacks(cfg, module, datamodule, run) -> list:
-    """Callbacks beyond logging/checkpointing (representation cache, etc.), when available."""
-    try:
-        from mvmr.methods.callbacks import build_callbacks
-    except ImportError:
-        return []
+    """Callbacks beyond logging/checkpointing (the representation cache)."""
     return build_callbacks(cfg, module, datamodule, run)
 
 
@@ -79,4 +80,11 @@ def report(trainer: pl.Trainer, module: MVMRPretrainModule, datamodule, run: Run
     print(f"Run directory: {run.path}")
 
 
+def distill(argv: Sequence[str] | None = None) -> RunDir:
+    """MV-MR distillation of a frozen teacher: pretraining whose representations include a ``teacher`` term."""
+    return pretrain(argv, "MV-MR knowledge distillation of a frozen teacher (e.g. CLIP's image tower)",
+                    require_teacher=True)
+
+
 main = run_main(pretrain)
+distill_main = run_main(distill)

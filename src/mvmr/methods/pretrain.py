@@ -72,8 +72,15 @@ class MVMRPretrainModule(pl.LightningModule):
             params = dict(rep.params)
             for seed_key in SEED_SECTIONS.get(rep.name, ()):  # seed configs keep hog/scatnet params top-level
                 params.setdefault(seed_key, getattr(getattr(cfg, rep.name), seed_key))
+            if rep.name == "teacher":
+                if params.get("kind", "open_clip") == "open_clip":  # the seed's `clip:` section gives defaults
+                    params.setdefault("model_name", cfg.clip.model_name)
+                    params.setdefault("pretrained", cfg.clip.pretrained)
+                params.setdefault("dataset_mean", list(info.mean))
+                params.setdefault("dataset_std", list(info.std))
             self.representations[key] = build_representation(
-                rep.name, params, in_channels=channels, image_size=size, augment=self._augment_normalised)
+                rep.name, params, in_channels=channels, image_size=size, augment=self._augment_normalised,
+                index=i)
             self.representation_weights[key] = rep.weight
         self.objective = MVMRObjective(
             mse_weight=cfg.loss.mse_weight, std_weight=cfg.loss.std_weight, dcor_weight=cfg.loss.dcor_weight,

@@ -1,0 +1,88 @@
+"""``main_semi_supervised.py`` and ``evaluate_semi_supervised.py``."""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from mvmr.cli.common import (RunDir, add_common_flags, build_trainer, configure_runtime, format_table,
+                             resume_checkpoint, run_main, tune, write_run_config)
+from mvmr.config import SemiSupervisedConfig, load_config
+from mvmr.data import MVMRDataModule
+from mvmr.data.views import build_test_view
+from mvmr.errors import ConfigError
+from mvmr.evaluation.features import extract_features
+from mvmr.evaluation.metrics import topk_accuracy
+from mvmr.methods.semi_supervised import SemiSupervisedModule
+
+
+class LabelledDataModule(MVMRDataModule):
+    """The shared DataModule, training on the labelled (sub)set instead of the pretraining set."""
+
+    def train_dataloader(self):
+        n = len(self.labelled_train_dataloader(shuffle=False, drop_last=False).dataset)
+        return self.labelled_train_dataloader(shuffle=True, drop_last=n > self.batch_size)
+
+
+def train(argv: Sequence[str] | None = None) -> RunDir:
+    parser = argparse.ArgumentParser(description="Semi-supervised fine-tuning of a pretrained MV-MR encoder")
+    parser.add_argument("--config", required=True, help="semi-supervised config, e.g. configs/digits_semi_supervised.yaml")
+    parser.add_argument("--path_ckpt", default=None, help="pretrained checkpoint (default: fine_tune_from of the config)")
+    add_common_flags(parser)
+    args = parser.parse_args(argv)
+    configure_runtime()
+    cfg = load_config(args.config, args.set, schema=SemiSupervisedConfig)
+    path = args.path_ckpt or cfg.fine_tune_from
+    if not path:
+        raise ConfigError("no pretrained checkpoint: pass --path_ckpt runs/<name>/checkpoints/best.ckpt or set fine_tune_from")
+    cfg.fine_tune_from = path
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = LabelledDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
+    dm.setup("fit")
+    module = SemiSupervisedModule.from_pretrained(cfg, dm.info, path)
+    n_labelled = len(dm.labelled_train_dataloader(shuffle=False, drop_last=False).dataset)
+    run = RunDir.for_config(cfg, args.config, "semi_supervised")
+    print(f"Run directory: {run.path}  ({n_labelled} labelled training images)")
+    monitor = "val/top1" if cfg.dataset.val_fraction > 0 else None
+    trainer = build_trainer(cfg, run, monitor=monitor)
+    ckpt_path = resume_checkpoint(cfg, run, args.resume)
+    if ckpt_path is None:
+        tune(cfg, trainer, module, dm, args.auto_bs, args.auto_lr)
+    write_run_config(cfg, run)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        results = trainer.test(module, datamodule=dm, ckpt_path=str(run.best) if run.best.is_file() else None,
+                               verbose=False)[0]
+        print(format_table(["evaluation", "top-1 %", "top-5 %"],
+                           [[f"fine-tuned, {n_labelled} labels (test, center crop)", results["test/top1"], results["test/top5"]]]))
+    print(f"Run directory: {run.path}")
+    return run
+
+
+def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description="Evaluate a semi-supervised checkpoint on the test split")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--no_progress", action="store_true")
+    add_common_flags(parser, tuning=False)
+    args = parser.parse_args(argv)
+    configure_runtime()
+    cfg = load_config(args.config, args.set, schema=SemiSupervisedConfig)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = SemiSupervisedModule.from_checkpoint(args.ckpt).to(device).eval()
+    dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
+    dm.setup("test")
+    info, size = module.info, module.cfg.dataset.size
+    view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop)
+    view = view.to(device)
+    logits, labels = extract_features(module, dm.test_dataloader(), view, device, "test", not args.no_progress)
+    logits = logits.mean(1) if logits.ndim == 3 else logits
+    acc = topk_accuracy(logits, labels)
+    print(format_table(["evaluation", "top-1 %", "top-5 %"], [[f"semi-supervised ({crops}), {labels.numel()} test images", acc[1], acc[5]]]))
+    return {"top1": acc[1], "top5": acc[5]}
+
+
+train_main = run_main(train)
+evaluate_main = run_main(evaluate)

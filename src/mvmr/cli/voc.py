@@ -1,0 +1,108 @@
+"""``main_voc.py`` and ``evaluate_voc.py``: VOC07 multi-label classification on frozen features."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from mvmr.cli.common import RunDir, add_common_flags, configure_runtime, format_table, run_main, write_run_config
+from mvmr.config import PretrainConfig, VOCConfig, load_config
+from mvmr.data.views import build_eval_view
+from mvmr.data.voc import VOC_CLASSES, VOCMultiLabel, resolve_eval_split
+from mvmr.errors import CheckpointError, ConfigError
+from mvmr.evaluation.features import extract_features
+from mvmr.evaluation.voc import fit_linear_svms, mean_average_precision
+from mvmr.methods.pretrain import MVMRPretrainModule
+from mvmr.methods.voc import fit_bce_head, load_voc_checkpoint, save_voc_checkpoint, svm_head
+
+
+def voc_features(backbone, root: str, split: str, cfg: VOCConfig, info, device, progress: bool):
+    """Frozen features (N, D), targets (N, 20) float and the difficult-only mask (N, 20) of one VOC split."""
+    load_size = cfg.dataset.load_size or round(cfg.dataset.size * 256 / 224)
+    ds = VOCMultiLabel(root, split, load_size)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.n_workers)
+    view = build_eval_view(cfg.dataset.size, info.mean, info.std).to(device)
+    feats, _ = extract_features(backbone, loader, view, device, f"VOC {split} features", progress)
+    return feats, torch.as_tensor(ds.targets, dtype=torch.float32), torch.as_tensor(ds.difficult_only, dtype=torch.bool)
+
+
+def check_rgb(info, source: str) -> None:
+    if info.channels != 3:
+        raise CheckpointError(f"'{source}' was trained on {info.channels}-channel images; VOC07 is RGB: "
+                              "pretrain with 3 channels (dataset.to_rgb=true for grayscale data)")
+
+
+def train(argv: Sequence[str] | None = None) -> RunDir:
+    parser = argparse.ArgumentParser(description="VOC07 multi-label linear classification on frozen features")
+    parser.add_argument("--config_voc", required=True, help="VOC config, e.g. configs/imagenet_voc.yaml")
+    parser.add_argument("--config_self", required=True, help="the self-supervised config of the pretrained model")
+    parser.add_argument("--path_self", required=True, help="pretrained self-supervised checkpoint")
+    parser.add_argument("--no_progress", action="store_true")
+    add_common_flags(parser)
+    args = parser.parse_args(argv)
+    configure_runtime()
+    cfg = load_config(args.config_voc, args.set, schema=VOCConfig)
+    load_config(args.config_self, schema=PretrainConfig)  # validated like every config
+    if not cfg.dataset.path:
+        raise ConfigError("dataset.path of the VOC config must be the folder that holds VOCdevkit/")
+    if args.auto_bs or args.auto_lr:
+        print("--auto_bs/--auto_lr: the VOC head trains on pre-extracted features (batch size only sets the "
+              "extraction batch); the learning rate is chosen on the held-out split instead")
+    pl.seed_everything(cfg.seed, verbose=False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pretrained = MVMRPretrainModule.from_checkpoint(args.path_self).to(device).eval()
+    check_rgb(pretrained.info, args.path_self)
+    run = RunDir.for_config(cfg, args.config_voc, "voc")
+    write_run_config(cfg, run)
+    print(f"Run directory: {run.path}")
+    x, y, ignore = voc_features(pretrained.forward, cfg.dataset.path, "trainval", cfg, pretrained.info, device,
+                                not args.no_progress)
+    if cfg.protocol == "svm":
+        svms = fit_linear_svms(x.numpy(), y.numpy(), ignore.numpy(), costs=tuple(cfg.svm_costs), seed=cfg.seed)
+        head, extra = svm_head(svms, x.shape[1]), {"svm_costs": [float(c) for c in svms.costs]}
+        print(f"SVM costs chosen by 3-fold CV on trainval: {sorted(set(extra['svm_costs']))}")
+    else:
+        g = torch.Generator().manual_seed(cfg.seed)
+        perm = torch.randperm(x.shape[0], generator=g)
+        n_val = max(1, int(round(cfg.dataset.val_fraction * x.shape[0])))
+        val, tr = perm[:n_val], perm[n_val:]
+        head, epoch, val_map = fit_bce_head(x[tr], y[tr], ignore[tr], x[val], y[val], ignore[val], cfg)
+        extra = {"best_epoch": epoch, "val_map": val_map}
+        print(f"linear head: best epoch {epoch} (val mAP {100 * val_map:.2f} on {n_val} held-out trainval images)")
+    path = run.checkpoints / "best.ckpt"
+    save_voc_checkpoint(path, pretrained.backbone, head, cfg, pretrained.cfg.encoder, pretrained.info, extra)
+    print(f"Checkpoint: {path}")
+    return run
+
+
+def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description="VOC07 per-class AP and mAP of a main_voc.py checkpoint")
+    parser.add_argument("--config", required=True, help="VOC config")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by main_voc.py")
+    parser.add_argument("--no_progress", action="store_true")
+    add_common_flags(parser, tuning=False)
+    args = parser.parse_args(argv)
+    configure_runtime()
+    cfg = load_config(args.config, args.set, schema=VOCConfig)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone, head, hp = load_voc_checkpoint(args.ckpt)
+    backbone.to(device)
+    split, note = resolve_eval_split(cfg.dataset.path)
+    if note:
+        print(note)
+    x, y, ignore = voc_features(backbone, cfg.dataset.path, split, cfg, hp["info_obj"], device, not args.no_progress)
+    with torch.no_grad():
+        scores = head(x).numpy()
+    mean_ap, per_class = mean_average_precision(scores, y.numpy(), ignore.numpy())
+    rows = [[name, 100 * ap] for name, ap in zip(VOC_CLASSES, per_class)] + [["mAP", 100 * mean_ap]]
+    print(f"VOC2007 {split}: {x.shape[0]} images, protocol {hp['config']['protocol']}")
+    print(format_table(["class", "AP %"], rows))
+    return {"mAP": 100 * mean_ap}
+
+
+train_main = run_main(train)
+evaluate_main = run_main(evaluate)

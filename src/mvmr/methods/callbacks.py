@@ -1,0 +1,52 @@
+"""Training callbacks beyond logging and checkpointing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from mvmr.representations.cache import RepresentationCache
+
+
+class RepresentationCacheCallback(pl.Callback):
+    """Before training, compute every deterministic φ_k(x̄) of the pretraining set once (rank 0 first,
+    the other ranks then reuse the files) and hand the cache to the module."""
+
+    def __init__(self, cfg, datamodule, root: Path):
+        self.cfg, self.datamodule, self.root = cfg, datamodule, root
+
+    def fingerprint(self, module) -> dict:
+        d = self.cfg.dataset
+        return {"dataset": {"name": d.name, "path": d.path, "size": d.size, "to_rgb": d.to_rgb,
+                            "classes_file": d.classes_file, "val_fraction": d.val_fraction, "seed": self.cfg.seed,
+                            "load_size": d.load_size, "n": self.datamodule.num_pretrain_samples},
+                "view": {"mean": list(module.info.mean), "std": list(module.info.std), "size": d.size},
+                "representations": {k: {"name": r.name, "params": r.params}
+                                    for k, r in zip(module.representations.keys(), self.cfg.representations)}}
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or not any(getattr(r, "deterministic", False) for r in pl_module.representations.values()):
+            return
+        dtype = torch.float16 if self.cfg.cache.dtype == "float16" else torch.float32
+        loader = self.datamodule.pretrain_dataloader(shuffle=False, drop_last=False)
+
+        def build():
+            return RepresentationCache.build(
+                dict(pl_module.representations), loader, pl_module.eval_view.to(pl_module.device), self.root,
+                self.fingerprint(pl_module), device=pl_module.device, dtype=dtype, max_dim=self.cfg.cache.max_dim,
+                seed=self.cfg.seed, progress=trainer.is_global_zero and self.cfg.trainer.progress_bar)
+
+        cache = build() if trainer.is_global_zero else None
+        trainer.strategy.barrier("representation-cache")
+        if cache is None:
+            cache = build()
+        pl_module.representation_cache = cache
+
+
+def build_callbacks(cfg, module, datamodule, run) -> list[pl.Callback]:
+    callbacks: list[pl.Callback] = []
+    if cfg.cache.enabled and len(module.representations):
+        root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.run_dir) / "cache"
+        callbacks.append(RepresentationCacheCallback(cfg, datamodule, root))
+    return callbacks

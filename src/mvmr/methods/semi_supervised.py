@@ -1,0 +1,138 @@
+"""Semi-supervised fine-tuning: the whole pretrained backbone plus a linear head on a labelled fraction."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvmr.checkpoint import load_checkpoint
+from mvmr.config import EncoderConfig, PretrainConfig, SemiSupervisedConfig, build_dataclass, to_dict
+from mvmr.data.views import build_eval_view, build_train_view
+from mvmr.errors import CheckpointError
+from mvmr.methods.optim import build_optimizer, param_groups
+from mvmr.methods.pretrain import topk_correct
+from mvmr.models import build_backbone
+
+
+def encoder_config_of(ckpt: dict) -> EncoderConfig:
+    """The encoder section stored in a checkpoint of any of this project's trainers."""
+    hp = ckpt.get("hyper_parameters", {})
+    enc = hp.get("config", {}).get("encoder") or hp.get("encoder")
+    if enc is None:
+        raise CheckpointError("checkpoint has no encoder config; pass a checkpoint written by mvmr's trainers")
+    return build_dataclass(EncoderConfig, enc, prefix="encoder.")
+
+
+def load_backbone_weights(backbone: nn.Module, state_dict: dict, source: str) -> None:
+    """Copy ``backbone.*`` weights; a one-line CheckpointError naming the first shape that differs."""
+    own = backbone.state_dict()
+    theirs = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    if not theirs:
+        raise CheckpointError(f"'{source}' holds no backbone weights (no 'backbone.*' keys)")
+    for key, value in own.items():
+        if key not in theirs:
+            raise CheckpointError(f"'{source}' lacks backbone weight '{key}': the encoder differs from the config's")
+        if theirs[key].shape != value.shape:
+            raise CheckpointError(f"'{source}' does not match the configured encoder: backbone.{key} is "
+                                  f"{tuple(theirs[key].shape)} in the checkpoint, {tuple(value.shape)} in the config")
+    backbone.load_state_dict({k: theirs[k] for k in own})
+
+
+class SemiSupervisedModule(pl.LightningModule):
+    """Backbone f (from a pretrained checkpoint) + linear head, trained with cross-entropy."""
+
+    def __init__(self, cfg: SemiSupervisedConfig, info: Any, encoder: EncoderConfig, n_classes: int):
+        super().__init__()
+        self.cfg, self.info, self.encoder_cfg, self.n_classes = cfg, info, encoder, n_classes
+        self.save_hyperparameters({"config": to_dict(cfg), "info": dataclasses.asdict(info),
+                                   "encoder": dataclasses.asdict(encoder), "n_classes": n_classes})
+        self.lr = cfg.lr
+        self.backbone, self.feature_dim = build_backbone(
+            encoder.backbone, in_channels=info.channels, small_kernel=encoder.small_kernel,
+            maxpool=encoder.maxpool, zero_init_residual=encoder.zero_init_residual)
+        self.head = nn.Linear(self.feature_dim, n_classes)
+        size = cfg.dataset.size
+        self.train_view = build_train_view(cfg.dataset.aug_policy, size, info.mean, info.std, info.channels,
+                                           strength=cfg.dataset.aug_strength)
+        self.eval_view = build_eval_view(size, info.mean, info.std)
+        self._counts: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_pretrained(cls, cfg: SemiSupervisedConfig, info: Any, path: str) -> "SemiSupervisedModule":
+        """Backbone weights from any pretraining checkpoint of this project (self-supervised or distilled)."""
+        ckpt = load_checkpoint(path)
+        encoder = cfg.encoder or encoder_config_of(ckpt)
+        module = cls(cfg, info, encoder, cfg.dataset.n_classes or info.n_classes)
+        load_backbone_weights(module.backbone, ckpt["state_dict"], path)
+        return module
+
+    @classmethod
+    def from_checkpoint(cls, path: str) -> "SemiSupervisedModule":
+        from mvmr.data import DatasetInfo
+
+        ckpt = load_checkpoint(path)
+        hp = ckpt["hyper_parameters"]
+        if "n_classes" not in hp:
+            raise CheckpointError(f"'{path}' is not a semi-supervised checkpoint (run main_semi_supervised.py first)")
+        cfg = build_dataclass(SemiSupervisedConfig, hp["config"])
+        module = cls(cfg, DatasetInfo(**hp["info"]), build_dataclass(EncoderConfig, hp["encoder"]), hp["n_classes"])
+        module.load_state_dict(ckpt["state_dict"])
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a normalised batch: (B, C, H, W) -> (B, n_classes)."""
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(x).float())
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels, _ = batch
+        with torch.no_grad():
+            x = self.train_view(images)
+        logits = self(x)
+        loss = F.cross_entropy(logits, labels)
+        acc = topk_correct(logits, labels, 1).float() / labels.numel()
+        self.log_dict({"train/loss": loss.detach(), "train/top1": acc}, on_step=True, on_epoch=True,
+                      batch_size=labels.numel())
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        images, labels, _ = batch
+        logits = self(self.eval_view(images))
+        counts = self._counts.setdefault(stage, torch.zeros(3, device=self.device))
+        counts += torch.stack([topk_correct(logits, labels, 1), topk_correct(logits, labels, 5),
+                               torch.tensor(labels.numel(), device=self.device)]).to(counts)
+
+    def _eval_end(self, stage: str) -> None:
+        counts = self._counts.pop(stage, None)
+        if counts is None:
+            return
+        if self.trainer.world_size > 1:
+            counts = self.all_gather(counts).reshape(-1, 3).sum(0)
+        total = counts[2].clamp_min(1)
+        self.log(f"{stage}/top1", 100 * counts[0] / total, prog_bar=True)
+        self.log(f"{stage}/top5", 100 * counts[1] / total)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    def configure_optimizers(self):
+        lr_head = self.cfg.lr_head or 10 * self.lr
+        groups = param_groups(self.backbone, self.cfg.wd, [
+            {"params": list(self.head.parameters()), "lr": lr_head, "weight_decay": 0.0, "lars_exclude": True}])
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or self.cfg.epochs))
+        return build_optimizer(self.cfg, groups, self.lr, total, steps_per_epoch)

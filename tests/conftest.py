@@ -1,0 +1,34 @@
+"""Shared fixtures: one tiny pretraining run reused by the end-to-end tests."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "configs" / "digits_self_supervised.yaml")
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# A few optimiser steps on 16x16 digits: enough to exercise every part, small enough for CI.
+TINY = ["epochs=2", "warmup_epochs=0", "batch_size=32", "dataset.size=16", "encoder.out_dim=64-64",
+        "trainer.limit_train_batches=3", "trainer.progress_bar=false", "eval.epochs=3", "eval.lrs=[0.01]",
+        "eval.wds=[0.0]", "log_every=1", "dataset.to_rgb=true"]
+
+
+def tiny_args(run_dir: Path, name: str = "tiny", extra: list[str] | None = None) -> list[str]:
+    args = ["--config", DIGITS]
+    for item in TINY + [f"run_dir={run_dir}", f"name={name}"] + list(extra or []):
+        args += ["--set", item]
+    return args
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory):
+    """(run directory, argv) of a finished tiny digits pretraining run (RGB, so VOC can use it)."""
+    from mvmr.cli.pretrain import pretrain
+
+    run_dir = tmp_path_factory.mktemp("runs")
+    args = tiny_args(run_dir)
+    run = pretrain(args)
+    return run, args
