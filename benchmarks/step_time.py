@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""MV-MR training-step cost against its encoder-only floor, measured side by side in one process.
+
+Settings (the authors' CPU numbers in the scale issue): ResNet-18, projector 2048-2048-2048,
+  32x32 with batch 128, and 96x96 with batch 64; three channels; the authors' five representations
+  (pixels, augmented pixels, HOG, ScatNet, local std).
+Variants, each a full optimiser step (views on the device, forward, backward, Adam):
+  floor      two views, MSE + variance hinge + dCor(z̄, z), no representation terms;
+  uncached   + the five representations computed every step (what the authors' code does);
+  cached     + the deterministic four read from the memory-mapped cache (augmented pixels still per step);
+  cached_proj  the same with ``cache.max_dim`` (seeded random projection of wider representations).
+Rounds interleave the variants so machine noise hits them alike; the median of each is reported.
+Also: the data pipeline (the DataModule's pretraining loader, n_workers=2, uint8 decode only) in images/s
+against the step's images/s.
+
+    python benchmarks/step_time.py [--rounds 5] [--fp32]
+
+The last line reads ``full cached step / floor = X.XX`` for the larger of the two settings.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mvmr.cli.common import cpu_supports_bf16, format_table
+from mvmr.config import DatasetConfig, PretrainConfig, RepresentationConfig, load_config
+from mvmr.data import DatasetInfo, MVMRDataModule
+from mvmr.methods.pretrain import MVMRPretrainModule
+from mvmr.representations.cache import RepresentationCache
+
+AUTHORS = [("pixels", {}), ("augmented_pixels", {}), ("hog", {"nbins": 9, "pool": 8}),
+           ("scatnet", {"J": 2, "L": 8}), ("local_std", {})]
+SETTINGS = [(32, 128), (96, 64)]
+
+
+def make_module(size: int, batch: int, representations: list) -> MVMRPretrainModule:
+    cfg = load_config(None, [f"dataset.size={size}", f"batch_size={batch}", "encoder.backbone=resnet18",
+                             "encoder.out_dim=2048-2048-2048", "encoder.small_kernel=false", "probe.enabled=false"],
+                      schema=PretrainConfig)
+    cfg.representations = [RepresentationConfig(name=n, weight=1.0, params=p) for n, p in representations]
+    info = DatasetInfo(n_classes=10, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    module = MVMRPretrainModule(cfg, info)
+    module.log = module.log_dict = lambda *a, **k: None  # no Trainer here
+    return module.to(memory_format=torch.channels_last)
+
+
+class Stepper:
+    """One variant: a module, its optimiser and (optionally) a representation cache."""
+
+    def __init__(self, module: MVMRPretrainModule, precision: torch.dtype | None):
+        self.module, self.precision = module.train(), precision
+        self.opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+
+    def step(self, images: torch.Tensor, index: torch.Tensor) -> None:
+        labels = torch.full((images.shape[0],), -1)
+        with torch.autocast("cpu", dtype=self.precision, enabled=self.precision is not None):
+            loss = self.module.training_step((images, labels, index), 0)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+def attach_cache(module: MVMRPretrainModule, images: torch.Tensor, root: str, max_dim: int | None = None) -> None:
+    loader = DataLoader(TensorDataset(images, torch.zeros(len(images)), torch.arange(len(images))), batch_size=64)
+    module.representation_cache = RepresentationCache.build(
+        dict(module.representations), loader, module.eval_view, root, {"bench": images.shape, "max_dim": max_dim},
+        max_dim=max_dim, progress=False)
+
+
+def data_pipeline_images_per_s(size: int, batch: int, n_batches: int = 20) -> tuple[float, str]:
+    """uint8 batches per second from the shared DataModule's pretraining loader (n_workers=2)."""
+    for name in ("fashion_mnist", "digits"):
+        try:
+            dm = MVMRDataModule(DatasetConfig(name=name, size=size, to_rgb=True), batch, 2, seed=0)
+            dm.setup("fit")
+            break
+        except Exception:  # Fashion-MNIST not installed: the embedded digits
+            continue
+    loader = dm.pretrain_dataloader(shuffle=True, drop_last=True)
+    seen, start = 0, None
+    for i, (images, _, _) in enumerate(loader):
+        if i == 2:
+            start, seen = time.perf_counter(), 0  # workers warmed up
+        seen += images.shape[0]
+        if i == n_batches + 2:
+            break
+    return seen / (time.perf_counter() - start), name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--max_dim", type=int, default=8192, help="cache.max_dim of the cached_proj variant")
+    parser.add_argument("--fp32", action="store_true", help="float32 even where bf16 is available")
+    args = parser.parse_args()
+    precision = None if args.fp32 or not cpu_supports_bf16() else torch.bfloat16
+    torch.manual_seed(0)
+    label = "bf16 autocast" if precision else "float32"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {label}, channels_last")
+    rows, ratio = [], {}
+    for size, batch in SETTINGS:
+        images = torch.randint(0, 256, (batch * 2, 3, size, size), dtype=torch.uint8)
+        index = torch.arange(batch)
+        steppers = {"floor": Stepper(make_module(size, batch, []), precision),
+                    "uncached": Stepper(make_module(size, batch, AUTHORS), precision),
+                    "cached": Stepper(make_module(size, batch, AUTHORS), precision),
+                    "cached_proj": Stepper(make_module(size, batch, AUTHORS), precision)}
+        with tempfile.TemporaryDirectory() as root:
+            attach_cache(steppers["cached"].module, images, root + "/full")
+            attach_cache(steppers["cached_proj"].module, images, root + "/proj", args.max_dim)
+            times = {k: [] for k in steppers}
+            for r in range(args.rounds + 1):
+                for name, stepper in steppers.items():
+                    start = time.perf_counter()
+                    stepper.step(images[index + (r % 2) * batch], index + (r % 2) * batch)
+                    if r:  # round 0 warms up
+                        times[name].append(time.perf_counter() - start)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        data_ips, data_name = data_pipeline_images_per_s(size, batch)
+        step_ips = batch / med["cached"]
+        for name in steppers:
+            label = f"cached, max_dim={args.max_dim}" if name == "cached_proj" else name
+            rows.append([f"{size}x{size}, batch {batch}", label, med[name], med[name] / med["floor"]])
+        rows.append([f"{size}x{size}, batch {batch}", f"data pipeline ({data_name}, 2 workers) vs cached step",
+                     f"{data_ips:.0f} img/s", data_ips / step_ips])
+        ratio[size] = med["cached"] / med["floor"]
+    print(format_table(["setting", "variant", "s / step (median)", "x floor"], rows))
+    print(f"full cached step / floor = {ratio[max(ratio)]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
