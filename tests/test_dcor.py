@@ -247,3 +247,13 @@ def test_memory_stays_order_batch_squared():
     peak = peak_extra_bytes(lambda: distance_correlation(x, y, chunk_size=chunk).backward())
     assert peak < x.numel() * 4 + budget  # the gradient itself plus O(B²)
     assert math.isfinite(x.grad.abs().sum().item())
+
+
+def test_non_finite_input_gives_a_non_finite_dcor_not_a_silent_zero():
+    from mvmr.losses import distance_correlation
+
+    x = torch.randn(8, 5)
+    y = torch.randn(8, 3)
+    y[2, 1] = float("nan")
+    assert torch.isnan(distance_correlation(x, y))
+    assert torch.isnan(distance_correlation(x, torch.full_like(y, float("nan"))))

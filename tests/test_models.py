@@ -53,3 +53,17 @@ def test_lars_trust_ratio_step():
     opt.step()
     # ratio = 0.1 * ||w|| / ||g|| = 0.1 * 5 / 1 = 0.5
     assert torch.allclose(p.detach(), torch.tensor([3.0 - 0.3, 4.0 - 0.4]))
+
+
+def test_compile_option_compiles_in_place_and_keeps_checkpoint_keys():
+    from mvmr.config import PretrainConfig, load_config
+    from mvmr.data import DatasetInfo
+    from mvmr.methods.pretrain import MVMRPretrainModule
+
+    info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
+    eager = MVMRPretrainModule(load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32"]), info)
+    compiled = MVMRPretrainModule(load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32",
+                                                     "compile=true"]), info)
+    assert eager.backbone._compiled_call_impl is None
+    assert compiled.backbone._compiled_call_impl is not None  # torch.compile'd forward (compiled on first call)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # no '_orig_mod.' prefixes

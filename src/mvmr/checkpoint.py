@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any, Dict
 
 import torch
+from torch import nn
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from mvmr.config import EncoderConfig, build_dataclass
 from mvmr.errors import CheckpointError
+
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -51,3 +54,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, path)
+
+
+def encoder_config_of(ckpt: dict) -> EncoderConfig:
+    """The encoder section stored in a checkpoint of any of this project's trainers."""
+    hp = ckpt.get("hyper_parameters", {})
+    enc = hp.get("config", {}).get("encoder") or hp.get("encoder")
+    if enc is None:
+        raise CheckpointError("checkpoint has no encoder config; pass a checkpoint written by mvmr's trainers")
+    return build_dataclass(EncoderConfig, enc, prefix="encoder.")
+
+
+def load_backbone_weights(backbone: nn.Module, state_dict: dict, source: str) -> None:
+    """Copy ``backbone.*`` weights; a one-line CheckpointError naming the first shape that differs."""
+    own = backbone.state_dict()
+    theirs = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    if not theirs:
+        raise CheckpointError(f"'{source}' holds no backbone weights (no 'backbone.*' keys)")
+    for key, value in own.items():
+        if key not in theirs:
+            raise CheckpointError(f"'{source}' lacks backbone weight '{key}': the encoder differs from the config's")
+        if theirs[key].shape != value.shape:
+            raise CheckpointError(f"'{source}' does not match the configured encoder: backbone.{key} is "
+                                  f"{tuple(theirs[key].shape)} in the checkpoint, {tuple(value.shape)} in the config")
+    backbone.load_state_dict({k: theirs[k] for k in own})

@@ -136,15 +136,22 @@ def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list
                   max_epochs: int | None = None) -> pl.Trainer:
     """A Lightning Trainer with the project's logging, atomic checkpoints and hardware settings."""
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from mvmr.methods.resilience import ResumableCSVLogger, RNGStateCallback, SaveOnInterrupt
 
     accelerator = resolve_accelerator(cfg.trainer.accelerator)
     precision = resolve_precision(cfg.fp16, accelerator)
-    checkpoint = ModelCheckpoint(
-        dirpath=run.checkpoints, filename="best", monitor=monitor, mode="max", save_top_k=1,
-        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
-        every_n_epochs=cfg.eval_every)
-    loggers = [CSVLogger(save_dir=run.path.parent, name=run.path.name, version=""),
+    # `last` gets its own callback: Lightning 2.6 writes save_last only when a top-k checkpoint was written
+    # in the same step, so a run whose best stopped improving would resume from an old epoch
+    last = ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    checkpoints = [last]
+    if monitor is not None:
+        checkpoints.insert(0, ModelCheckpoint(
+            dirpath=run.checkpoints, filename="best", monitor=monitor, mode="max", save_top_k=1,
+            auto_insert_metric_name=False, enable_version_counter=False, every_n_epochs=cfg.eval_every))
+    loggers = [ResumableCSVLogger(save_dir=run.path.parent, name=run.path.name, version=""),
                TensorBoardLogger(save_dir=run.path, name="tensorboard", version="")]
     return pl.Trainer(
         accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
@@ -152,7 +159,8 @@ def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list
         max_epochs=max_epochs or cfg.epochs, max_steps=cfg.trainer.max_steps,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
         accumulate_grad_batches=cfg.accumulate_grad_batches, check_val_every_n_epoch=cfg.eval_every,
-        log_every_n_steps=cfg.log_every, callbacks=[checkpoint, LearningRateMonitor("step"), *(callbacks or [])],
+        log_every_n_steps=cfg.log_every, callbacks=[*checkpoints, LearningRateMonitor("step"), RNGStateCallback(),
+                                                       SaveOnInterrupt(run.last), *(callbacks or [])],
         logger=loggers, plugins=[AtomicCheckpointIO()], deterministic=cfg.deterministic,
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=str(run.path))
@@ -175,12 +183,20 @@ def tune(cfg: Any, trainer: pl.Trainer, module: pl.LightningModule, datamodule: 
         datamodule.batch_size = cfg.batch_size
         print(f"--auto_bs: batch_size = {cfg.batch_size}")
     if auto_lr:
-        finder = tuner.lr_find(module, datamodule=datamodule, min_lr=1e-6, max_lr=1.0, num_training=60)
+        max_epochs = trainer.fit_loop.max_epochs
+        trainer.fit_loop.max_epochs = 10**6  # small datasets: the 60 finder steps may span several epochs
+        try:
+            finder = tuner.lr_find(module, datamodule=datamodule, min_lr=1e-6, max_lr=1.0, num_training=60,
+                                   early_stop_threshold=None)  # the MV-MR loss is not a CE: no "diverged" cut
+        finally:
+            trainer.fit_loop.max_epochs = max_epochs
         suggestion = finder.suggestion() if finder is not None else None
         if suggestion:
             cfg.lr = cfg.lr_suggested = float(suggestion)
             module.lr = cfg.lr
-        print(f"--auto_lr: lr = {cfg.lr:.3g}")
+            print(f"--auto_lr: lr = {cfg.lr:.3g}")
+        else:
+            print(f"--auto_lr: the LR finder gave no suggestion; keeping lr = {cfg.lr:.3g}")
 
 
 def write_run_config(cfg: Any, run: RunDir) -> None:

@@ -69,11 +69,13 @@ def extra_callbacks(cfg, module, datamodule, run) -> list:
 
 def report(trainer: pl.Trainer, module: MVMRPretrainModule, datamodule, run: RunDir) -> None:
     """Online-probe accuracy of the best checkpoint on the test split, as a table."""
-    if module.probe is None or not trainer.is_global_zero:
+    if module.probe is None:
         print(f"Run directory: {run.path}")
         return
     ckpt = str(run.best) if run.best.is_file() else None
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)  # every rank takes part
+    if not trainer.is_global_zero:
+        return
     rows = [["online probe (test)", results[0].get("test/top1", float("nan")), results[0].get("test/top5", float("nan"))]]
     print(format_table(["evaluation", "top-1 %", "top-5 %"], rows))
     print(f"Checkpoints: {run.checkpoints}  (best by val/top1, last)")

@@ -52,9 +52,9 @@ def train(argv: Sequence[str] | None = None) -> RunDir:
         tune(cfg, trainer, module, dm, args.auto_bs, args.auto_lr)
     write_run_config(cfg, run)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    results = trainer.test(module, datamodule=dm, ckpt_path=str(run.best) if run.best.is_file() else None,
+                           verbose=False)[0]  # every rank takes part under DDP
     if trainer.is_global_zero:
-        results = trainer.test(module, datamodule=dm, ckpt_path=str(run.best) if run.best.is_file() else None,
-                               verbose=False)[0]
         print(format_table(["evaluation", "top-1 %", "top-5 %"],
                            [[f"fine-tuned, {n_labelled} labels (test, center crop)", results["test/top1"], results["test/top5"]]]))
     print(f"Run directory: {run.path}")

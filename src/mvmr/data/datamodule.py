@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mvmr.data.datasets import DatasetInfo, ImageDataset, balanced_subset, build_dataset, stratified_split
 from mvmr.errors import ConfigError, DataError
@@ -144,7 +144,11 @@ class MVMRDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: IndexedSubset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
         self.setup()
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+        sampler = EpochSeededSampler(len(dataset), self.seed) if shuffle else None
+        # a private generator: creating an iterator draws a worker base seed, which must not advance the global
+        # RNG that the on-device views use (a resumed run re-creates iterators)
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
                           drop_last=drop_last and len(dataset) >= batch_size,  # never an empty epoch
                           num_workers=self.n_workers, persistent_workers=self.n_workers > 0,
                           pin_memory=torch.cuda.is_available())
@@ -165,3 +169,22 @@ class MVMRDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The test split (empty when the dataset has none, e.g. a flat image folder)."""
         return self._loader(self.test_dataset, self.eval_batch_size or self.batch_size, False, False)
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A random permutation drawn from (seed, epoch) alone, not from the global RNG: re-creating the iterator
+    (as a resumed run does) replays the same order. Lightning calls ``set_epoch`` at each epoch start; under
+    DDP it is replaced by ``DistributedSampler``, which is seeded the same way."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())

@@ -95,9 +95,10 @@ class _SquaredDistances(torch.autograd.Function):
 
 
 def safe_sqrt(t: torch.Tensor) -> torch.Tensor:
-    """sqrt(t) where t > 0, else 0; the gradient is 0 (not inf/NaN) where t <= 0."""
+    """sqrt(t) where t > 0, else 0; the gradient is 0 (not inf/NaN) where t <= 0. NaN stays NaN, so a
+    non-finite input reaches the loss (and its check) instead of silently becoming a zero distance."""
     positive = t > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, t, torch.ones_like(t))), torch.zeros_like(t))
+    return torch.where(positive, torch.sqrt(torch.where(positive, t, torch.ones_like(t))), t.clamp(max=0) * 0)
 
 
 def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

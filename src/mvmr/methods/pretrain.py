@@ -56,6 +56,8 @@ class MVMRPretrainModule(pl.LightningModule):
         self.backbone, self.feature_dim = build_backbone(
             cfg.encoder.backbone, in_channels=channels, small_kernel=cfg.encoder.small_kernel,
             maxpool=cfg.encoder.maxpool, zero_init_residual=cfg.encoder.zero_init_residual)
+        if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
+            self.backbone.compile()
         self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim)
         size = cfg.dataset.size
         self.train_view = build_train_view(cfg.dataset.aug_policy, size, info.mean, info.std, channels,

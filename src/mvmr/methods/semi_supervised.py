@@ -9,37 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvmr.checkpoint import load_checkpoint
+from mvmr.checkpoint import encoder_config_of, load_backbone_weights, load_checkpoint
 from mvmr.config import EncoderConfig, PretrainConfig, SemiSupervisedConfig, build_dataclass, to_dict
 from mvmr.data.views import build_eval_view, build_train_view
 from mvmr.errors import CheckpointError
 from mvmr.methods.optim import build_optimizer, param_groups
 from mvmr.methods.pretrain import topk_correct
 from mvmr.models import build_backbone
-
-
-def encoder_config_of(ckpt: dict) -> EncoderConfig:
-    """The encoder section stored in a checkpoint of any of this project's trainers."""
-    hp = ckpt.get("hyper_parameters", {})
-    enc = hp.get("config", {}).get("encoder") or hp.get("encoder")
-    if enc is None:
-        raise CheckpointError("checkpoint has no encoder config; pass a checkpoint written by mvmr's trainers")
-    return build_dataclass(EncoderConfig, enc, prefix="encoder.")
-
-
-def load_backbone_weights(backbone: nn.Module, state_dict: dict, source: str) -> None:
-    """Copy ``backbone.*`` weights; a one-line CheckpointError naming the first shape that differs."""
-    own = backbone.state_dict()
-    theirs = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-    if not theirs:
-        raise CheckpointError(f"'{source}' holds no backbone weights (no 'backbone.*' keys)")
-    for key, value in own.items():
-        if key not in theirs:
-            raise CheckpointError(f"'{source}' lacks backbone weight '{key}': the encoder differs from the config's")
-        if theirs[key].shape != value.shape:
-            raise CheckpointError(f"'{source}' does not match the configured encoder: backbone.{key} is "
-                                  f"{tuple(theirs[key].shape)} in the checkpoint, {tuple(value.shape)} in the config")
-    backbone.load_state_dict({k: theirs[k] for k in own})
 
 
 class SemiSupervisedModule(pl.LightningModule):
@@ -54,6 +30,8 @@ class SemiSupervisedModule(pl.LightningModule):
         self.backbone, self.feature_dim = build_backbone(
             encoder.backbone, in_channels=info.channels, small_kernel=encoder.small_kernel,
             maxpool=encoder.maxpool, zero_init_residual=encoder.zero_init_residual)
+        if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
+            self.backbone.compile()
         self.head = nn.Linear(self.feature_dim, n_classes)
         size = cfg.dataset.size
         self.train_view = build_train_view(cfg.dataset.aug_policy, size, info.mean, info.std, info.channels,

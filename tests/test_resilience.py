@@ -1,0 +1,83 @@
+"""Nothing lost: deterministic resume, non-finite loss, interrupted runs; and a 2-process DDP run on the CPU."""
+import signal
+import subprocess
+import sys
+
+import pytorch_lightning as pl
+import pytest
+import torch
+
+from conftest import DIGITS, ROOT, tiny_args
+
+DETERMINISTIC = ["deterministic=true", "epochs=3", "cache.enabled=false", "fp16=false"]
+
+
+class InterruptAfterValidation(pl.Callback):
+    """Simulates Ctrl-C right after the checkpoint of epoch ``epoch`` was written."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def backbone_state(path):
+    state = torch.load(path, weights_only=False)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith(("backbone.", "projector.", "probe."))}
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    import mvmr.cli.pretrain as cli
+
+    straight = cli.pretrain(tiny_args(tmp_path, "straight", DETERMINISTIC))
+
+    original = cli.extra_callbacks
+    monkeypatch.setattr(cli, "extra_callbacks",
+                        lambda *a: original(*a) + [InterruptAfterValidation(epoch=1)])
+    sigint = signal.getsignal(signal.SIGINT)
+    with pytest.raises((SystemExit, KeyboardInterrupt)):
+        cli.pretrain(tiny_args(tmp_path, "interrupted", DETERMINISTIC))
+    signal.signal(signal.SIGINT, sigint)  # Lightning ignores further Ctrl-C while shutting down
+    assert "interrupted at epoch 1" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "extra_callbacks", original)
+
+    resumed = cli.pretrain(tiny_args(tmp_path, "interrupted", DETERMINISTIC))
+    assert "Resuming from" in capsys.readouterr().out
+    a, b = backbone_state(straight.last), backbone_state(resumed.last)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_non_finite_loss_names_the_term_and_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from mvmr.cli.pretrain import pretrain
+    from mvmr.methods.pretrain import NonFiniteLossError
+    from mvmr.representations.pixels import Pixels
+
+    calls = {"n": 0}
+    forward = Pixels.forward
+
+    def poisoned(self, x):
+        calls["n"] += 1
+        out = forward(self, x)
+        return torch.full_like(out, float("nan")) if calls["n"] > 3 else out  # the 4th step (epoch 1) goes wrong
+
+    monkeypatch.setattr(Pixels, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"loss term 'dcor/pixels' became nan at step 3 \(epoch 1\)"):
+        pretrain(tiny_args(tmp_path, "nan", ["cache.enabled=false"]))
+    last = tmp_path / "nan" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_two_process_ddp_run_on_the_cpu_completes(tmp_path):
+    args = tiny_args(tmp_path, "ddp", ["trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp",
+                                       "epochs=1", "n_workers=0"])
+    proc = subprocess.run([sys.executable, "main_self_supervised.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
+    assert "online probe (test)" in proc.stdout
