@@ -78,3 +78,14 @@ def test_paper_settings_in_stl10_config():
 def test_schema_reference_lists_every_key():
     keys = {row[0] for row in describe_schema(PretrainConfig)}
     assert {"batch_size", "dataset.name", "encoder.out_dim", "loss.unbiased", "trainer.devices"} <= keys
+
+
+def test_config_reference_document_is_current():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "scripts/config_reference.py", "--check"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -53,7 +53,11 @@ def test_rerun_resumes_from_last(pretrained_run, capsys):
     pretrain(args + ["--set", "epochs=3"])
     out = capsys.readouterr().out
     assert "Resuming from" in out and str(run.last) in out
-    assert torch.load(run.last, weights_only=False)["epoch"] == 2  # epochs 0, 1 then 2
+    assert torch.load(run.last, weights_only=False)["global_step"] == 9  # 3 steps in each of epochs 0, 1 then 2
+    from mvmr.cli.plots import read_epoch_metrics
+
+    losses = read_epoch_metrics(run.path / "metrics.csv")["train/loss"]
+    assert [epoch for epoch, _ in losses] == [0, 1, 2]  # metrics.csv kept the first run's rows
 
 
 def _run(args):
@@ -76,3 +80,50 @@ def test_cli_config_errors_are_one_line_exit_2(override, message, tmp_path):
 def test_cli_missing_checkpoint(tmp_path):
     proc = _run(["evaluate_self_supervised.py", "--config", DIGITS, "--ckpt", str(tmp_path / "none.ckpt")])
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_load_encoder_gives_the_trained_backbone_and_its_transform(pretrained_run):
+    import mvmr
+    from mvmr.methods.pretrain import MVMRPretrainModule
+
+    run, _ = pretrained_run
+    backbone, transform = mvmr.load_encoder(run.best)
+    module = MVMRPretrainModule.from_checkpoint(str(run.best)).eval()
+    assert not backbone.training and not any(p.requires_grad for p in backbone.parameters())
+    images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)  # digits are 8x8
+    x = torch.stack([transform(image) for image in images])
+    assert torch.equal(x, module.eval_view(images))  # the run's x̄, image by image
+    with torch.no_grad():
+        feats = backbone(x)
+        assert feats.shape == (3, backbone.feature_dim) == (3, 512)
+        torch.testing.assert_close(feats, module(x), rtol=1e-4, atol=1e-5)
+
+
+def test_plot_run_writes_curves_and_tsne(pretrained_run, tmp_path):
+    from mvmr.cli.plots import main, read_epoch_metrics
+
+    run, _ = pretrained_run
+    series = read_epoch_metrics(run.path / "metrics.csv")
+    assert [e for e, _ in series["train/loss"]][:2] == [0, 1] and "val/top1" in series and "train/dcor/hog" in series
+    written = main([str(run.path), "--out", str(tmp_path), "--tsne_points", "40", "--no_progress"])
+    assert sorted(p.name for p in written) == ["loss_terms.png", "probe_accuracy.png", "tsne.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_auto_lr_and_auto_bs_suggestions_are_used_and_recorded(tmp_path, capsys):
+    from mvmr.cli.pretrain import pretrain
+
+    run = pretrain(tiny_args(tmp_path, "tuned", ["epochs=1", "trainer.limit_train_batches=2"]) + ["--auto_lr", "--auto_bs"])
+    out = capsys.readouterr().out
+    assert "--auto_lr: lr = " in out and "--auto_bs: batch_size = " in out
+    cfg = yaml.safe_load((run.path / "config.yaml").read_text())
+    assert cfg["lr_suggested"] is not None and cfg["lr"] == cfg["lr_suggested"]
+    assert cfg["batch_size_suggested"] is not None and cfg["batch_size"] == cfg["batch_size_suggested"]
+
+
+def test_auto_bs_under_ddp_is_a_one_line_explanation(tmp_path):
+    proc = _run(["main_self_supervised.py", *tiny_args(tmp_path, "ddp_tune", ["trainer.devices=2",
+                 "trainer.accelerator=cpu", "trainer.strategy=ddp"]), "--auto_bs"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "tune on one device" in proc.stderr.strip().splitlines()[-1]

@@ -1,0 +1,38 @@
+"""Using a trained encoder elsewhere: ``backbone, transform = mvmr.load_encoder("runs/x/checkpoints/best.ckpt")``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mvmr.checkpoint import encoder_config_of, load_backbone_weights, load_checkpoint
+from mvmr.data.datasets import DatasetInfo
+from mvmr.data.views import EvalTransform, eval_transform
+from mvmr.errors import CheckpointError
+from mvmr.models import build_backbone
+
+
+def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, EvalTransform]:
+    """(backbone, transform) from a pretraining, distillation or semi-supervised checkpoint of this project.
+
+    ``backbone``: frozen, in eval mode, a plain ``nn.Module`` mapping a normalised batch (B, C, H, W) to
+    features (B, D) (D = ``backbone.feature_dim``: 512 for ResNet-18/34, 2048 for ResNet-50).
+    ``transform``: the run's evaluation view x̄ for ONE image (PIL image or uint8 (C, H, W) tensor) ->
+    float32 (C, size, size), resized, centre-cropped and normalised with the run's mean/std.
+    No representation, teacher or projector is built, so nothing but the checkpoint is needed.
+    """
+    ckpt = load_checkpoint(ckpt_path)
+    hp = ckpt.get("hyper_parameters", {})
+    if "info" not in hp or "config" not in hp:
+        raise CheckpointError(f"'{ckpt_path}' has no run settings (hyper_parameters.info/config); "
+                              "pass a checkpoint written by mvmr's trainers")
+    info = DatasetInfo(**hp["info"])
+    encoder = encoder_config_of(ckpt)
+    backbone, feature_dim = build_backbone(encoder.backbone, in_channels=info.channels,
+                                           small_kernel=encoder.small_kernel, maxpool=encoder.maxpool,
+                                           zero_init_residual=encoder.zero_init_residual)
+    load_backbone_weights(backbone, ckpt["state_dict"], str(ckpt_path))
+    backbone.feature_dim = feature_dim
+    backbone.eval().requires_grad_(False)
+    return backbone.to(device), eval_transform(hp["config"]["dataset"]["size"], info.mean, info.std)
