@@ -41,3 +41,13 @@ def test_linear_eval_separable_and_selects_on_val():
     assert fit.val_top1 > 95 and 1 <= fit.epochs <= 20
     # ten-crop shaped input: logits averaged over crops
     assert fit.head(x[:5, None].expand(5, 10, 16)).shape == (5, 3)
+
+
+def test_topk_counts_agree_with_topk_accuracy():
+    from mvmr.evaluation.metrics import topk_accuracy
+    from mvmr.methods.topk import topk_correct
+
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.5, 0.4, 0.1]])
+    labels = torch.tensor([1, 2, 0, 1])  # top-1 right: row 0 only; top-2 right: rows 0, 3
+    assert topk_correct(logits, labels, 1).item() == 1 and topk_correct(logits, labels, 2).item() == 2
+    assert topk_accuracy(logits, labels, (1, 2)) == {1: 25.0, 2: 50.0}

@@ -22,6 +22,7 @@ from mvmr.data.views import build_eval_view, build_train_view
 from mvmr.errors import MVMRError
 from mvmr.losses import MVMRObjective
 from mvmr.methods.optim import build_optimizer, param_groups
+from mvmr.methods.topk import TopKEvaluation, topk_correct
 from mvmr.models import build_backbone, build_projector
 from mvmr.representations import build_representation
 
@@ -37,13 +38,7 @@ def representation_keys(names: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Number of rows of ``logits`` (N, K) whose top-k classes contain ``labels`` (N,)."""
-    k = min(k, logits.shape[1])
-    return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum()
-
-
-class MVMRPretrainModule(pl.LightningModule):
+class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
     """Backbone f, projector g, the representations φ_k, the MV-MR objective and an online probe."""
 
     def __init__(self, cfg: PretrainConfig, info: Any):
@@ -91,7 +86,6 @@ class MVMRPretrainModule(pl.LightningModule):
         self.n_classes = cfg.dataset.n_classes or info.n_classes
         self.probe = nn.Linear(self.feature_dim, self.n_classes) if cfg.probe.enabled else None
         self.representation_cache = None  # set by the cache callback: key -> (N, d_k) tensor-like, by index
-        self._val_counts: Dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ helpers
     def _augment_normalised(self, x_bar: torch.Tensor) -> torch.Tensor:
@@ -160,35 +154,9 @@ class MVMRPretrainModule(pl.LightningModule):
             f"(epoch {self.current_epoch}); lower lr or check the data; the last good checkpoint is kept")
 
     # ------------------------------------------------------------------ evaluation of the probe
-    def _eval_step(self, batch, stage: str) -> None:
-        if self.probe is None:
-            return
-        images, labels, _ = batch
-        logits = self.probe(self.forward(self.eval_view(images)).float())
-        counts = self._val_counts.setdefault(stage, torch.zeros(3, device=self.device))
-        counts += torch.stack([topk_correct(logits, labels, 1), topk_correct(logits, labels, 5),
-                               torch.tensor(labels.numel(), device=self.device)]).to(counts)
-
-    def _eval_epoch_end(self, stage: str) -> None:
-        counts = self._val_counts.pop(stage, None)
-        if counts is None:
-            return
-        counts = self.all_gather(counts).reshape(-1, 3).sum(0) if self.trainer.world_size > 1 else counts
-        total = counts[2].clamp_min(1)
-        self.log(f"{stage}/top1", 100 * counts[0] / total, prog_bar=True, sync_dist=False)
-        self.log(f"{stage}/top5", 100 * counts[1] / total, sync_dist=False)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
+    def eval_logits(self, images: torch.Tensor):
+        """Online-probe logits of x̄ (None without a probe)."""
+        return None if self.probe is None else self.probe(self.forward(self.eval_view(images)).float())
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

@@ -14,11 +14,11 @@ from mvmr.config import EncoderConfig, PretrainConfig, SemiSupervisedConfig, bui
 from mvmr.data.views import build_eval_view, build_train_view
 from mvmr.errors import CheckpointError
 from mvmr.methods.optim import build_optimizer, param_groups
-from mvmr.methods.pretrain import topk_correct
+from mvmr.methods.topk import TopKEvaluation, topk_correct
 from mvmr.models import build_backbone
 
 
-class SemiSupervisedModule(pl.LightningModule):
+class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
     """Backbone f (from a pretrained checkpoint) + linear head, trained with cross-entropy."""
 
     def __init__(self, cfg: SemiSupervisedConfig, info: Any, encoder: EncoderConfig, n_classes: int):
@@ -37,7 +37,6 @@ class SemiSupervisedModule(pl.LightningModule):
         self.train_view = build_train_view(cfg.dataset.aug_policy, size, info.mean, info.std, info.channels,
                                            strength=cfg.dataset.aug_strength)
         self.eval_view = build_eval_view(size, info.mean, info.std)
-        self._counts: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_pretrained(cls, cfg: SemiSupervisedConfig, info: Any, path: str) -> "SemiSupervisedModule":
@@ -78,34 +77,8 @@ class SemiSupervisedModule(pl.LightningModule):
                       batch_size=labels.numel())
         return loss
 
-    def _eval_step(self, batch, stage: str) -> None:
-        images, labels, _ = batch
-        logits = self(self.eval_view(images))
-        counts = self._counts.setdefault(stage, torch.zeros(3, device=self.device))
-        counts += torch.stack([topk_correct(logits, labels, 1), topk_correct(logits, labels, 5),
-                               torch.tensor(labels.numel(), device=self.device)]).to(counts)
-
-    def _eval_end(self, stage: str) -> None:
-        counts = self._counts.pop(stage, None)
-        if counts is None:
-            return
-        if self.trainer.world_size > 1:
-            counts = self.all_gather(counts).reshape(-1, 3).sum(0)
-        total = counts[2].clamp_min(1)
-        self.log(f"{stage}/top1", 100 * counts[0] / total, prog_bar=True)
-        self.log(f"{stage}/top5", 100 * counts[1] / total)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
+    def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self(self.eval_view(images))
 
     def configure_optimizers(self):
         lr_head = self.cfg.lr_head or 10 * self.lr
