@@ -1,7 +1,9 @@
 """Linear evaluation on frozen features: hyper-parameters chosen on a validation split, never on test."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,32 +35,48 @@ class StandardisedLinear(nn.Module):
         return logits.mean(dim=1) if logits.ndim == 3 else logits
 
 
-def _train_one(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, n_classes: int,
-               lr: float, wd: float, epochs: int, batch_size: int, seed: int) -> tuple[StandardisedLinear, int, float]:
-    g = torch.Generator().manual_seed(seed)
-    flat = x if x.ndim == 2 else x.flatten(0, 1)
-    head = StandardisedLinear(flat.mean(0), flat.std(0).clamp_min(1e-6), n_classes)
+def fit_epochs(head: nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tensor], n: int,
+               val_score: Callable[[], float], epochs: int, batch_size: int, lr: float, wd: float,
+               generator: torch.Generator, log: Optional[Callable[[int, float, float], None]] = None
+               ) -> tuple[int, float]:
+    """AdamW + cosine over ``epochs`` passes of shuffled mini-batches of row indices into ``batch_loss``; after
+    each epoch ``val_score()`` (higher is better). Loads the best epoch's weights; returns (epoch, score)."""
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    best_state, best_epoch, best_acc = None, 0, -1.0
+    best_state, best_epoch, best_score = None, 0, -float("inf")
     for epoch in range(epochs):
         head.train()
-        for idx in torch.randperm(x.shape[0], generator=g).split(batch_size):
-            xb = x[idx]
-            if xb.ndim == 3:  # train on one random crop per sample
-                xb = xb[torch.arange(xb.shape[0]), torch.randint(xb.shape[1], (xb.shape[0],), generator=g)]
-            loss = F.cross_entropy(head(xb), y[idx])
+        for idx in torch.randperm(n, generator=generator).split(batch_size):
+            loss = batch_loss(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         sched.step()
         head.eval()
         with torch.no_grad():
-            acc = topk_accuracy(head(val_x), val_y, (1,))[1]
-        if acc > best_acc:
-            best_acc, best_epoch = acc, epoch + 1
-            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+            score = val_score()
+        if score > best_score:
+            best_state, best_epoch, best_score = copy.deepcopy(head.state_dict()), epoch + 1, score
+        if log is not None:
+            log(epoch + 1, loss.item(), score)
     head.load_state_dict(best_state)
+    return best_epoch, best_score
+
+
+def _train_one(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, n_classes: int,
+               lr: float, wd: float, epochs: int, batch_size: int, seed: int) -> tuple[StandardisedLinear, int, float]:
+    g = torch.Generator().manual_seed(seed)
+    flat = x if x.ndim == 2 else x.flatten(0, 1)
+    head = StandardisedLinear(flat.mean(0), flat.std(0).clamp_min(1e-6), n_classes)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        xb = x[idx]
+        if xb.ndim == 3:  # train on one random crop per sample
+            xb = xb[torch.arange(xb.shape[0]), torch.randint(xb.shape[1], (xb.shape[0],), generator=g)]
+        return F.cross_entropy(head(xb), y[idx])
+
+    best_epoch, best_acc = fit_epochs(head, batch_loss, x.shape[0], lambda: topk_accuracy(head(val_x), val_y, (1,))[1],
+                                      epochs, batch_size, lr, wd, g)
     return head, best_epoch, best_acc
 
 

@@ -5,7 +5,6 @@ too, so ``evaluate_voc.py`` needs nothing else.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any
 
@@ -16,6 +15,7 @@ from torch import nn
 from mvmr.checkpoint import atomic_torch_save, load_checkpoint
 from mvmr.config import EncoderConfig, VOCConfig, build_dataclass, to_dict
 from mvmr.errors import CheckpointError
+from mvmr.evaluation.linear import fit_epochs
 from mvmr.evaluation.voc import mean_average_precision
 from mvmr.models import build_backbone
 
@@ -42,26 +42,20 @@ def fit_bce_head(train_x: torch.Tensor, train_y: torch.Tensor, train_ignore: tor
     """Train with BCE (difficult-only entries masked out); keep the epoch with the best validation mAP."""
     g = torch.Generator().manual_seed(cfg.seed)
     head = MultiLabelHead(train_x.mean(0), train_x.std(0).clamp_min(1e-6), train_y.shape[1])
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.wd)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     weight = (~train_ignore).float()
-    best, best_epoch, best_map = None, 0, -1.0
-    for epoch in range(cfg.epochs):
-        head.train()
-        for idx in torch.randperm(train_x.shape[0], generator=g).split(cfg.batch_size):
-            loss = F.binary_cross_entropy_with_logits(head(train_x[idx]), train_y[idx], weight=weight[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-        head.eval()
-        with torch.no_grad():
-            val_map, _ = mean_average_precision(head(val_x).numpy(), val_y.numpy(), val_ignore.numpy())
-        if val_map > best_map:
-            best, best_epoch, best_map = copy.deepcopy(head.state_dict()), epoch + 1, val_map
-        if (epoch + 1) % max(1, cfg.epochs // 10) == 0:
-            log(f"epoch {epoch + 1:4d}/{cfg.epochs}  loss {loss.item():.4f}  val mAP {100 * val_map:.2f}")
-    head.load_state_dict(best)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(head(train_x[idx]), train_y[idx], weight=weight[idx])
+
+    def val_map() -> float:
+        return mean_average_precision(head(val_x).numpy(), val_y.numpy(), val_ignore.numpy())[0]
+
+    def progress(epoch: int, loss: float, score: float) -> None:
+        if epoch % max(1, cfg.epochs // 10) == 0:
+            log(f"epoch {epoch:4d}/{cfg.epochs}  loss {loss:.4f}  val mAP {100 * score:.2f}")
+
+    best_epoch, best_map = fit_epochs(head, batch_loss, train_x.shape[0], val_map, cfg.epochs, cfg.batch_size,
+                                      cfg.lr, cfg.wd, g, progress)
     return head, best_epoch, best_map
 
 
