@@ -67,6 +67,11 @@ def cpu_supports_bf16() -> bool:
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
+def default_device() -> torch.device:
+    """Where the evaluation scripts run: the first GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolve_accelerator(requested: str) -> str:
     if requested == "gpu" and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator is 'gpu' but no CUDA device is visible; use trainer.accelerator=auto or cpu")

@@ -7,7 +7,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 import torch
 
-from mvmr.cli.common import add_common_flags, configure_runtime, format_table, run_main
+from mvmr.cli.common import default_device, add_common_flags, configure_runtime, format_table, run_main
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
 from mvmr.data.views import build_eval_view, build_test_view
@@ -34,7 +34,7 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     configure_runtime()
     cfg = load_config(args.config, args.set, schema=PretrainConfig)
     pl.seed_everything(cfg.seed, verbose=False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     module = MVMRPretrainModule.from_checkpoint(args.ckpt).to(device).eval()
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("fit")

@@ -7,7 +7,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 import torch
 
-from mvmr.cli.common import (RunDir, add_common_flags, build_trainer, configure_runtime, format_table,
+from mvmr.cli.common import (default_device, RunDir, add_common_flags, build_trainer, configure_runtime, format_table,
                              resume_checkpoint, run_main, tune, write_run_config)
 from mvmr.config import SemiSupervisedConfig, load_config
 from mvmr.data import MVMRDataModule
@@ -70,7 +70,7 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     configure_runtime()
     cfg = load_config(args.config, args.set, schema=SemiSupervisedConfig)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     module = SemiSupervisedModule.from_checkpoint(args.ckpt).to(device).eval()
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("test")

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from mvmr.cli.common import RunDir, add_common_flags, configure_runtime, format_table, run_main, write_run_config
+from mvmr.cli.common import default_device, RunDir, add_common_flags, configure_runtime, format_table, run_main, write_run_config
 from mvmr.config import PretrainConfig, VOCConfig, load_config
 from mvmr.data.views import build_eval_view
 from mvmr.data.voc import VOC_CLASSES, VOCMultiLabel, resolve_eval_split
@@ -53,7 +53,7 @@ def train(argv: Sequence[str] | None = None) -> RunDir:
         print("--auto_bs/--auto_lr: the VOC head trains on pre-extracted features (batch size only sets the "
               "extraction batch); the learning rate is chosen on the held-out split instead")
     pl.seed_everything(cfg.seed, verbose=False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     pretrained = MVMRPretrainModule.from_checkpoint(args.path_self).to(device).eval()
     check_rgb(pretrained.info, args.path_self)
     run = RunDir.for_config(cfg, args.config_voc, "voc")
@@ -88,7 +88,7 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     configure_runtime()
     cfg = load_config(args.config, args.set, schema=VOCConfig)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     backbone, head, hp = load_voc_checkpoint(args.ckpt)
     backbone.to(device)
     split, note = resolve_eval_split(cfg.dataset.path)
