@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torchvision
 
 from mvmr.errors import ConfigError
 from mvmr.methods.optim import LARS, SCHEDULES
@@ -21,6 +22,36 @@ def test_backbone_feature_dim(name, dim):
 def test_standard_stem_keeps_maxpool():
     net, _ = build_backbone("resnet18")
     assert net.conv1.kernel_size == (7, 7) and isinstance(net.maxpool, torch.nn.MaxPool2d)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_trunk_is_torchvision_resnet_at_width_64(name):
+    """Same parameter names and shapes as torchvision's model, and the same function once given its weights."""
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(weights=None)
+    reference.fc = torch.nn.Identity()
+    ours, dim = build_backbone(name)
+    theirs = reference.state_dict()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.items()}
+    ours.load_state_dict(theirs)
+    ours.eval(), reference.eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = reference(x)
+    assert dim == expected.shape[1]
+    torch.testing.assert_close(ours(x), expected, rtol=0, atol=0)
+
+
+def test_trunk_initialisation_and_width():
+    net, dim = build_backbone("resnet18", in_channels=1, small_kernel=True, maxpool=True, width=32)
+    assert dim == 256 and net(torch.randn(2, 1, 28, 28)).shape == (2, 256)
+    assert isinstance(net.maxpool, torch.nn.MaxPool2d) and net.conv1.out_channels == 32
+    assert torch.count_nonzero(net.layer1[0].bn2.weight) == 0  # zero-init residual: each block starts as identity
+    assert torch.all(net.bn1.weight == 1)
+    std = net.layer2[0].conv1.weight.std().item()  # kaiming normal, fan_out: std = sqrt(2 / (64 * 3 * 3))
+    assert abs(std - (2 / (64 * 9)) ** 0.5) < 0.1 * std
+    full = sum(p.numel() for p in build_backbone("resnet18", in_channels=1, small_kernel=True)[0].parameters())
+    quarter = sum(p.numel() for p in net.parameters())
+    assert 0.24 < quarter / full < 0.26  # weights scale with width squared
 
 
 def test_projector_layout():

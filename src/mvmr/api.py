@@ -31,7 +31,8 @@ def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu") -> t
     encoder = encoder_config_of(ckpt)
     backbone, feature_dim = build_backbone(encoder.backbone, in_channels=info.channels,
                                            small_kernel=encoder.small_kernel, maxpool=encoder.maxpool,
-                                           zero_init_residual=encoder.zero_init_residual)
+                                           zero_init_residual=encoder.zero_init_residual,
+                                           width=encoder.width)
     load_backbone_weights(backbone, ckpt["state_dict"], str(ckpt_path))
     backbone.feature_dim = feature_dim
     backbone.eval().requires_grad_(False)

@@ -50,7 +50,8 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         channels = info.channels
         self.backbone, self.feature_dim = build_backbone(
             cfg.encoder.backbone, in_channels=channels, small_kernel=cfg.encoder.small_kernel,
-            maxpool=cfg.encoder.maxpool, zero_init_residual=cfg.encoder.zero_init_residual)
+            maxpool=cfg.encoder.maxpool, zero_init_residual=cfg.encoder.zero_init_residual,
+            width=cfg.encoder.width)
         if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
             self.backbone.compile()
         self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim)

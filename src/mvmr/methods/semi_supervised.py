@@ -29,7 +29,8 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
         self.lr = cfg.lr
         self.backbone, self.feature_dim = build_backbone(
             encoder.backbone, in_channels=info.channels, small_kernel=encoder.small_kernel,
-            maxpool=encoder.maxpool, zero_init_residual=encoder.zero_init_residual)
+            maxpool=encoder.maxpool, zero_init_residual=encoder.zero_init_residual,
+            width=encoder.width)
         if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
             self.backbone.compile()
         self.head = nn.Linear(self.feature_dim, n_classes)

@@ -89,7 +89,7 @@ def load_voc_checkpoint(path) -> tuple[nn.Module, MultiLabelHead, dict]:
     encoder = build_dataclass(EncoderConfig, hp["encoder"])
     info = DatasetInfo(**hp["info"])
     backbone, dim = build_backbone(encoder.backbone, in_channels=info.channels, small_kernel=encoder.small_kernel,
-                                   maxpool=encoder.maxpool)
+                                   maxpool=encoder.maxpool, width=encoder.width)
     head = MultiLabelHead(torch.zeros(dim), torch.ones(dim), 20, hp["l2_normalize"])
     state = ckpt["state_dict"]
     backbone.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("backbone.")})

@@ -1,37 +1,101 @@
-"""The encoder f: a torchvision ResNet without its classifier, with an optional small-image stem."""
+"""The encoder f: a ResNet trunk (torchvision's blocks and layout, no classifier) with a configurable base width
+and an optional small-image stem."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from dataclasses import dataclass
+from typing import Dict, Sequence, Type, Union
 
-import torchvision
+import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from mvmr.registry import Registry
 
-BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
-BACKBONES.register("resnet18")(torchvision.models.resnet18)
-BACKBONES.register("resnet34")(torchvision.models.resnet34)
-BACKBONES.register("resnet50")(torchvision.models.resnet50)
+Block = Type[Union[BasicBlock, Bottleneck]]
 
 
-def build_backbone(name: str, *, in_channels: int = 3, small_kernel: bool = False,
-                   maxpool: bool | None = None, zero_init_residual: bool = True) -> tuple[nn.Module, int]:
+@dataclass(frozen=True)
+class ResNetSpec:
+    block: Block
+    layers: Sequence[int]
+
+
+BACKBONES: Registry[ResNetSpec] = Registry("backbone")
+BACKBONES.register("resnet18")(ResNetSpec(BasicBlock, (2, 2, 2, 2)))
+BACKBONES.register("resnet34")(ResNetSpec(BasicBlock, (3, 4, 6, 3)))
+BACKBONES.register("resnet50")(ResNetSpec(Bottleneck, (3, 4, 6, 3)))
+
+
+class ResNetTrunk(nn.Module):
+    """torchvision's ResNet without ``fc``, stage widths ``width * (1, 2, 4, 8)``.
+
+    With ``width=64`` and the standard stem it has exactly torchvision's parameter names, shapes, initialisation
+    scheme and forward pass (tested), so checkpoints carry ``conv1.*``, ``layer1.0.*``, ... keys.
+    (B, C, H, W) -> (B, 8 * width * block.expansion).
+    """
+
+    def __init__(self, spec: ResNetSpec, *, width: int = 64, in_channels: int = 3, small_kernel: bool = False,
+                 maxpool: bool = True, zero_init_residual: bool = True):
+        super().__init__()
+        if small_kernel:
+            self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if maxpool else nn.Identity()
+        self._inplanes = width
+        self.layer1 = self._stage(spec.block, width, spec.layers[0], stride=1)
+        self.layer2 = self._stage(spec.block, 2 * width, spec.layers[1], stride=2)
+        self.layer3 = self._stage(spec.block, 4 * width, spec.layers[2], stride=2)
+        self.layer4 = self._stage(spec.block, 8 * width, spec.layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.out_dim = 8 * width * spec.block.expansion
+        self._init_weights(zero_init_residual)
+
+    def _stage(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self._inplanes != planes * block.expansion:
+            downsample = nn.Sequential(conv1x1(self._inplanes, planes * block.expansion, stride),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self._inplanes, planes, stride, downsample)]
+        self._inplanes = planes * block.expansion
+        layers += [block(self._inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:  # each residual branch starts as the identity
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.constant_(m.bn3.weight, 0)
+                elif isinstance(m, BasicBlock):
+                    nn.init.constant_(m.bn2.weight, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+
+def build_backbone(name: str, *, in_channels: int = 3, small_kernel: bool = False, maxpool: bool | None = None,
+                   zero_init_residual: bool = True, width: int = 64) -> tuple[nn.Module, int]:
     """Return ``(backbone, feature_dim)``; backbone maps (B, C, H, W) -> (B, feature_dim).
 
-    ``small_kernel`` replaces the 7x7 stride-2 stem with a 3x3 stride-1 convolution (CIFAR/STL-sized
-    images) and drops the max-pool unless ``maxpool`` is True. Weights are random (``weights=None``).
+    ``small_kernel`` replaces the 7x7 stride-2 stem with a 3x3 stride-1 convolution (CIFAR/STL-sized images)
+    and drops the max-pool unless ``maxpool`` is True. ``width`` is the first stage's channel count (64 in the
+    standard ResNets; 32 quarters the compute). Weights are random.
     """
-    net = BACKBONES.get(name, key="encoder.backbone")(weights=None, zero_init_residual=zero_init_residual)
-    if small_kernel:
-        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    elif in_channels != 3:
-        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    spec = BACKBONES.get(name, key="encoder.backbone")
     keep_pool = (not small_kernel) if maxpool is None else maxpool
-    if not keep_pool:
-        net.maxpool = nn.Identity()
-    feature_dim = net.fc.in_features
-    net.fc = nn.Identity()
-    return net, feature_dim
+    net = ResNetTrunk(spec, width=width, in_channels=in_channels, small_kernel=small_kernel, maxpool=keep_pool,
+                      zero_init_residual=zero_init_residual)
+    return net, net.out_dim
 
 
 def backbone_state_dict(state_dict: Dict[str, object], prefix: str = "backbone.") -> Dict[str, object]:
