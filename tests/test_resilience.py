@@ -51,6 +51,48 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, mon
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+class Crash(pl.Callback):
+    """Simulates ``kill -9``: the process dies without any handler writing a checkpoint."""
+
+    def __init__(self, before_step: int | None = None, end_of_epoch: int | None = None):
+        self.before_step, self.end_of_epoch = before_step, end_of_epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.before_step:
+            raise RuntimeError("simulated kill -9")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.end_of_epoch:
+            raise RuntimeError("simulated kill -9")
+
+
+@pytest.mark.parametrize("crash, every, saved_step", [
+    (Crash(before_step=5), 2, 4),      # last written after the 1st of epoch 1's 3 batches
+    (Crash(end_of_epoch=0), 3, 3),     # last written by the periodic save on epoch 0's final batch
+])
+def test_periodic_checkpoint_resumes_mid_epoch_with_the_same_result(tmp_path, monkeypatch, capsys, crash, every,
+                                                                     saved_step):
+    import mvmr.cli.pretrain as cli
+
+    settings = DETERMINISTIC + [f"trainer.checkpoint_every_n_steps={every}"]
+    straight = cli.pretrain(tiny_args(tmp_path, "straight", settings))
+
+    original = cli.extra_callbacks
+    monkeypatch.setattr(cli, "extra_callbacks", lambda *a: original(*a) + [crash])
+    with pytest.raises(RuntimeError, match="simulated kill -9"):
+        cli.pretrain(tiny_args(tmp_path, "killed", settings))
+    monkeypatch.setattr(cli, "extra_callbacks", original)
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == saved_step
+
+    resumed = cli.pretrain(tiny_args(tmp_path, "killed", settings))
+    assert "Resuming from" in capsys.readouterr().out
+    a, b = backbone_state(straight.last), backbone_state(resumed.last)
+    assert torch.load(resumed.last, weights_only=False)["global_step"] == 9
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_non_finite_loss_names_the_term_and_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from mvmr.cli.pretrain import pretrain
     from mvmr.methods.pretrain import NonFiniteLossError

@@ -60,6 +60,7 @@ class EncoderConfig:
     small_kernel: bool = option(False, "3x3 stride-1 first convolution for small images (no max-pool)")
     maxpool: Optional[bool] = option(None, "keep the stem max-pool (None: not with small_kernel, else yes)")
     zero_init_residual: bool = option(True, "zero-init the last BN of each residual block")
+    width: int = option(64, "channels of the first ResNet stage (64: the standard ResNets; 32 quarters the compute)", ge=8)
 
 
 @dataclass
@@ -70,6 +71,8 @@ class TrainerConfig:
     strategy: str = option("auto", "Lightning strategy", choices=("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"))
     sync_batchnorm: bool = option(False, "convert BatchNorm to SyncBatchNorm under DDP")
     max_steps: int = option(-1, "stop after this many optimiser steps (-1: epochs decide)", ge=-1)
+    checkpoint_every_n_steps: int = option(0, "also write last.ckpt every N optimiser steps (0: off)", ge=0)
+    checkpoint_every_minutes: float = option(15.0, "also write last.ckpt every N minutes of training (0: off)", ge=0)
     limit_train_batches: Union[int, float] = option(1.0, "Lightning limit_train_batches (for quick runs)")
     limit_val_batches: Union[int, float] = option(1.0, "Lightning limit_val_batches")
     progress_bar: bool = option(True, "show a progress bar")

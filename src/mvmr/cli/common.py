@@ -143,7 +143,8 @@ def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from mvmr.methods.resilience import ResumableCSVLogger, RNGStateCallback, SaveOnInterrupt
+    from mvmr.methods.resilience import (MidEpochResume, PeriodicCheckpoint, ResumableCSVLogger, RNGStateCallback,
+                                         SaveOnInterrupt)
 
     accelerator = resolve_accelerator(cfg.trainer.accelerator)
     precision = resolve_precision(cfg.fp16, accelerator)
@@ -164,8 +165,11 @@ def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list
         max_epochs=max_epochs or cfg.epochs, max_steps=cfg.trainer.max_steps,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
         accumulate_grad_batches=cfg.accumulate_grad_batches, check_val_every_n_epoch=cfg.eval_every,
-        log_every_n_steps=cfg.log_every, callbacks=[*checkpoints, LearningRateMonitor("step"), RNGStateCallback(),
-                                                       SaveOnInterrupt(run.last), *(callbacks or [])],
+        log_every_n_steps=cfg.log_every,
+        callbacks=[*checkpoints, LearningRateMonitor("step"), RNGStateCallback(), SaveOnInterrupt(run.last),
+                   PeriodicCheckpoint(run.last, cfg.trainer.checkpoint_every_n_steps,
+                                      cfg.trainer.checkpoint_every_minutes),
+                   MidEpochResume(), *(callbacks or [])],
         logger=loggers, plugins=[AtomicCheckpointIO()], deterministic=cfg.deterministic,
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=str(run.path))

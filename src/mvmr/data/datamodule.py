@@ -91,6 +91,7 @@ class MVMRDataModule(pl.LightningDataModule):
         self.n_workers = n_workers
         self.seed = seed
         self._info: DatasetInfo | None = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, samples already seen) of a mid-epoch resume
 
     # ------------------------------------------------------------------ splits
     def setup(self, stage: str | None = None) -> None:
@@ -144,7 +145,7 @@ class MVMRDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: IndexedSubset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
         self.setup()
-        sampler = EpochSeededSampler(len(dataset), self.seed) if shuffle else None
+        sampler = EpochSeededSampler(len(dataset), self.seed, resume_at=self._resume_at) if shuffle else None
         # a private generator: creating an iterator draws a worker base seed, which must not advance the global
         # RNG that the on-device views use (a resumed run re-creates iterators)
         generator = torch.Generator().manual_seed(self.seed)
@@ -152,6 +153,11 @@ class MVMRDataModule(pl.LightningDataModule):
                           drop_last=drop_last and len(dataset) >= batch_size,  # never an empty epoch
                           num_workers=self.n_workers, persistent_workers=self.n_workers > 0,
                           pin_memory=torch.cuda.is_available())
+
+    def resume_within_epoch(self, epoch: int, batches_done: int) -> None:
+        """Shuffled loaders built from now on start epoch ``epoch`` after its first ``batches_done`` batches
+        (a run resumed from a checkpoint written in the middle of that epoch)."""
+        self._resume_at = (epoch, batches_done * self.batch_size)
 
     def pretrain_dataloader(self, shuffle: bool, drop_last: bool) -> DataLoader:
         """The pretraining set (labels -1 where unknown)."""
@@ -174,10 +180,15 @@ class MVMRDataModule(pl.LightningDataModule):
 class EpochSeededSampler(Sampler[int]):
     """A random permutation drawn from (seed, epoch) alone, not from the global RNG: re-creating the iterator
     (as a resumed run does) replays the same order. Lightning calls ``set_epoch`` at each epoch start; under
-    DDP it is replaced by ``DistributedSampler``, which is seeded the same way."""
+    DDP it is replaced by ``DistributedSampler``, which is seeded the same way.
 
-    def __init__(self, n: int, seed: int):
+    ``resume_at=(epoch, k)``: in that epoch, leave out the first ``k`` indices of the permutation (the batches a
+    run saw before its mid-epoch checkpoint); ``len`` stays ``n`` so Lightning's batch count is unchanged.
+    """
+
+    def __init__(self, n: int, seed: int, resume_at: tuple[int, int] | None = None):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.resume_at = resume_at
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -187,4 +198,7 @@ class EpochSeededSampler(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator).tolist()
+        if self.resume_at is not None and self.resume_at[0] == self.epoch:
+            order = order[self.resume_at[1]:]
+        return iter(order)

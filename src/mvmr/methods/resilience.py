@@ -1,10 +1,12 @@
 """Long runs that lose nothing: metrics appended across resumes, RNG state in checkpoints, a `last`
-checkpoint written when the run is interrupted (Ctrl-C / SIGTERM)."""
+checkpoint written when the run is interrupted (Ctrl-C / SIGTERM) and every few steps or minutes (kill -9),
+and a mid-epoch resume that continues with the batches the run had not seen yet."""
 from __future__ import annotations
 
 import csv
 import random
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +86,44 @@ class SaveOnInterrupt(pl.Callback):
         trainer.save_checkpoint(self.last_path)
         print(f"\ninterrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.last_path}; "
               "re-run the same command to resume", file=sys.stderr)
+
+
+class PeriodicCheckpoint(pl.Callback):
+    """Write ``last`` every ``every_n_steps`` optimiser steps and/or every ``every_minutes`` of training, so a
+    ``kill -9`` or a lost node costs at most that much (0 turns a trigger off). The time trigger is decided on
+    rank 0 and broadcast, so every DDP rank saves at the same step."""
+
+    def __init__(self, last_path: Path, every_n_steps: int = 0, every_minutes: float = 0.0):
+        self.last_path, self.every_n_steps, self.every_minutes = Path(last_path), every_n_steps, every_minutes
+        self._saved_at_step, self._saved_at_time = -1, time.monotonic()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._saved_at_time = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._saved_at_step:  # gradient accumulation: no new optimiser step yet
+            return
+        due = self.every_n_steps > 0 and step % self.every_n_steps == 0
+        if self.every_minutes > 0:
+            late = time.monotonic() - self._saved_at_time >= 60 * self.every_minutes
+            due = bool(trainer.strategy.broadcast(late or due, src=0))
+        if due:
+            trainer.save_checkpoint(self.last_path)
+            self._saved_at_step, self._saved_at_time = step, time.monotonic()
+
+
+class MidEpochResume(pl.Callback):
+    """On resume from a checkpoint written inside an epoch, tell the DataModule how many of that epoch's batches
+    were already trained on, so the resumed epoch continues with the next batch of the same permutation instead
+    of seeing the first ones twice (single-device runs; under DDP Lightning's DistributedSampler replays them)."""
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+        datamodule = trainer.datamodule
+        if not fit_loop or not hasattr(datamodule, "resume_within_epoch"):
+            return
+        epoch = fit_loop["epoch_progress"]["current"]["processed"]
+        batches_done = fit_loop["epoch_loop.batch_progress"]["current"]["processed"]
+        if batches_done > 0:
+            datamodule.resume_within_epoch(epoch, batches_done)
