@@ -80,8 +80,9 @@ def test_distillation_refuses_a_config_without_teacher(tmp_path):
         distill(tiny_args(tmp_path, "no_teacher"))
 
 
-def test_distillation_of_an_open_clip_image_tower_from_a_local_file(tmp_path):
+def test_distillation_of_an_open_clip_image_tower_from_a_local_file(tmp_path, voc_root):
     from mvmr.cli.pretrain import distill
+    from mvmr.cli.voc import train
 
     name = "mvmr-e2e-tiny-vit"
     cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
@@ -96,6 +97,13 @@ def test_distillation_of_an_open_clip_image_tower_from_a_local_file(tmp_path):
                           "params": {"kind": "open_clip", "model_name": name, "pretrained": str(weights)}})
     run = distill(tiny_args(tmp_path, "clip", [f"representations=[{teacher}]", "epochs=1"]))
     assert "train/dcor/teacher" in (run.path / "metrics.csv").read_text().splitlines()[0]
+
+    weights.unlink()  # the distilled student is used without its teacher
+    voc = train(["--config_voc", VOC, "--config_self", str(ROOT / "configs" / "digits_clip_self_supervised.yaml"),
+                 "--path_self", str(run.last), "--no_progress"]
+                + sets(f"dataset.path={voc_root}", "dataset.size=16", "n_workers=0", "protocol=svm",
+                       f"run_dir={tmp_path}", "name=voc_distilled"))
+    assert (voc.checkpoints / "best.ckpt").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,13 @@
 """Using a trained encoder elsewhere: ``backbone, transform = mvmr.load_encoder("runs/x/checkpoints/best.ckpt")``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mvmr.config import EncoderConfig
 from mvmr.checkpoint import encoder_config_of, load_backbone_weights, load_checkpoint
 from mvmr.data.datasets import DatasetInfo
 from mvmr.data.views import EvalTransform, eval_transform
@@ -13,15 +15,19 @@ from mvmr.errors import CheckpointError
 from mvmr.models import build_backbone
 
 
-def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, EvalTransform]:
-    """(backbone, transform) from a pretraining, distillation or semi-supervised checkpoint of this project.
+@dataclass
+class FrozenEncoder:
+    """A checkpoint's backbone, frozen and in eval mode, with the settings needed to feed it."""
 
-    ``backbone``: frozen, in eval mode, a plain ``nn.Module`` mapping a normalised batch (B, C, H, W) to
-    features (B, D) (D = ``backbone.feature_dim``: 512 for ResNet-18/34, 2048 for ResNet-50).
-    ``transform``: the run's evaluation view x̄ for ONE image (PIL image or uint8 (C, H, W) tensor) ->
-    float32 (C, size, size), resized, centre-cropped and normalised with the run's mean/std.
-    No representation, teacher or projector is built, so nothing but the checkpoint is needed.
-    """
+    backbone: nn.Module  # (B, C, H, W) normalised -> (B, feature_dim)
+    encoder: EncoderConfig
+    info: DatasetInfo  # channels, mean, std of the training data
+    image_size: int
+
+
+def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cpu") -> FrozenEncoder:
+    """The backbone of a pretraining, distillation or semi-supervised checkpoint of this project. No
+    representation, teacher or projector is built, so nothing but the checkpoint is needed."""
     ckpt = load_checkpoint(ckpt_path)
     hp = ckpt.get("hyper_parameters", {})
     if "info" not in hp or "config" not in hp:
@@ -36,4 +42,18 @@ def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu") -> t
     load_backbone_weights(backbone, ckpt["state_dict"], str(ckpt_path))
     backbone.feature_dim = feature_dim
     backbone.eval().requires_grad_(False)
-    return backbone.to(device), eval_transform(hp["config"]["dataset"]["size"], info.mean, info.std)
+    return FrozenEncoder(backbone.to(device), encoder, info, int(hp["config"]["dataset"]["size"]))
+
+
+def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, EvalTransform]:
+    """(backbone, transform) from a pretraining, distillation or semi-supervised checkpoint of this project.
+
+    ``backbone``: frozen, in eval mode, a plain ``nn.Module`` mapping a normalised batch (B, C, H, W) to
+    features (B, D) (D = ``backbone.feature_dim``: 512 for ResNet-18/34, 2048 for ResNet-50, 8 x encoder.width
+    x block expansion in general).
+    ``transform``: the run's evaluation view x̄ for ONE image (PIL image or uint8 (C, H, W) tensor) ->
+    float32 (C, size, size), resized, centre-cropped and normalised with the run's mean/std.
+    No representation, teacher or projector is built, so nothing but the checkpoint is needed.
+    """
+    frozen = load_frozen_backbone(ckpt_path, device)
+    return frozen.backbone, eval_transform(frozen.image_size, frozen.info.mean, frozen.info.std)

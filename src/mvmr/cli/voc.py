@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from mvmr.api import load_frozen_backbone
 from mvmr.cli.common import default_device, RunDir, add_common_flags, configure_runtime, format_table, run_main, write_run_config
 from mvmr.config import PretrainConfig, VOCConfig, load_config
 from mvmr.data.views import build_eval_view
@@ -16,7 +17,6 @@ from mvmr.data.voc import VOC_CLASSES, VOCMultiLabel, resolve_eval_split
 from mvmr.errors import CheckpointError, ConfigError
 from mvmr.evaluation.features import extract_features
 from mvmr.evaluation.voc import fit_linear_svms, mean_average_precision
-from mvmr.methods.pretrain import MVMRPretrainModule
 from mvmr.methods.voc import fit_bce_head, load_voc_checkpoint, save_voc_checkpoint, svm_head
 
 
@@ -54,12 +54,13 @@ def train(argv: Sequence[str] | None = None) -> RunDir:
               "extraction batch); the learning rate is chosen on the held-out split instead")
     pl.seed_everything(cfg.seed, verbose=False)
     device = default_device()
-    pretrained = MVMRPretrainModule.from_checkpoint(args.path_self).to(device).eval()
+    # the backbone alone: a distilled checkpoint needs no teacher weights here
+    pretrained = load_frozen_backbone(args.path_self, device)
     check_rgb(pretrained.info, args.path_self)
     run = RunDir.for_config(cfg, args.config_voc, "voc")
     write_run_config(cfg, run)
     print(f"Run directory: {run.path}")
-    x, y, ignore = voc_features(pretrained.forward, cfg.dataset.path, "trainval", cfg, pretrained.info, device,
+    x, y, ignore = voc_features(pretrained.backbone, cfg.dataset.path, "trainval", cfg, pretrained.info, device,
                                 not args.no_progress)
     if cfg.protocol == "svm":
         svms = fit_linear_svms(x.numpy(), y.numpy(), ignore.numpy(), costs=tuple(cfg.svm_costs), seed=cfg.seed)
@@ -74,7 +75,7 @@ def train(argv: Sequence[str] | None = None) -> RunDir:
         extra = {"best_epoch": epoch, "val_map": val_map}
         print(f"linear head: best epoch {epoch} (val mAP {100 * val_map:.2f} on {n_val} held-out trainval images)")
     path = run.checkpoints / "best.ckpt"
-    save_voc_checkpoint(path, pretrained.backbone, head, cfg, pretrained.cfg.encoder, pretrained.info, extra)
+    save_voc_checkpoint(path, pretrained.backbone, head, cfg, pretrained.encoder, pretrained.info, extra)
     print(f"Checkpoint: {path}")
     return run
 
