@@ -98,3 +98,41 @@ def test_compile_option_compiles_in_place_and_keeps_checkpoint_keys():
     assert eager.backbone._compiled_call_impl is None
     assert compiled.backbone._compiled_call_impl is not None  # torch.compile'd forward (compiled on first call)
     assert list(compiled.state_dict()) == list(eager.state_dict())  # no '_orig_mod.' prefixes
+
+
+def test_training_step_draws_x_prime_and_the_augmented_copy_in_one_call():
+    """augmented_pixels gets the second half of one batched train-view call: an independent copy, not x'."""
+    from mvmr.config import load_config
+    from mvmr.data import DatasetInfo
+    from mvmr.methods.pretrain import MVMRPretrainModule
+
+    info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
+    cfg = load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32", "dataset.size=16",
+                             "representations=[{name: augmented_pixels, weight: 1.0}, {name: pixels, weight: 1.0}]",
+                             "probe.enabled=false"])
+    module = MVMRPretrainModule(cfg, info)
+    module.log = module.log_dict = lambda *a, **k: None
+    calls, seen = [], {}
+
+    class RecordingView(torch.nn.Module):
+        def __init__(self, view):
+            super().__init__()
+            self.view = view
+
+        def forward(self, images):
+            calls.append(images.shape[0])
+            return self.view(images)
+
+    def recording_reps(x_bar, index, augmented=None):
+        seen.update(augmented or {})
+        return compute(x_bar, index, augmented)
+
+    compute = module.compute_representations
+    module.train_view, module.compute_representations = RecordingView(module.train_view), recording_reps
+    images = torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8)
+    module.training_step((images, torch.full((6,), -1), torch.arange(6)), 0)
+    assert calls == [12]  # one call for x' and the copy
+    (key, copy), = seen.items()
+    assert key.startswith("augmented_pixels") and copy.shape == (6, 1, 16, 16)
+    reps = compute(module.eval_view(images), torch.arange(6), {key: copy})
+    torch.testing.assert_close(reps[key], copy.reshape(6, -1))

@@ -105,13 +105,22 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         h = self.forward(x)
         return h, self.projector(h)
 
-    def compute_representations(self, x_bar: torch.Tensor, index: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """φ_k(x̄) for every k: (B, d_k) each, read from the cache when the cache holds k."""
+    def _augmented_copy_keys(self) -> list[str]:
+        """Representations that need an independently augmented copy of the batch each step."""
+        cache = self.representation_cache or {}
+        return [key for key, rep in self.representations.items() if rep.needs_augment and key not in cache]
+
+    def compute_representations(self, x_bar: torch.Tensor, index: torch.Tensor,
+                                augmented: Mapping[str, torch.Tensor] | None = None) -> Dict[str, torch.Tensor]:
+        """φ_k(x̄) for every k: (B, d_k) each, read from the cache when the cache holds k; ``augmented`` holds
+        already augmented copies (B, C, H, W) for the representations that need one."""
         out = {}
         for key, rep in self.representations.items():
             cache = self.representation_cache
             if cache is not None and key in cache:
                 out[key] = cache[key](index).to(x_bar.device, non_blocking=True)
+            elif augmented is not None and key in augmented:
+                out[key] = rep.from_augmented(augmented[key])
             else:
                 out[key] = rep(x_bar)
         return out
@@ -119,12 +128,15 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels, index = batch
+        copies = self._augmented_copy_keys()
         with torch.no_grad():
             x_bar = self.eval_view(images)
-            x_aug = self.train_view(images)
+            # x' and the augmented copies in one batched call (independent parameters per sample)
+            views = self.train_view(images.repeat(1 + len(copies), *([1] * (images.dim() - 1))))
+            x_aug, *copy_views = views.chunk(1 + len(copies))
         h_bar, z_bar = self.embed(x_bar)
         _, z = self.embed(x_aug)
-        reps = self.compute_representations(x_bar, index)
+        reps = self.compute_representations(x_bar, index, dict(zip(copies, copy_views)))
         loss, terms = self.objective(z_bar, z, reps, self.representation_weights)
         self._check_finite(loss, terms)
         log = {f"train/{k}": v for k, v in terms.items()}

@@ -53,6 +53,11 @@ class AugmentedPixels(Representation):
     def output_dim(self) -> int:
         return self.in_channels * self.image_size ** 2
 
+    def from_augmented(self, augmented: torch.Tensor) -> torch.Tensor:
+        """The representation of a copy the caller already augmented (the training step draws it in the same
+        batched call as the x' view): (B, C, H, W) normalised -> (B, C·H·W)."""
+        return augmented.detach().reshape(augmented.shape[0], -1).float()
+
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         out = self.augment(x)
         if out.shape != x.shape:
