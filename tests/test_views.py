@@ -17,7 +17,7 @@ from mvmr.data.views.policies import TrainView, custom_policy
 from mvmr.data.views.resample import resample_boxes
 from mvmr.errors import ConfigError, DataError
 
-POLICIES = ["autoaugment", "cifar", "custom", "randaugment"]
+POLICIES = ["autoaugment", "cifar", "crop", "custom", "randaugment"]
 MEAN = {1: [0.4], 3: [0.485, 0.456, 0.406]}
 STD = {1: [0.3], 3: [0.229, 0.224, 0.225]}
 NO_RANDOMNESS = CustomKnobs(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), p_flip=0.0, p_jitter=0.0,
@@ -235,6 +235,25 @@ def test_crop_scale_default_depends_on_size():
     assert custom_policy(96, 3)[0].scale == (0.08, 1.0)
 
 
+@pytest.mark.parametrize("policy", ["custom", "crop", "randaugment", "autoaugment"])
+def test_crop_scale_overrides_every_resized_crop_policy(policy):
+    view = build_train_view(policy, 28, MEAN[1], STD[1], 1, crop_scale=[0.5, 1.0])
+    crops = [m for m in view.modules() if hasattr(m, "scale")]
+    assert [m.scale for m in crops] == [(0.5, 1.0)]
+
+
+def test_crop_policy_has_no_colour_ops_and_keeps_intensities():
+    view = build_train_view("crop", 16, [0.0], [1.0], 1, crop_scale=[1.0, 1.0])
+    images = torch.full((4, 1, 16, 16), 0.25)
+    torch.testing.assert_close(view(images), images)  # full-area crop of a constant image, flipped or not
+
+
+@pytest.mark.parametrize("bad", [[0.8, 0.5], [0.0, 1.0], [0.5, 1.5], [0.5]])
+def test_bad_crop_scale_is_a_one_line_config_error(bad):
+    with pytest.raises(ConfigError, match="dataset.crop_scale"):
+        build_train_view("crop", 28, MEAN[1], STD[1], 1, crop_scale=bad)
+
+
 # ------------------------------------------------------------------ per-sample policy choice
 class AddConstant(torch.nn.Module):
     def __init__(self, value):
@@ -349,7 +368,7 @@ def test_views_stay_float32_without_grad_under_autocast():
         assert mixed.dtype == torch.float32 and not mixed.requires_grad and torch.equal(mixed, plain)
 
 
-def test_registry_lists_the_four_policies():
+def test_registry_lists_every_policy():
     assert VIEW_POLICIES.names() == POLICIES
 
 

@@ -41,8 +41,10 @@ class DatasetConfig:
     size: int = option(32, "training / evaluation image size (pixels)", ge=8)
     n_classes: Optional[int] = option(None, "number of classes (None: read from the data; checked if given)", ge=1)
     aug_policy: str = option("custom", "augmentation policy of the x' view",
-                             choices=("custom", "cifar", "randaugment", "autoaugment"))
+                             choices=("custom", "cifar", "crop", "randaugment", "autoaugment"))
     aug_strength: float = option(1.0, "scale of the colour-jitter magnitudes", ge=0.0)
+    crop_scale: Optional[List[float]] = option(None, "area range [lo, hi] of the random resized crop (None: [0.2, 1] "
+                                                     "for size <= 64, else [0.08, 1]; not used by cifar)")
     classes_file: Optional[str] = option(None, "file with one class (wnid) per line: restricts imagenet / image_folder")
     to_rgb: bool = option(False, "repeat grayscale images to 3 channels")
     val_fraction: float = option(0.1, "fraction of the labelled train split held out for model selection",

@@ -36,7 +36,8 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
         self.head = nn.Linear(self.feature_dim, n_classes)
         size = cfg.dataset.size
         self.train_view = build_train_view(cfg.dataset.aug_policy, size, info.mean, info.std, info.channels,
-                                           strength=cfg.dataset.aug_strength)
+                                           strength=cfg.dataset.aug_strength,
+                                           crop_scale=cfg.dataset.crop_scale)
         self.eval_view = build_eval_view(size, info.mean, info.std)
 
     @classmethod

@@ -13,8 +13,9 @@ from mvmr.data.views.tensors import (Normalize, check_normalisation, check_size,
 from mvmr.errors import ConfigError
 from mvmr.registry import Registry
 
-# name -> factory(size, channels, strength) -> nn.Module mapping (B, C, H, W) float in [0, 1] to
-# (B, C, size, size) float in [0, 1], every random parameter drawn per sample.
+# name -> factory(size, channels, strength, crop_scale) -> nn.Module mapping (B, C, H, W) float in [0, 1] to
+# (B, C, size, size) float in [0, 1], every random parameter drawn per sample. ``crop_scale`` (lo, hi) is the area
+# range of the random resized crop (None: ``default_crop_scale(size)``); policies without one ignore it.
 VIEW_POLICIES = Registry("aug_policy")
 
 
@@ -37,31 +38,43 @@ class CustomKnobs:
 
 
 @VIEW_POLICIES.register("custom")
-def custom_policy(size: int, channels: int, strength: float = 1.0, knobs: CustomKnobs = CustomKnobs()) -> nn.Module:
+def custom_policy(size: int, channels: int, strength: float = 1.0, crop_scale: Optional[Tuple[float, float]] = None,
+                  knobs: CustomKnobs = CustomKnobs()) -> nn.Module:
     """Random resized crop + flip, colour jitter (x strength), grayscale, blur, solarize (see ``colour_ops``)."""
-    crop = ResizedCropFlip(size, knobs.crop_scale or default_crop_scale(size), knobs.crop_ratio, knobs.p_flip)
+    scale = crop_scale or knobs.crop_scale or default_crop_scale(size)
+    crop = ResizedCropFlip(size, scale, knobs.crop_ratio, knobs.p_flip)
     colour = colour_ops(size, channels, strength, knobs.p_jitter, knobs.p_grayscale, knobs.p_blur, knobs.p_solarize)
     return nn.Sequential(crop, *colour)
 
 
 @VIEW_POLICIES.register("cifar")
-def cifar_policy(size: int, channels: int, strength: float = 1.0) -> nn.Module:
+def cifar_policy(size: int, channels: int, strength: float = 1.0,
+                 crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
     """Resize to size, random crop with 4 pixels of zero padding per 32 pixels of size, flip; no colour ops
-    (``strength`` is unused)."""
+    (``strength`` and ``crop_scale`` are unused)."""
     return PaddedCropFlip(size, padding=int(round(4 * size / 32)), p_flip=0.5)
 
 
+@VIEW_POLICIES.register("crop")
+def crop_policy(size: int, channels: int, strength: float = 1.0,
+                crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
+    """Random resized crop + flip only, no colour ops (``strength`` is unused): for grayscale data."""
+    return ResizedCropFlip(size, crop_scale or default_crop_scale(size))
+
+
 @VIEW_POLICIES.register("randaugment")
-def randaugment_policy(size: int, channels: int, strength: float = 1.0) -> nn.Module:
+def randaugment_policy(size: int, channels: int, strength: float = 1.0,
+                       crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
     """Random resized crop + flip, then RandAugment(n=2, m=10) with ops drawn per sample (``strength`` unused)."""
-    return nn.Sequential(ResizedCropFlip(size, default_crop_scale(size)), rand_augment(n=2, magnitude=10))
+    return nn.Sequential(ResizedCropFlip(size, crop_scale or default_crop_scale(size)), rand_augment(n=2, magnitude=10))
 
 
 @VIEW_POLICIES.register("autoaugment")
-def autoaugment_policy(size: int, channels: int, strength: float = 1.0) -> nn.Module:
+def autoaugment_policy(size: int, channels: int, strength: float = 1.0,
+                       crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
     """Random resized crop + flip, then AutoAugment ('cifar10' policy for size <= 64, else 'imagenet') with the
     sub-policy drawn per sample (``strength`` unused)."""
-    return nn.Sequential(ResizedCropFlip(size, default_crop_scale(size)), auto_augment(size))
+    return nn.Sequential(ResizedCropFlip(size, crop_scale or default_crop_scale(size)), auto_augment(size))
 
 
 class TrainView(nn.Module):
@@ -80,11 +93,16 @@ class TrainView(nn.Module):
 
 
 def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
-                     strength: float = 1.0) -> nn.Module:
-    """The training view x' of ``policy`` (custom | cifar | randaugment | autoaugment), see ``TrainView``."""
+                     strength: float = 1.0, crop_scale: Optional[Sequence[float]] = None) -> nn.Module:
+    """The training view x' of ``policy`` (custom | cifar | crop | randaugment | autoaugment), see ``TrainView``;
+    ``crop_scale`` overrides the policy's random-resized-crop area range."""
     check_size(size)
     check_normalisation(mean, std, channels)
     if strength < 0:
         raise ConfigError(f"dataset.aug_strength must be >= 0; got {strength}")
+    if crop_scale is not None:
+        crop_scale = tuple(crop_scale)
+        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ConfigError(f"dataset.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1; got {list(crop_scale)}")
     factory = VIEW_POLICIES.get(policy, key="dataset.aug_policy")
-    return TrainView(factory(size, channels, strength), mean, std)
+    return TrainView(factory(size, channels, strength, crop_scale), mean, std)
