@@ -179,3 +179,65 @@ def test_small_datasets_still_give_one_batch_per_epoch(tmp_path):
 def test_info_and_sizes_set_up_lazily():
     dm = MVMRDataModule(dataset_cfg("digits"), 16, 0)
     assert dm.info.n_classes == 10 and dm.num_pretrain_samples > 0
+
+
+# ------------------------------------------------------------------ the epoch-seeded sampler under DDP
+def test_sampler_on_one_process_is_the_epoch_seeded_permutation():
+    from mvmr.data.datamodule import EpochSeededSampler
+
+    sampler = EpochSeededSampler(10, seed=3)
+    sampler.set_epoch(2)
+    expected = torch.randperm(10, generator=torch.Generator().manual_seed(3 * 100_003 + 2)).tolist()
+    assert list(sampler) == expected and len(sampler) == 10
+
+
+@pytest.mark.parametrize("n, world", [(10, 2), (11, 2), (10, 3), (2, 4)])
+def test_sampler_shards_like_distributed_sampler(n, world):
+    """Rank r takes positions r, r + R, ... of the permutation padded with its own first indices (torch's
+    DistributedSampler applied to the permutation): every index is seen, each rank gets ceil(n / R)."""
+    from mvmr.data.datamodule import EpochSeededSampler
+
+    full = EpochSeededSampler(n, seed=0, num_replicas=1, rank=0)
+    full.set_epoch(1)
+    order = list(full)
+    padded = (order * world)[:world * -(-n // world)]
+    shards = []
+    for rank in range(world):
+        sampler = EpochSeededSampler(n, seed=0, num_replicas=world, rank=rank)
+        sampler.set_epoch(1)
+        shards.append(list(sampler))
+        assert len(sampler) == len(shards[-1]) == -(-n // world)
+        assert shards[-1] == padded[rank::world]
+    assert set().union(*shards) == set(range(n))
+
+
+def test_sampler_resume_skips_this_ranks_first_indices_only_in_that_epoch():
+    from mvmr.data.datamodule import EpochSeededSampler
+
+    for rank in range(2):
+        plain = EpochSeededSampler(20, seed=1, num_replicas=2, rank=rank)
+        resumed = EpochSeededSampler(20, seed=1, num_replicas=2, rank=rank, resume_at=(1, 4))
+        for epoch in (0, 1, 2):
+            plain.set_epoch(epoch)
+            resumed.set_epoch(epoch)
+            assert list(resumed) == (list(plain)[4:] if epoch == 1 else list(plain))
+        assert len(resumed) == len(plain) == 10
+
+
+def test_lightning_keeps_the_sampler_under_ddp_instead_of_wrapping_it():
+    """Lightning wraps any sampler that is not a DistributedSampler (DistributedSamplerWrapper indexes the
+    sampler's list by position, so a resumed, shorter epoch would fail); ours must be left as it is."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.connectors.data_connector import _DataConnector
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from mvmr.data.datamodule import EpochSeededSampler
+
+    connector = _DataConnector.__new__(_DataConnector)
+    connector.trainer = SimpleNamespace(_accelerator_connector=SimpleNamespace(use_distributed_sampler=True,
+                                                                               is_distributed=True))
+    data = list(range(8))
+    assert connector._requires_distributed_sampler(DataLoader(data, sampler=RandomSampler(data)))  # the check works
+    ours = EpochSeededSampler(8, seed=0, num_replicas=2, rank=1)
+    assert not connector._requires_distributed_sampler(DataLoader(data, sampler=ours))

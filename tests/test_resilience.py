@@ -123,3 +123,48 @@ def test_two_process_ddp_run_on_the_cpu_completes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
     assert "online probe (test)" in proc.stdout
+
+
+CRASHING_ENTRY = """
+import sys
+sys.path.insert(0, {tests!r})
+import mvmr.cli.pretrain as cli
+from test_resilience import Crash
+
+original = cli.extra_callbacks
+cli.extra_callbacks = lambda *a: original(*a) + [Crash(before_step={step})]
+if __name__ == "__main__":
+    sys.exit(cli.main())
+"""
+
+
+def test_two_process_ddp_run_resumes_mid_epoch_with_the_same_result(tmp_path):
+    """DDP, 2 processes: a run killed inside epoch 1 (no handler runs; last.ckpt is written every step) and
+    re-run with the same command ends with exactly the weights of an uninterrupted DDP run. Each rank must
+    continue its own shard of the epoch's permutation (Lightning's sampler wrapper would shift the shards)."""
+    settings = DETERMINISTIC + ["trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp",
+                                "n_workers=0", "trainer.checkpoint_every_n_steps=1"]
+    entry = tmp_path / "crashing_entry.py"
+    entry.write_text(CRASHING_ENTRY.format(tests=str(ROOT / "tests"), step=4))
+
+    def run(script, name):
+        proc = subprocess.run([sys.executable, str(script), *tiny_args(tmp_path, name, settings)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        return proc
+
+    straight = run(ROOT / "main_self_supervised.py", "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = run(entry, "killed")
+    assert killed.returncode != 0 and "simulated kill -9" in killed.stderr, killed.stderr[-3000:]
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)
+    assert state["global_step"] == 4  # after the 1st of epoch 1's 3 batches
+    assert state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 1
+    resumed = run(ROOT / "main_self_supervised.py", "killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout
+    a = backbone_state(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    b = backbone_state(last)
+    assert torch.load(last, weights_only=False)["global_step"] == 9
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mvmr.data.datasets import DatasetInfo, ImageDataset, balanced_subset, build_dataset, stratified_split
 from mvmr.errors import ConfigError, DataError
@@ -177,28 +177,43 @@ class MVMRDataModule(pl.LightningDataModule):
         return self._loader(self.test_dataset, self.eval_batch_size or self.batch_size, False, False)
 
 
-class EpochSeededSampler(Sampler[int]):
-    """A random permutation drawn from (seed, epoch) alone, not from the global RNG: re-creating the iterator
-    (as a resumed run does) replays the same order. Lightning calls ``set_epoch`` at each epoch start; under
-    DDP it is replaced by ``DistributedSampler``, which is seeded the same way.
+def distributed_world() -> tuple[int, int]:
+    """(number of processes, this process's rank) of the initialised process group, else (1, 0)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
 
-    ``resume_at=(epoch, k)``: in that epoch, leave out the first ``k`` indices of the permutation (the batches a
-    run saw before its mid-epoch checkpoint); ``len`` stays ``n`` so Lightning's batch count is unchanged.
+
+class EpochSeededSampler(DistributedSampler):
+    """A random permutation of ``range(n)`` drawn from (seed, epoch) alone, not from the global RNG: re-creating
+    the iterator (as a resumed run does) replays the same order. Lightning calls ``set_epoch`` at each epoch start.
+
+    Under DDP (``num_replicas`` > 1; by default read from the initialised process group) the permutation is
+    padded with its own first indices to a multiple of ``num_replicas`` and rank r takes positions r, r + R, ...
+    (``DistributedSampler``'s sharding). Being a ``DistributedSampler``, Lightning uses it as it is instead of
+    wrapping it, so the sharding and the resume skip below stay in this one place.
+
+    ``resume_at=(epoch, k)``: in that epoch, leave out this rank's first ``k`` indices (the batches it saw before
+    a mid-epoch checkpoint); ``len`` stays the same so Lightning's batch count is unchanged.
     """
 
-    def __init__(self, n: int, seed: int, resume_at: tuple[int, int] | None = None):
-        self.n, self.seed, self.epoch = n, seed, 0
-        self.resume_at = resume_at
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, n: int, seed: int, resume_at: tuple[int, int] | None = None,
+                 num_replicas: int | None = None, rank: int | None = None):
+        world, this_rank = distributed_world()
+        num_replicas = world if num_replicas is None else num_replicas
+        rank = this_rank if rank is None else rank
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.n, self.resume_at = n, resume_at
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator).tolist()
+        padding = self.total_size - self.n
+        order += (order * (padding // max(self.n, 1) + 1))[:padding]
+        order = order[self.rank:self.total_size:self.num_replicas]
         if self.resume_at is not None and self.resume_at[0] == self.epoch:
             order = order[self.resume_at[1]:]
         return iter(order)

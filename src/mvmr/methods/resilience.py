@@ -116,7 +116,7 @@ class PeriodicCheckpoint(pl.Callback):
 class MidEpochResume(pl.Callback):
     """On resume from a checkpoint written inside an epoch, tell the DataModule how many of that epoch's batches
     were already trained on, so the resumed epoch continues with the next batch of the same permutation instead
-    of seeing the first ones twice (single-device runs; under DDP Lightning's DistributedSampler replays them)."""
+    of seeing the first ones twice (under DDP every rank skips its own shard's first batches)."""
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         fit_loop = checkpoint.get("loops", {}).get("fit_loop")
