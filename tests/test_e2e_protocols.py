@@ -99,6 +99,10 @@ def test_distillation_of_an_open_clip_image_tower_from_a_local_file(tmp_path, vo
     assert "train/dcor/teacher" in (run.path / "metrics.csv").read_text().splitlines()[0]
 
     weights.unlink()  # the distilled student is used without its teacher
+    from mvmr.cli.evaluate import evaluate
+    for mode in (["--retrain", "--epochs", "2"], []):  # retrained head, then the online probe
+        result = evaluate(tiny_args(tmp_path, "clip", ["epochs=1"]) + ["--ckpt", str(run.last), "--no_progress"] + mode)
+        assert 0 <= result["knn_top1"] <= 100
     voc = train(["--config_voc", VOC, "--config_self", str(ROOT / "configs" / "digits_clip_self_supervised.yaml"),
                  "--path_self", str(run.last), "--no_progress"]
                 + sets(f"dataset.path={voc_root}", "dataset.size=16", "n_workers=0", "protocol=svm",

@@ -45,6 +45,18 @@ def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cp
     return FrozenEncoder(backbone.to(device), encoder, info, int(hp["config"]["dataset"]["size"]))
 
 
+def load_online_probe(ckpt_path: str | Path, device: str | torch.device = "cpu") -> nn.Linear | None:
+    """The online linear probe of a pretraining checkpoint, (B, feature_dim) -> (B, n_classes) logits, frozen;
+    None when the run had ``probe.enabled: false``."""
+    state = load_checkpoint(ckpt_path)["state_dict"]
+    if "probe.weight" not in state:
+        return None
+    weight, bias = state["probe.weight"], state["probe.bias"]
+    probe = nn.Linear(weight.shape[1], weight.shape[0])
+    probe.load_state_dict({"weight": weight, "bias": bias})
+    return probe.eval().requires_grad_(False).to(device)
+
+
 def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, EvalTransform]:
     """(backbone, transform) from a pretraining, distillation or semi-supervised checkpoint of this project.
 

@@ -1,4 +1,7 @@
-"""``evaluate_self_supervised.py``: online probe (default) or a retrained linear head, plus k-NN."""
+"""``evaluate_self_supervised.py``: online probe (default) or a retrained linear head, plus k-NN.
+
+Only the backbone (and the probe's weights) are read from the checkpoint: no representation or teacher is
+built, so a distilled checkpoint is evaluated without its teacher's weights file."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +10,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 import torch
 
+from mvmr.api import load_frozen_backbone, load_online_probe
 from mvmr.cli.common import default_device, add_common_flags, configure_runtime, format_table, run_main
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
@@ -15,7 +19,6 @@ from mvmr.evaluation.features import extract_features
 from mvmr.evaluation.knn import knn_logits
 from mvmr.evaluation.linear import fit_linear
 from mvmr.evaluation.metrics import topk_accuracy
-from mvmr.methods.pretrain import MVMRPretrainModule
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -35,22 +38,23 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     cfg = load_config(args.config, args.set, schema=PretrainConfig)
     pl.seed_everything(cfg.seed, verbose=False)
     device = default_device()
-    module = MVMRPretrainModule.from_checkpoint(args.ckpt).to(device).eval()
+    frozen = load_frozen_backbone(args.ckpt, device)
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("fit")
-    info = module.info
-    size = module.cfg.dataset.size
+    info, size = frozen.info, frozen.image_size
     center = build_eval_view(size, info.mean, info.std).to(device)
     test_view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop)
     test_view = test_view.to(device)
     progress = not args.no_progress
-    backbone = module.forward
+
+    def backbone(x: torch.Tensor) -> torch.Tensor:
+        return frozen.backbone(x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x)
 
     extract = lambda loader, view, name: extract_features(backbone, loader, view, device, name, progress)
     train_x, train_y = extract(dm.labelled_train_dataloader(shuffle=False, drop_last=False), center, "train features")
     test_x, test_y = extract(dm.test_dataloader(), test_view, "test features")
     test_center = test_x.mean(1) if test_x.ndim == 3 else test_x
-    n_classes = module.n_classes
+    n_classes = cfg.dataset.n_classes or info.n_classes
     rows, results = [], {}
 
     if args.retrain:
@@ -65,10 +69,11 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
                      f"val top-1 {fit.val_top1:.2f})", acc[1], acc[5]])
         results.update(linear_top1=acc[1], linear_top5=acc[5])
     else:
-        if module.probe is None:
+        probe = load_online_probe(args.ckpt, device)
+        if probe is None:
             raise SystemExit("error: this checkpoint has no online probe; pass --retrain")
         with torch.no_grad():
-            logits = module.probe(test_x.to(device)).cpu()
+            logits = probe(test_x.to(device)).cpu()
             logits = logits.mean(1) if logits.ndim == 3 else logits
         acc = topk_accuracy(logits, test_y)
         rows.append([f"online probe ({crops})", acc[1], acc[5]])
