@@ -225,6 +225,59 @@ def test_one_channel_custom_keeps_brightness_and_contrast_only():
     assert not any(type(op).__name__ == "RandomGrayscale" for op in ops)
 
 
+def reference_jitter(image, factors, order):
+    """torchvision's functional ops on ONE image, in ``order``."""
+    ops = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
+           "saturation": TF.adjust_saturation, "hue": TF.adjust_hue}
+    for name in order:
+        image = ops[name](image, factors[name])
+    return image
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_colour_jitter_equals_torchvision_per_sample(channels):
+    """Factors, gates and order drawn by ColourJitter, applied in one batch == torchvision's functional ops on each
+    image with its own factors (float64); ungated images are returned untouched."""
+    from mvmr.data.views.photometric import ColourJitter
+
+    torch.manual_seed(0)
+    images = torch.rand(12, channels, 9, 11, dtype=torch.float64)
+    images[0] = images[0].round()  # saturated pixels and ties of the channel maximum
+    jitter = ColourJitter(0.4, 0.4, 0.2, 0.1, p=0.75)
+    for trial in range(4):
+        gate, factors, order = jitter.draw(images.shape[0], channels)
+        assert sorted(order) == sorted(factors) == (["brightness", "contrast", "hue", "saturation"]
+                                                     if channels == 3 else ["brightness", "contrast"])
+        out = ColourJitter.apply(images, gate, factors, order)
+        for i in range(images.shape[0]):
+            expected = reference_jitter(images[i], {k: v[i].item() for k, v in factors.items()}, order) \
+                if gate[i] else images[i]
+            torch.testing.assert_close(out[i], expected, rtol=0, atol=2e-6)  # torchvision's hue step is float32
+
+
+def test_hue_shift_equals_torchvision_across_the_colour_wheel():
+    from mvmr.data.views.photometric import ColourJitter
+
+    torch.manual_seed(1)
+    images = torch.rand(1, 3, 16, 16, dtype=torch.float64).expand(9, -1, -1, -1)
+    shifts = torch.linspace(-0.5, 0.5, 9, dtype=torch.float64)
+    out = ColourJitter.apply(images, torch.ones(9, dtype=torch.bool), {"hue": shifts}, ["hue"])
+    for image, shift, result in zip(images, shifts, out):
+        torch.testing.assert_close(result, TF.adjust_hue(image, shift.item()), rtol=0, atol=2e-6)  # float32 inside
+
+
+def test_colour_jitter_factor_ranges_and_gate_rate():
+    from mvmr.data.views.photometric import ColourJitter
+
+    torch.manual_seed(2)
+    gate, factors, _ = ColourJitter(0.4, 0.9, 0.2, 0.1, p=0.8).draw(20000, 3)
+    assert abs(gate.float().mean().item() - 0.8) < 0.01
+    for name, lo, hi in [("brightness", 0.6, 1.4), ("contrast", 0.1, 1.9), ("saturation", 0.8, 1.2),
+                         ("hue", -0.1, 0.1)]:
+        f = factors[name]
+        assert lo <= f.min() and f.max() <= hi and abs(f.mean().item() - (lo + hi) / 2) < 0.01
+
+
 @pytest.mark.parametrize("size,kernel", [(224, 23), (96, 9), (32, 3), (8, 3), (50, 5)])
 def test_blur_kernel_is_odd_tenth_of_size(size, kernel):
     assert blur_kernel_size(size) == kernel
