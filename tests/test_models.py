@@ -136,3 +136,30 @@ def test_training_step_draws_x_prime_and_the_augmented_copy_in_one_call():
     assert key.startswith("augmented_pixels") and copy.shape == (6, 1, 16, 16)
     reps = compute(module.eval_view(images), torch.arange(6), {key: copy})
     torch.testing.assert_close(reps[key], copy.reshape(6, -1))
+
+
+# ------------------------------------------------------------------ bf16 on 1x1 maps
+def test_strided_convs_on_single_pixels_finds_layer4_at_16px():
+    from mvmr.models import build_backbone
+    from mvmr.models.encoder import strided_convs_on_single_pixels
+
+    backbone, _ = build_backbone("resnet18", in_channels=3)
+    backbone.train()
+    assert strided_convs_on_single_pixels(backbone, 3, 16) == ["layer4.0.conv1"]  # 16 -> 4 after the stem: 1x1 at layer4
+    assert strided_convs_on_single_pixels(backbone, 3, 32) == []                   # 2x2 there
+    assert backbone.training  # mode restored
+    small, _ = build_backbone("resnet18", in_channels=3, small_kernel=True)
+    assert strided_convs_on_single_pixels(small, 3, 16) == []
+
+
+def test_bf16_on_cpu_with_single_pixel_strided_conv_is_a_config_error():
+    from mvmr.cli.common import check_precision_fits_model
+    from mvmr.errors import ConfigError
+    from mvmr.models import build_backbone
+
+    backbone, _ = build_backbone("resnet18", in_channels=1)
+    with pytest.raises(ConfigError, match=r"dataset.size=16 .*'layer4.0.conv1'.*fp16=false"):
+        check_precision_fits_model(backbone, 1, 16, "bf16-mixed", "cpu")
+    check_precision_fits_model(backbone, 1, 16, "32-true", "cpu")    # float32 is right
+    check_precision_fits_model(backbone, 1, 16, "bf16-mixed", "gpu")  # not the CPU kernel
+    check_precision_fits_model(backbone, 1, 32, "bf16-mixed", "cpu")

@@ -137,9 +137,26 @@ def resume_checkpoint(cfg: Any, run: RunDir, explicit: str | None) -> str | None
 
 
 # ------------------------------------------------------------------------------ trainer
+def check_precision_fits_model(backbone: torch.nn.Module, channels: int, size: int, precision: str,
+                               accelerator: str) -> None:
+    """PyTorch's CPU bf16 convolution computes wrong weight gradients for a strided 3x3 convolution whose input is
+    1x1 (measured with torch 2.14: different values on every call, sometimes NaN or 1e31; float32 and 2x2 inputs
+    are right). Refuse that combination with a one-line fix instead of training on garbage."""
+    if precision != "bf16-mixed" or accelerator != "cpu":
+        return
+    from mvmr.models.encoder import strided_convs_on_single_pixels
+
+    names = strided_convs_on_single_pixels(backbone, channels, size)
+    if names:
+        raise ConfigError(f"dataset.size={size} leaves 1x1 feature maps at the strided convolution '{names[0]}', "
+                          f"where PyTorch's CPU bf16 convolution computes wrong weight gradients; use a larger "
+                          f"dataset.size, encoder.small_kernel=true, or fp16=false")
+
+
 def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list | None = None,
-                  max_epochs: int | None = None) -> pl.Trainer:
-    """A Lightning Trainer with the project's logging, atomic checkpoints and hardware settings."""
+                  max_epochs: int | None = None, module: Any = None) -> pl.Trainer:
+    """A Lightning Trainer with the project's logging, atomic checkpoints and hardware settings. With ``module``
+    (it has ``backbone`` and ``info``), first refuse a precision the backbone cannot train with at this size."""
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -148,6 +165,8 @@ def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list
 
     accelerator = resolve_accelerator(cfg.trainer.accelerator)
     precision = resolve_precision(cfg.fp16, accelerator)
+    if module is not None:
+        check_precision_fits_model(module.backbone, module.info.channels, cfg.dataset.size, precision, accelerator)
     # `last` gets its own callback: Lightning 2.6 writes save_last only when a top-k checkpoint was written
     # in the same step, so a run whose best stopped improving would resume from an old epoch
     last = ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,

@@ -52,7 +52,8 @@ def pretrain(argv: Sequence[str] | None = None, description: str = "MV-MR self-s
     run = RunDir.for_config(cfg, args.config, "self_supervised")
     print(f"Run directory: {run.path}")
     monitor = "val/top1" if module.probe is not None and cfg.dataset.val_fraction > 0 else None
-    trainer = build_trainer(cfg, run, monitor=monitor, callbacks=extra_callbacks(cfg, module, datamodule, run))
+    trainer = build_trainer(cfg, run, monitor=monitor, callbacks=extra_callbacks(cfg, module, datamodule, run),
+                            module=module)
     ckpt_path = resume_checkpoint(cfg, run, args.resume)
     if ckpt_path is None:
         tune(cfg, trainer, module, datamodule, args.auto_bs, args.auto_lr)

@@ -46,7 +46,7 @@ def train(argv: Sequence[str] | None = None) -> RunDir:
     run = RunDir.for_config(cfg, args.config, "semi_supervised")
     print(f"Run directory: {run.path}  ({n_labelled} labelled training images)")
     monitor = "val/top1" if cfg.dataset.val_fraction > 0 else None
-    trainer = build_trainer(cfg, run, monitor=monitor)
+    trainer = build_trainer(cfg, run, monitor=monitor, module=module)
     ckpt_path = resume_checkpoint(cfg, run, args.resume)
     if ckpt_path is None:
         tune(cfg, trainer, module, dm, args.auto_bs, args.auto_lr)

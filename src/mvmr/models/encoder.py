@@ -101,3 +101,25 @@ def build_backbone(name: str, *, in_channels: int = 3, small_kernel: bool = Fals
 def backbone_state_dict(state_dict: Dict[str, object], prefix: str = "backbone.") -> Dict[str, object]:
     """Select the backbone's weights from a module state dict (``backbone.*`` keys, prefix removed)."""
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def strided_convs_on_single_pixels(backbone: nn.Module, channels: int, size: int) -> list[str]:
+    """Names of the convolutions with a kernel > 1 and a stride > 1 whose input is 1x1 when ``backbone`` is fed
+    (1, channels, size, size) images (found with a float32 dry run; the backbone's mode is restored)."""
+    found, hooks = [], []
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.Conv2d) and max(module.stride) > 1 and max(module.kernel_size) > 1:
+            def record(mod, inputs, name=name):
+                if inputs[0].shape[-2:] == (1, 1):
+                    found.append(name)
+            hooks.append(module.register_forward_pre_hook(record))
+    training = backbone.training
+    try:
+        with torch.no_grad(), torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            backbone.eval()(torch.zeros(1, channels, size, size, device=next(backbone.parameters()).device))
+    finally:
+        backbone.train(training)
+        for hook in hooks:
+            hook.remove()
+    return found
+
