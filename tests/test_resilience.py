@@ -28,22 +28,34 @@ def backbone_state(path):
     return {k: v for k, v in state.items() if k.startswith(("backbone.", "projector.", "probe."))}
 
 
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+def bf16_cpu() -> bool:
+    from mvmr.cli.common import cpu_supports_bf16
+
+    return cpu_supports_bf16()
+
+
+@pytest.mark.parametrize("precision", [
+    [],
+    pytest.param(["fp16=true", "dataset.size=32"], id="bf16-32px",  # 32 px: no 1x1 map at a strided conv
+                 marks=pytest.mark.skipif(not bf16_cpu(), reason="this CPU has no bf16")),
+])
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys, precision):
     import mvmr.cli.pretrain as cli
 
-    straight = cli.pretrain(tiny_args(tmp_path, "straight", DETERMINISTIC))
+    settings = DETERMINISTIC + precision
+    straight = cli.pretrain(tiny_args(tmp_path, "straight", settings))
 
     original = cli.extra_callbacks
     monkeypatch.setattr(cli, "extra_callbacks",
                         lambda *a: original(*a) + [InterruptAfterValidation(epoch=1)])
     sigint = signal.getsignal(signal.SIGINT)
     with pytest.raises((SystemExit, KeyboardInterrupt)):
-        cli.pretrain(tiny_args(tmp_path, "interrupted", DETERMINISTIC))
+        cli.pretrain(tiny_args(tmp_path, "interrupted", settings))
     signal.signal(signal.SIGINT, sigint)  # Lightning ignores further Ctrl-C while shutting down
     assert "interrupted at epoch 1" in capsys.readouterr().err
     monkeypatch.setattr(cli, "extra_callbacks", original)
 
-    resumed = cli.pretrain(tiny_args(tmp_path, "interrupted", DETERMINISTIC))
+    resumed = cli.pretrain(tiny_args(tmp_path, "interrupted", settings))
     assert "Resuming from" in capsys.readouterr().out
     a, b = backbone_state(straight.last), backbone_state(resumed.last)
     assert a.keys() == b.keys()
