@@ -99,6 +99,22 @@ def test_load_encoder_gives_the_trained_backbone_and_its_transform(pretrained_ru
         torch.testing.assert_close(feats, module(x), rtol=1e-4, atol=1e-5)
 
 
+def test_load_online_probe_gives_the_trained_probe(pretrained_run, tmp_path):
+    from mvmr.api import load_online_probe
+    from mvmr.methods.pretrain import MVMRPretrainModule
+
+    run, _ = pretrained_run
+    module = MVMRPretrainModule.from_checkpoint(str(run.best)).eval()
+    probe = load_online_probe(run.best)
+    assert not probe.training and not any(p.requires_grad for p in probe.parameters())
+    h = torch.randn(4, module.feature_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(probe(h), module.probe(h), rtol=0, atol=0)
+    ckpt = torch.load(run.best, weights_only=False)
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("probe.")}
+    assert load_online_probe("without_probe.ckpt", checkpoint=ckpt) is None  # probe.enabled: false
+
+
 def test_plot_run_writes_curves_and_tsne(pretrained_run, tmp_path):
     from mvmr.cli.plots import main, read_epoch_metrics
 

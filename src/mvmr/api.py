@@ -25,10 +25,12 @@ class FrozenEncoder:
     image_size: int
 
 
-def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cpu") -> FrozenEncoder:
+def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cpu",
+                         checkpoint: dict | None = None) -> FrozenEncoder:
     """The backbone of a pretraining, distillation or semi-supervised checkpoint of this project. No
-    representation, teacher or projector is built, so nothing but the checkpoint is needed."""
-    ckpt = load_checkpoint(ckpt_path)
+    representation, teacher or projector is built, so nothing but the checkpoint is needed. ``checkpoint``: the
+    file's contents if the caller already read them (``ckpt_path`` then only names it in errors)."""
+    ckpt = checkpoint if checkpoint is not None else load_checkpoint(ckpt_path)
     hp = ckpt.get("hyper_parameters", {})
     if "info" not in hp or "config" not in hp:
         raise CheckpointError(f"'{ckpt_path}' has no run settings (hyper_parameters.info/config); "
@@ -45,10 +47,11 @@ def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cp
     return FrozenEncoder(backbone.to(device), encoder, info, int(hp["config"]["dataset"]["size"]))
 
 
-def load_online_probe(ckpt_path: str | Path, device: str | torch.device = "cpu") -> nn.Linear | None:
+def load_online_probe(ckpt_path: str | Path, device: str | torch.device = "cpu",
+                      checkpoint: dict | None = None) -> nn.Linear | None:
     """The online linear probe of a pretraining checkpoint, (B, feature_dim) -> (B, n_classes) logits, frozen;
-    None when the run had ``probe.enabled: false``."""
-    state = load_checkpoint(ckpt_path)["state_dict"]
+    None when the run had ``probe.enabled: false``. ``checkpoint`` as in ``load_frozen_backbone``."""
+    state = (checkpoint if checkpoint is not None else load_checkpoint(ckpt_path))["state_dict"]
     if "probe.weight" not in state:
         return None
     weight, bias = state["probe.weight"], state["probe.bias"]

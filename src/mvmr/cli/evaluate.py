@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from mvmr.api import load_frozen_backbone, load_online_probe
+from mvmr.checkpoint import load_checkpoint
 from mvmr.cli.common import default_device, add_common_flags, configure_runtime, format_table, run_main
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
@@ -38,7 +39,8 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     cfg = load_config(args.config, args.set, schema=PretrainConfig)
     pl.seed_everything(cfg.seed, verbose=False)
     device = default_device()
-    frozen = load_frozen_backbone(args.ckpt, device)
+    checkpoint = load_checkpoint(args.ckpt)  # read once: backbone and probe come from it
+    frozen = load_frozen_backbone(args.ckpt, device, checkpoint)
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("fit")
     info, size = frozen.info, frozen.image_size
@@ -69,7 +71,7 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
                      f"val top-1 {fit.val_top1:.2f})", acc[1], acc[5]])
         results.update(linear_top1=acc[1], linear_top5=acc[5])
     else:
-        probe = load_online_probe(args.ckpt, device)
+        probe = load_online_probe(args.ckpt, device, checkpoint)
         if probe is None:
             raise SystemExit("error: this checkpoint has no online probe; pass --retrain")
         with torch.no_grad():

@@ -122,4 +122,3 @@ def strided_convs_on_single_pixels(backbone: nn.Module, channels: int, size: int
         for hook in hooks:
             hook.remove()
     return found
-
