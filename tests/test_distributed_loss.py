@@ -36,7 +36,7 @@ def tiny_model() -> torch.nn.Module:
 
 def loss_and_grads(model, wrapped, x_bar, x_aug, reps, gather: bool):
     """MV-MR loss of z̄ = m(x̄), z = m(x') (two forward calls, as in training), then the parameter grads."""
-    objective = MVMRObjective(std_margin=2.0, gather=gather)
+    objective = MVMRObjective(std_margin=2.0, gather=gather, standardized=("pixels",))  # z-scored on the global batch
     loss, _ = objective(wrapped(x_bar), wrapped(x_aug), reps, WEIGHTS)
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in model.parameters()]

@@ -163,3 +163,44 @@ def test_bf16_on_cpu_with_single_pixel_strided_conv_is_a_config_error():
     check_precision_fits_model(backbone, 1, 16, "32-true", "cpu")    # float32 is right
     check_precision_fits_model(backbone, 1, 16, "bf16-mixed", "gpu")  # not the CPU kernel
     check_precision_fits_model(backbone, 1, 32, "bf16-mixed", "cpu")
+
+
+def test_representation_standardize_option_reaches_the_objective_by_key():
+    from mvmr.config import load_config
+    from mvmr.data import DatasetInfo
+    from mvmr.methods.pretrain import MVMRPretrainModule
+
+    info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
+    cfg = load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32", "dataset.size=16",
+                             "representations=[{name: pixels, weight: 1.0, standardize: true}, "
+                             "{name: pixels, weight: 1.0}, {name: local_std, weight: 1.0, standardize: true}]"])
+    module = MVMRPretrainModule(cfg, info)
+    keys = list(module.representation_weights)
+    assert module.objective.standardized == {keys[0], keys[2]}
+    assert keys[1] not in module.objective.standardized
+
+
+def test_channels_last_config_stores_the_backbone_weights_channels_last():
+    """Only channels_last inputs with default-layout weights make oneDNN reorder every weight on every call."""
+    from mvmr.config import load_config
+    from mvmr.data import DatasetInfo
+    from mvmr.methods.pretrain import MVMRPretrainModule
+
+    info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
+    for enabled in (True, False):
+        module = MVMRPretrainModule(load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32",
+                                                       f"channels_last={str(enabled).lower()}"]), info)
+        weight = module.backbone.layer1[0].conv1.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) is enabled
+        assert weight.is_contiguous() is not enabled
+
+
+def test_semi_supervised_module_stores_the_backbone_weights_channels_last():
+    from mvmr.config import EncoderConfig, SemiSupervisedConfig, load_config
+    from mvmr.data import DatasetInfo
+    from mvmr.methods.semi_supervised import SemiSupervisedModule
+
+    info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
+    module = SemiSupervisedModule(load_config(None, [], schema=SemiSupervisedConfig), info,
+                                  EncoderConfig(backbone="resnet18"), 10)
+    assert module.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -144,3 +144,29 @@ def test_shape_errors_are_clear():
         objective(z_bar, z, {"hog": reps["hog"][:5]}, {"hog": 1.0})
     with pytest.raises(ValueError, match="no weight for \\['pixels'\\]"):
         objective(z_bar, z, reps, {"hog": 1.0})
+
+
+def test_standardize_columns_matches_numpy_and_zeroes_constant_features():
+    from mvmr.losses.objective import standardize_columns
+    g = torch.Generator().manual_seed(3)
+    rep = torch.randn(10, 2, 3, generator=g, dtype=torch.float64) * torch.tensor([1e-3, 1.0, 50.0]).double()
+    rep[:, 1, 2] = 7.0  # constant over the batch
+    flat = rep.reshape(10, -1).numpy()
+    std = flat.std(axis=0)
+    expected = np.where(std > 0, (flat - flat.mean(0)) / np.maximum(std, 1e-6), 0.0)
+    np.testing.assert_allclose(standardize_columns(rep).numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_standardized_representation_uses_z_scored_features_in_dcor():
+    z_bar, z, reps = batch(seed=4)
+    reps["hog"] = reps["hog"] * torch.tensor([100.0, 1.0, 1.0, 1.0, 0.01]).double()  # one feature dominates
+    weights = {"hog": 2.0, "pixels": 1.0}
+    loss, terms = MVMRObjective(standardized=["hog"])(z_bar, z, reps, weights)
+    flat = reps["hog"].numpy()
+    z_scored = torch.from_numpy((flat - flat.mean(0)) / flat.std(0))
+    expected = numpy_terms(z_bar, z, {"hog": z_scored, "pixels": reps["pixels"]})
+    for key, value in expected.items():
+        assert terms[key].item() == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    _, plain = MVMRObjective()(z_bar, z, reps, weights)
+    assert abs(plain["dcor/hog"].item() - terms["dcor/hog"].item()) > 1e-3  # the option changes the term
+    torch.testing.assert_close(plain["dcor/pixels"], terms["dcor/pixels"])   # and only the named one

@@ -113,6 +113,9 @@ class RepresentationConfig:
                             "color_histogram, gabor, teacher")
     weight: float = option(1.0, "weight w_k of 1 - dCor(φ_k(x̄), z); negative = the authors' sign")
     params: Dict[str, Any] = option(help="parameters of the representation", factory=dict)
+    standardize: bool = option(False, "z-score each feature of φ_k over the (global) batch before dCor, so that "
+                                      "a few large-magnitude features (ScatNet's low-pass) do not dominate the "
+                                      "distances")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from mvmr.evaluation.features import extract_features
 from mvmr.evaluation.knn import knn_logits
 from mvmr.evaluation.linear import fit_linear
 from mvmr.evaluation.metrics import topk_accuracy
+from mvmr.models import use_channels_last
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -41,6 +42,7 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     device = default_device()
     checkpoint = load_checkpoint(args.ckpt)  # read once: backbone and probe come from it
     frozen = load_frozen_backbone(args.ckpt, device, checkpoint)
+    use_channels_last(frozen.backbone, cfg.channels_last)
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("fit")
     info, size = frozen.info, frozen.image_size

@@ -1,7 +1,7 @@
 """The MV-MR objective: invariance + variance hinge + distance correlations (METHOD.md, "The loss")."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Iterable, Mapping, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,16 @@ from mvmr.losses.dcor import autocast_disabled, centred_distances, compute_dtype
 from mvmr.losses.distributed import gather_with_grad
 
 STD_EPS = 1e-4
+COLUMN_STD_FLOOR = 1e-6
+
+
+def standardize_columns(rep: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, d): each feature z-scored over the batch, (x − mean) / max(std, 1e-6) (biased std);
+    a feature constant over the batch becomes 0."""
+    flat = rep.flatten(1)
+    mean = flat.mean(dim=0, keepdim=True)
+    std = flat.std(dim=0, unbiased=False, keepdim=True).clamp_min(COLUMN_STD_FLOOR)
+    return (flat - mean) / std
 
 
 def std_hinge(z: torch.Tensor, margin: float) -> torch.Tensor:
@@ -27,6 +37,9 @@ class MVMRObjective(nn.Module):
           + std_weight · [mean_j relu(γ − std_j(z)) + mean_j relu(γ − std_j(z̄))]
           + dcor_weight · (1 − dCor(z̄, z))
           + Σ_k w_k · (1 − dCor(φ_k, z))
+
+    φ_k named in ``standardized`` are z-scored per feature over the batch first (:func:`standardize_columns`;
+    the global batch under DDP).
 
     std_j = sqrt(var_j + 1e-4) with the unbiased variance over the batch; γ = ``std_margin``.
     ``unbiased=True`` uses the bias-corrected estimator of dCor² in every dCor term, i.e. each term
@@ -44,8 +57,9 @@ class MVMRObjective(nn.Module):
 
     def __init__(self, mse_weight: float = 1.0, std_weight: float = 1.0, dcor_weight: float = 1.0,
                  std_margin: float = 1.0, unbiased: bool = False, normalize_z: bool = False,
-                 gather: bool = True):
+                 gather: bool = True, standardized: Iterable[str] = ()):
         super().__init__()
+        self.standardized = frozenset(standardized)
         self.mse_weight = mse_weight
         self.std_weight = std_weight
         self.dcor_weight = dcor_weight
@@ -57,7 +71,7 @@ class MVMRObjective(nn.Module):
     def extra_repr(self) -> str:
         return (f"mse_weight={self.mse_weight}, std_weight={self.std_weight}, dcor_weight={self.dcor_weight}, "
                 f"std_margin={self.std_margin}, unbiased={self.unbiased}, normalize_z={self.normalize_z}, "
-                f"gather={self.gather}")
+                f"gather={self.gather}, standardized={sorted(self.standardized)}")
 
     def forward(self, z_bar: torch.Tensor, z: torch.Tensor, representations: Mapping[str, torch.Tensor],
                 representation_weights: Mapping[str, float]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -89,6 +103,8 @@ class MVMRObjective(nn.Module):
             loss = (self.mse_weight * terms["mse"] + self.std_weight * terms["std"]
                     + self.dcor_weight * terms["dcor_zz"])
             for name, rep in reps.items():
+                if name in self.standardized:
+                    rep = standardize_columns(rep.to(dtype))
                 term = 1 - self._dcor(centred_distances(rep, self.unbiased, dtype=dtype), centred_z)
                 terms[f"dcor/{name}"] = term
                 loss = loss + float(representation_weights[name]) * term

@@ -23,7 +23,7 @@ from mvmr.errors import MVMRError
 from mvmr.losses import MVMRObjective
 from mvmr.methods.optim import build_optimizer, param_groups
 from mvmr.methods.topk import TopKEvaluation, topk_correct
-from mvmr.models import build_backbone, build_projector
+from mvmr.models import build_backbone, build_projector, use_channels_last
 from mvmr.representations import build_representation
 
 SEED_SECTIONS = {"hog": ("nbins", "pool"), "scatnet": ("J", "L")}
@@ -52,6 +52,7 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
             cfg.encoder.backbone, in_channels=channels, small_kernel=cfg.encoder.small_kernel,
             maxpool=cfg.encoder.maxpool, zero_init_residual=cfg.encoder.zero_init_residual,
             width=cfg.encoder.width)
+        use_channels_last(self.backbone, cfg.channels_last)  # inputs are made channels_last in forward
         if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
             self.backbone.compile()
         self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim)
@@ -84,7 +85,8 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         self.objective = MVMRObjective(
             mse_weight=cfg.loss.mse_weight, std_weight=cfg.loss.std_weight, dcor_weight=cfg.loss.dcor_weight,
             std_margin=cfg.std_margin, unbiased=cfg.loss.unbiased, normalize_z=cfg.normalize_z,
-            gather=cfg.loss.gather)
+            gather=cfg.loss.gather,
+            standardized=[key for key, rep in zip(keys, cfg.representations) if rep.standardize])
         self.n_classes = cfg.dataset.n_classes or info.n_classes
         self.probe = nn.Linear(self.feature_dim, self.n_classes) if cfg.probe.enabled else None
         self.representation_cache = None  # set by the cache callback: key -> (N, d_k) tensor-like, by index

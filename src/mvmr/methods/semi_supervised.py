@@ -15,7 +15,7 @@ from mvmr.data.views import build_eval_view, build_train_view
 from mvmr.errors import CheckpointError
 from mvmr.methods.optim import build_optimizer, param_groups
 from mvmr.methods.topk import TopKEvaluation, topk_correct
-from mvmr.models import build_backbone
+from mvmr.models import build_backbone, use_channels_last
 
 
 class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
@@ -31,6 +31,7 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
             encoder.backbone, in_channels=info.channels, small_kernel=encoder.small_kernel,
             maxpool=encoder.maxpool, zero_init_residual=encoder.zero_init_residual,
             width=encoder.width)
+        use_channels_last(self.backbone, cfg.channels_last)  # inputs are made channels_last in forward
         if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
             self.backbone.compile()
         self.head = nn.Linear(self.feature_dim, n_classes)

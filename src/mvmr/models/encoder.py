@@ -98,6 +98,15 @@ def build_backbone(name: str, *, in_channels: int = 3, small_kernel: bool = Fals
     return net, net.out_dim
 
 
+def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Store ``module``'s 4-D (convolution) weights in channels_last, in place; returns it.
+
+    Feeding channels_last inputs to weights kept in the default layout makes oneDNN reorder every weight on
+    every call (forward and backward): measured 1.25x slower per pretraining step on the Fashion-MNIST config.
+    """
+    return module.to(memory_format=torch.channels_last) if enabled else module
+
+
 def backbone_state_dict(state_dict: Dict[str, object], prefix: str = "backbone.") -> Dict[str, object]:
     """Select the backbone's weights from a module state dict (``backbone.*`` keys, prefix removed)."""
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
