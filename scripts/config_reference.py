@@ -28,9 +28,10 @@ def render() -> str:
         for key, type_name, default, help_text in describe_schema(schema):
             parts.append(f"| `{key}` | {type_name} | `{default}` | {help_text} |")
         parts.append("")
-    parts += ["## Representations (`representations:` list entries: `{name, weight, params}`)", "",
+    parts += ["## Representations (`representations:` list entries: `{name, weight, params, standardize}`)", "",
               "`weight` w_k multiplies `1 - dCor(phi_k(x̄), z)`; a negative weight reproduces the sign of the",
-              "authors' code. `params` are checked against the table below.", "",
+              "authors' code. `params` are checked against the table below. `standardize: true` z-scores each",
+              "feature of phi_k over the (global) batch before the dCor (default false).", "",
               describe_representations(), ""]
     return "\n".join(parts)
 
