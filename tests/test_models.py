@@ -204,3 +204,42 @@ def test_semi_supervised_module_stores_the_backbone_weights_channels_last():
     module = SemiSupervisedModule(load_config(None, [], schema=SemiSupervisedConfig), info,
                                   EncoderConfig(backbone="resnet18"), 10)
     assert module.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_pool_grid_flattens_the_last_map_pooled_to_a_grid():
+    from mvmr.models import build_backbone
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 28, 28)
+    for grid, expected_dim in [(1, 256), (2, 1024)]:
+        net, dim = build_backbone("resnet18", in_channels=1, small_kernel=True, maxpool=True, width=32,
+                                  pool_grid=grid)
+        net.eval()
+        with torch.no_grad():
+            last = net.layer4(net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x))))))))
+            assert last.shape[-2:] == (2, 2)  # 28 -> 28 (stem) -> 14 (max-pool) -> 14, 7, 4, 2
+            # grid 2 on a 2x2 map is the map itself, flattened channel-major; grid 1 the mean over it
+            expected = last.flatten(1) if grid == 2 else last.mean(dim=(2, 3))
+            assert dim == expected_dim == net(x).shape[1]
+            torch.testing.assert_close(net(x), expected)
+
+
+def test_pool_grid_survives_a_checkpoint_round_trip(tmp_path):
+    from mvmr.api import load_frozen_backbone
+    from mvmr.config import load_config
+    from mvmr.data import DatasetInfo
+    from mvmr.methods.pretrain import MVMRPretrainModule
+
+    info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
+    cfg = load_config(None, ["encoder.backbone=resnet18", "encoder.width=16", "encoder.out_dim=32-32",
+                             "encoder.small_kernel=true", "encoder.maxpool=true", "encoder.pool_grid=2",
+                             "dataset.size=28"])
+    module = MVMRPretrainModule(cfg, info).eval()
+    assert module.feature_dim == 4 * 128 and module.projector[0].in_features == 4 * 128
+    path = tmp_path / "run.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    frozen = load_frozen_backbone(path)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen.backbone(x), module(x))
+    assert frozen.backbone.feature_dim == 512

@@ -12,7 +12,7 @@ from mvmr.checkpoint import encoder_config_of, load_backbone_weights, load_check
 from mvmr.data.datasets import DatasetInfo
 from mvmr.data.views import EvalTransform, eval_transform
 from mvmr.errors import CheckpointError
-from mvmr.models import build_backbone
+from mvmr.models import backbone_from_config
 
 
 @dataclass
@@ -37,10 +37,7 @@ def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cp
                               "pass a checkpoint written by mvmr's trainers")
     info = DatasetInfo(**hp["info"])
     encoder = encoder_config_of(ckpt)
-    backbone, feature_dim = build_backbone(encoder.backbone, in_channels=info.channels,
-                                           small_kernel=encoder.small_kernel, maxpool=encoder.maxpool,
-                                           zero_init_residual=encoder.zero_init_residual,
-                                           width=encoder.width)
+    backbone, feature_dim = backbone_from_config(encoder, info.channels)
     load_backbone_weights(backbone, ckpt["state_dict"], str(ckpt_path))
     backbone.feature_dim = feature_dim
     backbone.eval().requires_grad_(False)

@@ -63,6 +63,9 @@ class EncoderConfig:
     maxpool: Optional[bool] = option(None, "keep the stem max-pool (None: not with small_kernel, else yes)")
     zero_init_residual: bool = option(True, "zero-init the last BN of each residual block")
     width: int = option(64, "channels of the first ResNet stage (64: the standard ResNets; 32 quarters the compute)", ge=8)
+    pool_grid: int = option(1, "average-pool the last feature map to a g x g grid and flatten it: features g² times "
+                               "wider (1: global average pooling, the standard ResNet; 2 keeps the coarse layout "
+                               "of aligned images such as Fashion-MNIST)", ge=1)
 
 
 @dataclass

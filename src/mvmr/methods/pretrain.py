@@ -23,7 +23,7 @@ from mvmr.errors import MVMRError
 from mvmr.losses import MVMRObjective
 from mvmr.methods.optim import build_optimizer, param_groups
 from mvmr.methods.topk import TopKEvaluation, topk_correct
-from mvmr.models import build_backbone, build_projector, use_channels_last
+from mvmr.models import backbone_from_config, build_projector, use_channels_last
 from mvmr.representations import build_representation
 
 SEED_SECTIONS = {"hog": ("nbins", "pool"), "scatnet": ("J", "L")}
@@ -48,10 +48,7 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         self.save_hyperparameters({"config": to_dict(cfg), "info": dataclasses.asdict(info)})
         self.lr = cfg.lr  # Lightning's LR finder writes here
         channels = info.channels
-        self.backbone, self.feature_dim = build_backbone(
-            cfg.encoder.backbone, in_channels=channels, small_kernel=cfg.encoder.small_kernel,
-            maxpool=cfg.encoder.maxpool, zero_init_residual=cfg.encoder.zero_init_residual,
-            width=cfg.encoder.width)
+        self.backbone, self.feature_dim = backbone_from_config(cfg.encoder, channels)
         use_channels_last(self.backbone, cfg.channels_last)  # inputs are made channels_last in forward
         if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
             self.backbone.compile()

@@ -15,7 +15,7 @@ from mvmr.data.views import build_eval_view, build_train_view
 from mvmr.errors import CheckpointError
 from mvmr.methods.optim import build_optimizer, param_groups
 from mvmr.methods.topk import TopKEvaluation, topk_correct
-from mvmr.models import build_backbone, use_channels_last
+from mvmr.models import backbone_from_config, use_channels_last
 
 
 class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
@@ -27,10 +27,7 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
         self.save_hyperparameters({"config": to_dict(cfg), "info": dataclasses.asdict(info),
                                    "encoder": dataclasses.asdict(encoder), "n_classes": n_classes})
         self.lr = cfg.lr
-        self.backbone, self.feature_dim = build_backbone(
-            encoder.backbone, in_channels=info.channels, small_kernel=encoder.small_kernel,
-            maxpool=encoder.maxpool, zero_init_residual=encoder.zero_init_residual,
-            width=encoder.width)
+        self.backbone, self.feature_dim = backbone_from_config(encoder, info.channels)
         use_channels_last(self.backbone, cfg.channels_last)  # inputs are made channels_last in forward
         if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
             self.backbone.compile()

@@ -17,7 +17,7 @@ from mvmr.config import EncoderConfig, VOCConfig, build_dataclass, to_dict
 from mvmr.errors import CheckpointError
 from mvmr.evaluation.linear import fit_epochs
 from mvmr.evaluation.voc import mean_average_precision
-from mvmr.models import build_backbone
+from mvmr.models import backbone_from_config
 
 
 class MultiLabelHead(nn.Module):
@@ -88,8 +88,7 @@ def load_voc_checkpoint(path) -> tuple[nn.Module, MultiLabelHead, dict]:
         raise CheckpointError(f"'{path}' is not a VOC checkpoint (run main_voc.py first)")
     encoder = build_dataclass(EncoderConfig, hp["encoder"])
     info = DatasetInfo(**hp["info"])
-    backbone, dim = build_backbone(encoder.backbone, in_channels=info.channels, small_kernel=encoder.small_kernel,
-                                   maxpool=encoder.maxpool, width=encoder.width)
+    backbone, dim = backbone_from_config(encoder, info.channels)
     head = MultiLabelHead(torch.zeros(dim), torch.ones(dim), 20, hp["l2_normalize"])
     state = ckpt["state_dict"]
     backbone.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("backbone.")})

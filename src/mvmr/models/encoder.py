@@ -31,11 +31,12 @@ class ResNetTrunk(nn.Module):
 
     With ``width=64`` and the standard stem it has exactly torchvision's parameter names, shapes, initialisation
     scheme and forward pass (tested), so checkpoints carry ``conv1.*``, ``layer1.0.*``, ... keys.
-    (B, C, H, W) -> (B, 8 * width * block.expansion).
+    (B, C, H, W) -> (B, 8 * width * block.expansion * pool_grid²): the last stage's map average-pooled to a
+    ``pool_grid`` x ``pool_grid`` grid and flattened channel-major (1: global average pooling, torchvision's).
     """
 
     def __init__(self, spec: ResNetSpec, *, width: int = 64, in_channels: int = 3, small_kernel: bool = False,
-                 maxpool: bool = True, zero_init_residual: bool = True):
+                 maxpool: bool = True, zero_init_residual: bool = True, pool_grid: int = 1):
         super().__init__()
         if small_kernel:
             self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
@@ -49,8 +50,8 @@ class ResNetTrunk(nn.Module):
         self.layer2 = self._stage(spec.block, 2 * width, spec.layers[1], stride=2)
         self.layer3 = self._stage(spec.block, 4 * width, spec.layers[2], stride=2)
         self.layer4 = self._stage(spec.block, 8 * width, spec.layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.out_dim = 8 * width * spec.block.expansion
+        self.avgpool = nn.AdaptiveAvgPool2d((pool_grid, pool_grid))
+        self.out_dim = 8 * width * spec.block.expansion * pool_grid ** 2
         self._init_weights(zero_init_residual)
 
     def _stage(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -84,18 +85,26 @@ class ResNetTrunk(nn.Module):
 
 
 def build_backbone(name: str, *, in_channels: int = 3, small_kernel: bool = False, maxpool: bool | None = None,
-                   zero_init_residual: bool = True, width: int = 64) -> tuple[nn.Module, int]:
+                   zero_init_residual: bool = True, width: int = 64, pool_grid: int = 1) -> tuple[nn.Module, int]:
     """Return ``(backbone, feature_dim)``; backbone maps (B, C, H, W) -> (B, feature_dim).
 
     ``small_kernel`` replaces the 7x7 stride-2 stem with a 3x3 stride-1 convolution (CIFAR/STL-sized images)
     and drops the max-pool unless ``maxpool`` is True. ``width`` is the first stage's channel count (64 in the
-    standard ResNets; 32 quarters the compute). Weights are random.
+    standard ResNets; 32 quarters the compute). ``pool_grid`` g > 1 average-pools the last map to g x g and
+    flattens it (features g² times wider; keeps the coarse layout of aligned images). Weights are random.
     """
     spec = BACKBONES.get(name, key="encoder.backbone")
     keep_pool = (not small_kernel) if maxpool is None else maxpool
     net = ResNetTrunk(spec, width=width, in_channels=in_channels, small_kernel=small_kernel, maxpool=keep_pool,
-                      zero_init_residual=zero_init_residual)
+                      zero_init_residual=zero_init_residual, pool_grid=pool_grid)
     return net, net.out_dim
+
+
+def backbone_from_config(encoder, in_channels: int) -> tuple[nn.Module, int]:
+    """``build_backbone`` with every architecture key of an ``EncoderConfig`` (the one place that maps them)."""
+    return build_backbone(encoder.backbone, in_channels=in_channels, small_kernel=encoder.small_kernel,
+                          maxpool=encoder.maxpool, zero_init_residual=encoder.zero_init_residual,
+                          width=encoder.width, pool_grid=encoder.pool_grid)
 
 
 def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
