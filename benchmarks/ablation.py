@@ -39,13 +39,14 @@ def representation_rows(cfg: PretrainConfig) -> list[tuple[str, str]]:
     """(row name, YAML value of `representations`) for the representation ablations."""
     def entry(rep, sign: float = 1.0) -> str:
         params = ", ".join(f"{k}: {v}" for k, v in rep.params.items())
-        return f"{{name: {rep.name}, weight: {sign * abs(rep.weight)}, params: {{{params}}}}}"
+        return (f"{{name: {rep.name}, weight: {sign * abs(rep.weight)}, standardize: {str(rep.standardize).lower()}, "
+                f"params: {{{params}}}}}")
 
     reps = cfg.representations
     rows = [("no representation terms", "[]")]
     rows += [(f"{rep.name} only", f"[{entry(rep)}]") for rep in reps]
     rows += [("all representations", "[" + ", ".join(entry(r) for r in reps) + "]"),
-             ("all, authors' sign (w = -1)", "[" + ", ".join(entry(r, -1.0) for r in reps) + "]")]
+             ("all, authors' sign (w -> -|w|)", "[" + ", ".join(entry(r, -1.0) for r in reps) + "]")]
     return rows
 
 
