@@ -17,6 +17,16 @@ TINY = ["epochs=2", "warmup_epochs=0", "batch_size=32", "dataset.size=16", "enco
         "fp16=false"]  # 16 px leaves 1x1 maps at layer4, where CPU bf16 convolution gradients are wrong (README)
 
 
+def load_benchmark(name: str):
+    """The module benchmarks/<name>.py (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_args(run_dir: Path, name: str = "tiny", extra: list[str] | None = None) -> list[str]:
     args = ["--config", DIGITS]
     for item in TINY + [f"run_dir={run_dir}", f"name={name}"] + list(extra or []):

@@ -1,7 +1,5 @@
 """distance_correlation / pairwise_distances against dcor, scipy, a hand-worked case and a naive reference."""
-import importlib.util
 import math
-from pathlib import Path
 
 import dcor
 import numpy as np
@@ -10,6 +8,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from mvmr.errors import ConfigError
+from conftest import load_benchmark
 from mvmr.losses import distance_correlation, double_centre, pairwise_distances, u_centre
 
 
@@ -228,16 +227,8 @@ def test_input_errors():
         distance_correlation(torch.randn(3, 2), torch.randn(3, 2), unbiased=True)
 
 
-def _load_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dcor_memory.py"
-    spec = importlib.util.spec_from_file_location("dcor_memory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_memory_stays_order_batch_squared():
-    peak_extra_bytes = _load_benchmark().peak_extra_bytes
+    peak_extra_bytes = load_benchmark("dcor_memory").peak_extra_bytes
     batch, dim, chunk = 64, 60_000, 2048
     x = torch.randn(batch, dim)  # 15 MiB; a (B, B, D) broadcast would be 938 MiB
     y = torch.randn(batch, 32)
