@@ -243,3 +243,27 @@ def test_pool_grid_survives_a_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(frozen.backbone(x), module(x))
     assert frozen.backbone.feature_dim == 512
+
+
+@pytest.mark.parametrize("small_kernel, maxpool", [(True, True), (True, None), (False, None), (False, False)])
+@pytest.mark.parametrize("size", [8, 16, 28, 32, 33, 96])
+def test_last_map_side_matches_a_forward_pass(size, small_kernel, maxpool):
+    from mvmr.models import build_backbone
+    from mvmr.models.encoder import last_map_side
+
+    net, _ = build_backbone("resnet18", in_channels=1, small_kernel=small_kernel, maxpool=maxpool, width=8)
+    net.eval()
+    with torch.no_grad():
+        x = net.maxpool(net.relu(net.bn1(net.conv1(torch.zeros(1, 1, size, size)))))
+        last = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    assert last.shape[-1] == last.shape[-2] == last_map_side(size, small_kernel, maxpool)
+
+
+def test_pool_grid_larger_than_the_last_map_is_a_config_error():
+    from mvmr.config import load_config
+    from mvmr.errors import ConfigError
+
+    base = ["dataset.size=28", "encoder.small_kernel=true", "encoder.maxpool=true"]
+    load_config(None, base + ["encoder.pool_grid=2"])  # 2x2 last map: fine
+    with pytest.raises(ConfigError, match=r"encoder.pool_grid=3 is larger than the 2x2 last feature map.*<= 2"):
+        load_config(None, base + ["encoder.pool_grid=3"])

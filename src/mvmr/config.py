@@ -413,6 +413,15 @@ def check_consistency(cfg: Any) -> None:
         from mvmr.models.projector import parse_widths
 
         parse_widths(encoder.out_dim, key="encoder.out_dim")
+        dataset = getattr(cfg, "dataset", None)
+        if dataset is not None and encoder.pool_grid > 1:
+            from mvmr.models.encoder import last_map_side
+
+            side = last_map_side(dataset.size, encoder.small_kernel, encoder.maxpool)
+            if encoder.pool_grid > side:
+                raise ConfigError(f"encoder.pool_grid={encoder.pool_grid} is larger than the {side}x{side} last "
+                                  f"feature map at dataset.size={dataset.size} (it would only repeat features); "
+                                  f"use encoder.pool_grid <= {side}")
     for i, rep in enumerate(getattr(cfg, "representations", []) or []):
         if not rep.name:
             raise ConfigError(f"representations[{i}].name is required")

@@ -100,6 +100,16 @@ def build_backbone(name: str, *, in_channels: int = 3, small_kernel: bool = Fals
     return net, net.out_dim
 
 
+def last_map_side(size: int, small_kernel: bool, maxpool: bool | None) -> int:
+    """Side of the last stage's feature map for ``size`` x ``size`` inputs: every stride-2 step (the 7x7 stem,
+    the max-pool, the first block of stages 2-4; all padded) maps n to ceil(n / 2)."""
+    keep_pool = (not small_kernel) if maxpool is None else maxpool
+    halvings = (0 if small_kernel else 1) + (1 if keep_pool else 0) + 3
+    for _ in range(halvings):
+        size = -(-size // 2)
+    return size
+
+
 def backbone_from_config(encoder, in_channels: int) -> tuple[nn.Module, int]:
     """``build_backbone`` with every architecture key of an ``EncoderConfig`` (the one place that maps them)."""
     return build_backbone(encoder.backbone, in_channels=in_channels, small_kernel=encoder.small_kernel,
@@ -111,7 +121,8 @@ def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
     """Store ``module``'s 4-D (convolution) weights in channels_last, in place; returns it.
 
     Feeding channels_last inputs to weights kept in the default layout makes oneDNN reorder every weight on
-    every call (forward and backward): measured 1.25x slower per pretraining step on the Fashion-MNIST config.
+    every call (forward and backward): 1.22x slower per pretraining step on the Fashion-MNIST config
+    (benchmarks/channels_last_weights.py).
     """
     return module.to(memory_format=torch.channels_last) if enabled else module
 
