@@ -1,0 +1,13 @@
+"""The step-time benchmark's per-round ratio statistic (hand-worked cases)."""
+import pytest
+
+from conftest import load_benchmark
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    paired_ratio = load_benchmark("step_time").paired_ratio
+    # rounds: 1.1/1.0, 2.4/2.0, 3.0/3.0 -> ratios 1.1, 1.2, 1.0 -> median 1.1
+    assert paired_ratio([1.1, 2.4, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(1.1)
+    # the two statistics differ: medians 2.0 / 3.0 = 0.67, per-round ratios 2, 2/3, 2 -> 2
+    times, floor = [2.0, 2.0, 6.0], [1.0, 3.0, 3.0]
+    assert paired_ratio(times, floor) == pytest.approx(2.0)
