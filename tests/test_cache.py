@@ -105,6 +105,16 @@ def test_float16_cache_within_relative_precision(tmp_path):
     assert np.max(np.abs(stored - ref) / np.abs(ref)) > 0  # really rounded to float16
 
 
+def test_float16_rows_read_in_request_order_as_float32(tmp_path):
+    cache = build(tmp_path, {"sine": Sine(offset=2.0)})
+    stored = np.load(cache.paths["sine"])
+    assert stored.dtype == np.float16
+    index = torch.tensor([41, 3, 3, 0, 49, 17, 2])  # shuffled, with a duplicate
+    rows = cache["sine"](index)
+    assert rows.dtype == torch.float32
+    np.testing.assert_array_equal(rows.numpy(), stored[index.numpy()].astype(np.float32))
+
+
 def test_float16_overflow_falls_back_to_float32(tmp_path):
     big = Sine(offset=1e5)  # beyond the float16 range (65504)
     cache = build(tmp_path, {"big": big})
