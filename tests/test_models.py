@@ -267,3 +267,49 @@ def test_pool_grid_larger_than_the_last_map_is_a_config_error():
     load_config(None, base + ["encoder.pool_grid=2"])  # 2x2 last map: fine
     with pytest.raises(ConfigError, match=r"encoder.pool_grid=3 is larger than the 2x2 last feature map.*<= 2"):
         load_config(None, base + ["encoder.pool_grid=3"])
+
+
+def _reference_step(name, w, g, state, lr, wd, momentum, t, betas=(0.9, 0.999), eps=1e-8):
+    """One float64 update of torch's documented Adam (L2), AdamW (decoupled) or SGD (momentum) formulas."""
+    if name == "sgd":
+        d = g + wd * w
+        state["buf"] = d if t == 1 else momentum * state["buf"] + d
+        return w - lr * state["buf"]
+    if name == "adam":
+        g = g + wd * w
+    else:
+        w = w * (1 - lr * wd)
+    state["m"] = betas[0] * state.get("m", 0 * w) + (1 - betas[0]) * g
+    state["v"] = betas[1] * state.get("v", 0 * w) + (1 - betas[1]) * g * g
+    m_hat, v_hat = state["m"] / (1 - betas[0] ** t), state["v"] / (1 - betas[1] ** t)
+    return w - lr * m_hat / (v_hat.sqrt() + eps)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_built_optimiser_is_fused_on_cpu_and_follows_the_float64_formula(name):
+    from types import SimpleNamespace
+
+    from mvmr.methods.optim import build_optimizer
+
+    torch.manual_seed(0)
+    w0 = torch.randn(7, 5, dtype=torch.float64)
+    p = torch.nn.Parameter(w0.float().clone())
+    cfg = SimpleNamespace(optimizer=name, wd=0.05, momentum=0.9, warmup_epochs=0, milestones=[],
+                          scheduler="multistep")
+    opt = build_optimizer(cfg, [{"params": [p], "weight_decay": 0.05}], 0.01, 100, 10)["optimizer"]
+    assert opt.defaults["fused"] is True
+    w, state = w0.clone(), {}
+    for t in range(1, 6):
+        g = torch.randn(7, 5, dtype=torch.float64)
+        p.grad = g.float()
+        opt.step()
+        w = _reference_step(name, w, g, state, 0.01, 0.05, 0.9, t)
+    assert torch.allclose(p.detach().double(), w, atol=1e-6), (p.detach().double() - w).abs().max()
+
+
+def test_fused_kernels_only_where_the_device_has_them():
+    from mvmr.methods.optim import fused_supported
+
+    assert fused_supported([{"params": [torch.nn.Parameter(torch.zeros(3))]}])
+    assert not fused_supported([{"params": [torch.nn.Parameter(torch.zeros(3, device="meta"))]}])
+    assert not fused_supported([{"params": []}])
