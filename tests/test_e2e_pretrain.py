@@ -42,8 +42,12 @@ def test_evaluate_probe_and_retrain(pretrained_run, capsys):
     assert 0 <= res["probe_top1"] <= 100 and 0 <= res["knn_top1"] <= 100
     res = evaluate(base + ["--ckpt", str(run.best), "--retrain", "--epochs", "2", "--no_progress"])
     out = capsys.readouterr().out
-    assert "linear (retrained" in out and "k-NN (k=20, cosine)" in out
-    assert res["linear_top1"] > 30  # well above chance (10%) even after a few steps on real digits
+    assert "linear (retrained on train" in out and "k-NN (k=20, cosine)" in out
+    assert "linear (refit on train+val" in out
+    assert res["linear_top1"] > 30 and res["refit_top1"] > 30  # well above chance (10%) after a few steps
+    res = evaluate(base + ["--ckpt", str(run.best), "--retrain", "--epochs", "1", "--no_progress",
+                           "--set", "eval.refit=false"])
+    assert "refit_top1" not in res and "refit on train+val" not in capsys.readouterr().out
 
 
 def test_rerun_resumes_from_last(pretrained_run, capsys):

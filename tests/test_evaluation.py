@@ -51,3 +51,49 @@ def test_topk_counts_agree_with_topk_accuracy():
     labels = torch.tensor([1, 2, 0, 1])  # top-1 right: row 0 only; top-2 right: rows 0, 3
     assert topk_correct(logits, labels, 1).item() == 1 and topk_correct(logits, labels, 2).item() == 2
     assert topk_accuracy(logits, labels, (1, 2)) == {1: 25.0, 2: 50.0}
+
+
+def test_stop_after_keeps_the_full_cosine_schedule():
+    """Stopping after k epochs of an n-epoch schedule = the k-th epoch of the full run (not a k-epoch cosine)."""
+    from mvmr.evaluation.linear import fit_epochs
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 5, generator=g), torch.randint(0, 3, (64,), generator=g)
+
+    def run(stop_after, val_score_at):
+        torch.manual_seed(1)
+        head = torch.nn.Linear(5, 3)
+        count = iter(range(1, 100))
+        score = None if val_score_at is None else (lambda: float(next(count) == val_score_at))
+        loss = lambda idx: torch.nn.functional.cross_entropy(head(x[idx]), y[idx])  # noqa: E731
+        epoch, _ = fit_epochs(head, loss, 64, score, 10, 16, 0.1, 0.0, torch.Generator().manual_seed(2),
+                              stop_after=stop_after)
+        return epoch, head.weight.detach().clone()
+
+    epoch_a, stopped = run(3, None)
+    epoch_b, selected = run(None, 3)  # full 10 epochs, weights restored from epoch 3
+    epoch_c, short = run(None, None)
+    assert epoch_a == epoch_b == 3 and epoch_c == 10
+    assert torch.equal(stopped, selected) and not torch.equal(stopped, short)
+
+
+def test_refit_uses_validation_rows_and_their_statistics():
+    """Class 2 occurs only in the validation rows: the train-only head cannot predict it, the refit head does;
+    the refit head standardises with the mean/std of train + validation (numpy float64 reference)."""
+    from mvmr.evaluation.linear import refit_linear
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 8, generator=g) * 5
+    y_tr = torch.randint(0, 2, (200,), generator=g)
+    y_va = torch.full((60,), 2)
+    x_tr = centers[y_tr] + torch.randn(200, 8, generator=g)
+    x_va = centers[y_va] + torch.randn(60, 8, generator=g)
+    fit = fit_linear(x_tr, y_tr, x_tr, y_tr, 3, lrs=[5e-2], wds=[0.0], epochs=15, batch_size=32)
+    head = refit_linear(x_tr, y_tr, x_va, y_va, 3, fit, epochs=15, batch_size=32)
+    probe = centers[2] + torch.randn(50, 8, generator=g)
+    with torch.no_grad():
+        assert (fit.head(probe).argmax(1) == 2).float().mean() < 0.1
+        assert (head(probe).argmax(1) == 2).float().mean() > 0.9
+    both = np.concatenate([x_tr.double().numpy(), x_va.double().numpy()])
+    np.testing.assert_allclose(head.mean.numpy(), both.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head.std.numpy(), both.std(0, ddof=1), rtol=1e-4)

@@ -97,6 +97,8 @@ class EvalConfig:
     wds: List[float] = option(help="linear-evaluation weight decays tried", factory=lambda: [0.0, 1e-5])
     batch_size: int = option(256, "linear-evaluation batch size", ge=1)
     ten_crop: bool = option(True, "average the probe over ten crops at test time (when dataset.size >= 64)")
+    refit: bool = option(True, "--retrain also trains a head on train + validation with the lr/wd/epochs chosen "
+                               "on validation (the usual protocol's last step); both heads are reported")
     knn_k: int = option(20, "k of the cosine k-NN classifier", ge=1)
     knn_temperature: float = option(0.07, "temperature of the k-NN vote weights exp(sim/T)", gt=0.0)
 

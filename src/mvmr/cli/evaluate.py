@@ -18,7 +18,7 @@ from mvmr.data import MVMRDataModule
 from mvmr.data.views import build_eval_view, build_test_view
 from mvmr.evaluation.features import extract_features
 from mvmr.evaluation.knn import knn_logits
-from mvmr.evaluation.linear import fit_linear
+from mvmr.evaluation.linear import fit_linear, refit_linear
 from mvmr.evaluation.metrics import topk_accuracy
 from mvmr.models import use_channels_last
 
@@ -63,15 +63,23 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     if args.retrain:
         val_x, val_y = extract(dm.val_dataloader(), center, "val features")
-        if val_x.shape[0] == 0:
+        has_val = val_x.shape[0] > 0
+        if not has_val:
             val_x, val_y = train_x, train_y
-        fit = fit_linear(train_x, train_y, val_x, val_y, n_classes, cfg.eval.lrs, cfg.eval.wds,
-                         args.epochs or cfg.eval.epochs, cfg.eval.batch_size, cfg.seed)
+        epochs = args.epochs or cfg.eval.epochs
+        fit = fit_linear(train_x, train_y, val_x, val_y, n_classes, cfg.eval.lrs, cfg.eval.wds, epochs,
+                         cfg.eval.batch_size, cfg.seed)
         with torch.no_grad():
             acc = topk_accuracy(fit.head(test_x), test_y)
-        rows.append([f"linear (retrained, {crops}; lr={fit.lr:g} wd={fit.wd:g} epochs={fit.epochs}, "
+        rows.append([f"linear (retrained on train, {crops}; lr={fit.lr:g} wd={fit.wd:g} epochs={fit.epochs}, "
                      f"val top-1 {fit.val_top1:.2f})", acc[1], acc[5]])
         results.update(linear_top1=acc[1], linear_top5=acc[5])
+        if cfg.eval.refit and has_val:
+            head = refit_linear(train_x, train_y, val_x, val_y, n_classes, fit, epochs, cfg.eval.batch_size, cfg.seed)
+            with torch.no_grad():
+                acc = topk_accuracy(head(test_x), test_y)
+            rows.append([f"linear (refit on train+val with the same lr/wd/epochs, {crops})", acc[1], acc[5]])
+            results.update(refit_top1=acc[1], refit_top5=acc[5])
     else:
         probe = load_online_probe(args.ckpt, device, checkpoint)
         if probe is None:

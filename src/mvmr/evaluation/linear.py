@@ -36,15 +36,18 @@ class StandardisedLinear(nn.Module):
 
 
 def fit_epochs(head: nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tensor], n: int,
-               val_score: Callable[[], float], epochs: int, batch_size: int, lr: float, wd: float,
-               generator: torch.Generator, log: Optional[Callable[[int, float, float], None]] = None
-               ) -> tuple[int, float]:
+               val_score: Optional[Callable[[], float]], epochs: int, batch_size: int, lr: float, wd: float,
+               generator: torch.Generator, log: Optional[Callable[[int, float, float], None]] = None,
+               stop_after: Optional[int] = None) -> tuple[int, float]:
     """AdamW + cosine over ``epochs`` passes of shuffled mini-batches of row indices into ``batch_loss``; after
-    each epoch ``val_score()`` (higher is better). Loads the best epoch's weights; returns (epoch, score)."""
+    each epoch ``val_score()`` (higher is better). Loads the best epoch's weights; returns (epoch, score).
+    ``stop_after`` ends the same schedule after that many epochs. Without ``val_score`` the head keeps the
+    last epoch's weights and the score is nan."""
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     best_state, best_epoch, best_score = None, 0, -float("inf")
-    for epoch in range(epochs):
+    last = epochs if stop_after is None else min(epochs, stop_after)
+    for epoch in range(last):
         head.train()
         for idx in torch.randperm(n, generator=generator).split(batch_size):
             loss = batch_loss(idx)
@@ -52,6 +55,8 @@ def fit_epochs(head: nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tenso
             loss.backward()
             opt.step()
         sched.step()
+        if val_score is None:
+            continue
         head.eval()
         with torch.no_grad():
             score = val_score()
@@ -59,12 +64,16 @@ def fit_epochs(head: nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tenso
             best_state, best_epoch, best_score = copy.deepcopy(head.state_dict()), epoch + 1, score
         if log is not None:
             log(epoch + 1, loss.item(), score)
+    head.eval()
+    if val_score is None:
+        return last, float("nan")
     head.load_state_dict(best_state)
     return best_epoch, best_score
 
 
-def _train_one(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, n_classes: int,
-               lr: float, wd: float, epochs: int, batch_size: int, seed: int) -> tuple[StandardisedLinear, int, float]:
+def _train_one(x: torch.Tensor, y: torch.Tensor, val_x: Optional[torch.Tensor], val_y: Optional[torch.Tensor],
+               n_classes: int, lr: float, wd: float, epochs: int, batch_size: int, seed: int,
+               stop_after: Optional[int] = None) -> tuple[StandardisedLinear, int, float]:
     g = torch.Generator().manual_seed(seed)
     flat = x if x.ndim == 2 else x.flatten(0, 1)
     head = StandardisedLinear(flat.mean(0), flat.std(0).clamp_min(1e-6), n_classes)
@@ -75,8 +84,9 @@ def _train_one(x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_y: tor
             xb = xb[torch.arange(xb.shape[0]), torch.randint(xb.shape[1], (xb.shape[0],), generator=g)]
         return F.cross_entropy(head(xb), y[idx])
 
-    best_epoch, best_acc = fit_epochs(head, batch_loss, x.shape[0], lambda: topk_accuracy(head(val_x), val_y, (1,))[1],
-                                      epochs, batch_size, lr, wd, g)
+    val_score = None if val_x is None else (lambda: topk_accuracy(head(val_x), val_y, (1,))[1])
+    best_epoch, best_acc = fit_epochs(head, batch_loss, x.shape[0], val_score, epochs, batch_size, lr, wd, g,
+                                      stop_after=stop_after)
     return head, best_epoch, best_acc
 
 
@@ -92,3 +102,16 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
                 best = LinearFit(head, lr, wd, ep, acc)
     assert best is not None
     return best
+
+
+def refit_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                 n_classes: int, fit: LinearFit, epochs: int, batch_size: int = 256, seed: int = 0) -> nn.Module:
+    """The usual last step of the protocol: a new head on train + validation rows, trained with the lr/wd that
+    ``fit`` chose on validation, on the same ``epochs``-long cosine schedule, stopped at ``fit``'s epoch (no
+    validation is left to select with). Standardisation statistics come from the combined rows."""
+    if train_x.ndim != val_x.ndim:
+        raise ValueError(f"train features {tuple(train_x.shape)} and validation features {tuple(val_x.shape)} "
+                         "must have the same layout to be refit together")
+    head, _, _ = _train_one(torch.cat([train_x, val_x]), torch.cat([train_y, val_y]), None, None, n_classes,
+                            fit.lr, fit.wd, epochs, batch_size, seed, stop_after=fit.epochs)
+    return head
