@@ -109,7 +109,7 @@ def main() -> None:
         minutes = (time.time() - start) / 60
         ckpt = run.best if run.best.is_file() else run.last
         res = evaluate(base + ["--ckpt", str(ckpt), "--retrain", "--epochs", str(args.eval_epochs), "--no_progress"]
-                       + sets(args.set))
+                       + sets(args.set + ["eval.refit=false"]))  # the table shows the train-split head
         rows.append([name, f"{minutes:.1f}", res["linear_top1"], res["knn_top1"]])
         if name == "all representations":
             all_ckpt = ckpt

@@ -4,7 +4,7 @@
 Settings (the authors' CPU numbers in the scale issue): ResNet-18, projector 2048-2048-2048,
   32x32 with batch 128, and 96x96 with batch 64; three channels; the authors' five representations
   (pixels, augmented pixels, HOG, ScatNet, local std).
-Variants, each a full optimiser step (views on the device, forward, backward, Adam):
+Variants, each a full optimiser step (views on the device, forward, backward, Adam; fused like the trainer's):
   floor      two views, MSE + variance hinge + dCor(z̄, z), no representation terms;
   uncached   + the five representations computed every step (what the authors' code does);
   cached     + the deterministic four read from the memory-mapped cache (augmented pixels still per step);
@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from mvmr.cli.common import cpu_supports_bf16, format_table
 from mvmr.config import DatasetConfig, PretrainConfig, RepresentationConfig, load_config
 from mvmr.data import DatasetInfo, MVMRDataModule
+from mvmr.methods.optim import fused_supported
 from mvmr.methods.pretrain import MVMRPretrainModule
 from mvmr.representations.cache import RepresentationCache
 
@@ -57,7 +58,8 @@ class Stepper:
 
     def __init__(self, module: MVMRPretrainModule, precision: torch.dtype | None):
         self.module, self.precision = module.train(), precision
-        self.opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+        groups = [{"params": list(module.parameters())}]
+        self.opt = torch.optim.Adam(groups, lr=1e-4, fused=fused_supported(groups) or None)  # as the trainer
 
     def step(self, images: torch.Tensor, index: torch.Tensor) -> None:
         labels = torch.full((images.shape[0],), -1)

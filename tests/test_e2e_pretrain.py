@@ -147,3 +147,10 @@ def test_auto_bs_under_ddp_is_a_one_line_explanation(tmp_path):
                  "trainer.accelerator=cpu", "trainer.strategy=ddp"]), "--auto_bs"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "tune on one device" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_trainer_optimiser_uses_fused_kernels_on_cpu(pretrained_run):
+    """The optimiser Lightning built (as saved in last.ckpt) runs torch's fused kernel in every group."""
+    run, _ = pretrained_run
+    groups = torch.load(run.last, weights_only=False)["optimizer_states"][0]["param_groups"]
+    assert groups and all(group["fused"] is True for group in groups)

@@ -297,7 +297,7 @@ def test_built_optimiser_is_fused_on_cpu_and_follows_the_float64_formula(name):
     cfg = SimpleNamespace(optimizer=name, wd=0.05, momentum=0.9, warmup_epochs=0, milestones=[],
                           scheduler="multistep")
     opt = build_optimizer(cfg, [{"params": [p], "weight_decay": 0.05}], 0.01, 100, 10)["optimizer"]
-    assert opt.defaults["fused"] is True
+    assert opt.defaults["fused"] is True and all(group["fused"] for group in opt.param_groups)
     w, state = w0.clone(), {}
     for t in range(1, 6):
         g = torch.randn(7, 5, dtype=torch.float64)
