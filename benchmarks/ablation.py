@@ -46,7 +46,7 @@ def representation_rows(cfg: PretrainConfig) -> list[tuple[str, str]]:
     rows = [("no representation terms", "[]")]
     rows += [(f"{rep.name} only", f"[{entry(rep)}]") for rep in reps]
     rows += [("all representations", "[" + ", ".join(entry(r) for r in reps) + "]"),
-             ("all, authors' sign (w -> -|w|)", "[" + ", ".join(entry(r, -1.0) for r in reps) + "]")]
+             ("all, authors' sign (weights negated)", "[" + ", ".join(entry(r, -1.0) for r in reps) + "]")]
     return rows
 
 

@@ -15,3 +15,4 @@ def test_rows_keep_weights_params_and_standardize():
     reps = load_config(None, [f"representations={signed[0]}"]).representations
     assert [(r.weight, r.standardize) for r in reps] == [(-6.0, True), (-3.0, False)]
     assert rows["no representation terms"] == "[]"
+    assert not any("|" in name for name in rows)  # row names go into Markdown table cells
