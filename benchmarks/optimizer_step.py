@@ -6,7 +6,7 @@ The parameters are a config's backbone and projector (the pretraining module's),
 (weights with weight decay, biases and norms without); gradients are random. Variants alternate round by round
 in one process; the median of the per-round ratios is printed.
 
-    python benchmarks/optimizer_step.py [--config configs/fashion_mnist_self_supervised.yaml] [--rounds 9] [--steps 20]
+    python benchmarks/optimizer_step.py [--config configs/fashion_mnist_self_supervised.yaml] [--rounds 9] [--steps 20] [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=1, help="image channels (1: Fashion-MNIST)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--set", action="append", default=[], help="config overrides, e.g. encoder.width=64")
     args = parser.parse_args()
     torch.manual_seed(0)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     backbone, dim = backbone_from_config(cfg.encoder, args.channels)
     model = nn.ModuleDict({"backbone": backbone, "projector": build_projector(dim, cfg.encoder.out_dim)})
     for p in model.parameters():
