@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from mvmr.cli.common import cpu_supports_bf16, format_table
 from mvmr.config import DatasetConfig, PretrainConfig, RepresentationConfig, load_config
 from mvmr.data import DatasetInfo, MVMRDataModule
-from mvmr.methods.optim import fused_supported
+from mvmr.methods.optim import OPTIMIZERS, fused_supported
 from mvmr.methods.pretrain import MVMRPretrainModule
 from mvmr.representations.cache import RepresentationCache
 
@@ -59,7 +59,7 @@ class Stepper:
     def __init__(self, module: MVMRPretrainModule, precision: torch.dtype | None):
         self.module, self.precision = module.train(), precision
         groups = [{"params": list(module.parameters())}]
-        self.opt = torch.optim.Adam(groups, lr=1e-4, fused=fused_supported(groups) or None)  # as the trainer
+        self.opt = OPTIMIZERS.get("adam")(groups, 1e-4, 0.0, 0.9, fused=fused_supported(groups))  # as the trainer
 
     def step(self, images: torch.Tensor, index: torch.Tensor) -> None:
         labels = torch.full((images.shape[0],), -1)
