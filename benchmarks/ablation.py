@@ -40,7 +40,7 @@ def representation_rows(cfg: PretrainConfig) -> list[tuple[str, str]]:
     def entry(rep, sign: float = 1.0) -> str:
         params = ", ".join(f"{k}: {v}" for k, v in rep.params.items())
         return (f"{{name: {rep.name}, weight: {sign * abs(rep.weight)}, standardize: {str(rep.standardize).lower()}, "
-                f"params: {{{params}}}}}")
+                f"power: {rep.power}, params: {{{params}}}}}")
 
     reps = cfg.representations
     rows = [("no representation terms", "[]")]

@@ -28,10 +28,12 @@ def render() -> str:
         for key, type_name, default, help_text in describe_schema(schema):
             parts.append(f"| `{key}` | {type_name} | `{default}` | {help_text} |")
         parts.append("")
-    parts += ["## Representations (`representations:` list entries: `{name, weight, params, standardize}`)", "",
+    parts += ["## Representations (`representations:` list entries: `{name, weight, params, standardize, power}`)",
+              "",
               "`weight` w_k multiplies `1 - dCor(phi_k(x̄), z)`; a negative weight reproduces the sign of the",
-              "authors' code. `params` are checked against the table below. `standardize: true` z-scores each",
-              "feature of phi_k over the (global) batch before the dCor (default false).", "",
+              "authors' code. `params` are checked against the table below. `power: p` maps each feature to",
+              "sign(phi)·|phi|^p (default 1, unchanged), then `standardize: true` z-scores each feature of phi_k",
+              "over the (global) batch (default false); both act on the cached values, before the dCor.", "",
               describe_representations(), ""]
     return "\n".join(parts)
 

@@ -165,7 +165,7 @@ def test_bf16_on_cpu_with_single_pixel_strided_conv_is_a_config_error():
     check_precision_fits_model(backbone, 1, 32, "bf16-mixed", "cpu")
 
 
-def test_representation_standardize_option_reaches_the_objective_by_key():
+def test_representation_standardize_and_power_options_reach_the_objective_by_key():
     from mvmr.config import load_config
     from mvmr.data import DatasetInfo
     from mvmr.methods.pretrain import MVMRPretrainModule
@@ -173,11 +173,12 @@ def test_representation_standardize_option_reaches_the_objective_by_key():
     info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
     cfg = load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32", "dataset.size=16",
                              "representations=[{name: pixels, weight: 1.0, standardize: true}, "
-                             "{name: pixels, weight: 1.0}, {name: local_std, weight: 1.0, standardize: true}]"])
+                             "{name: pixels, weight: 1.0, power: 0.5}, {name: local_std, weight: 1.0, standardize: true}]"])
     module = MVMRPretrainModule(cfg, info)
     keys = list(module.representation_weights)
     assert module.objective.standardized == {keys[0], keys[2]}
     assert keys[1] not in module.objective.standardized
+    assert module.objective.powers == {keys[1]: 0.5}  # power 1 (the default) is no transform
 
 
 def test_channels_last_config_stores_the_backbone_weights_channels_last():

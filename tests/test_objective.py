@@ -170,3 +170,29 @@ def test_standardized_representation_uses_z_scored_features_in_dcor():
     _, plain = MVMRObjective()(z_bar, z, reps, weights)
     assert abs(plain["dcor/hog"].item() - terms["dcor/hog"].item()) > 1e-3  # the option changes the term
     torch.testing.assert_close(plain["dcor/pixels"], terms["dcor/pixels"])   # and only the named one
+
+
+def test_signed_power_matches_numpy_keeps_signs_and_zeros():
+    from mvmr.losses.objective import signed_power
+    rep = torch.tensor([[-8.0, -1e-3, 0.0, 1e-3, 16.0]], dtype=torch.float64)
+    expected = np.sign(rep.numpy()) * np.abs(rep.numpy()) ** 0.25
+    np.testing.assert_allclose(signed_power(rep, 0.25).numpy(), expected, rtol=1e-12, atol=0)
+    assert signed_power(rep, 1.0) is rep
+
+
+def test_power_then_standardize_in_dcor_matches_numpy():
+    """power: sign(φ)|φ|^p first, then the z-scoring, then the dCor; only the named term changes."""
+    z_bar, z, reps = batch(seed=5)
+    weights = {"hog": 2.0, "pixels": 1.0}
+    loss, terms = MVMRObjective(standardized=["hog"], powers={"hog": 0.5, "pixels": 1.0})(z_bar, z, reps, weights)
+    flat = reps["hog"].numpy()
+    powered = np.sign(flat) * np.sqrt(np.abs(flat))
+    z_scored = torch.from_numpy((powered - powered.mean(0)) / powered.std(0))
+    expected = numpy_terms(z_bar, z, {"hog": z_scored, "pixels": reps["pixels"]})
+    for key, value in expected.items():
+        assert terms[key].item() == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    _, plain = MVMRObjective(standardized=["hog"])(z_bar, z, reps, weights)
+    assert abs(plain["dcor/hog"].item() - terms["dcor/hog"].item()) > 1e-4
+    torch.testing.assert_close(plain["dcor/pixels"], terms["dcor/pixels"])
+    with pytest.raises(ValueError, match="powers must be > 0"):
+        MVMRObjective(powers={"hog": 0.0})

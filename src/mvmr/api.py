@@ -23,13 +23,16 @@ class FrozenEncoder:
     encoder: EncoderConfig
     info: DatasetInfo  # channels, mean, std of the training data
     image_size: int
+    weights: str = "online"  # which backbone weights were loaded: "online" or "ema" (the run's moving average)
 
 
 def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cpu",
-                         checkpoint: dict | None = None) -> FrozenEncoder:
+                         checkpoint: dict | None = None, weights: str = "auto") -> FrozenEncoder:
     """The backbone of a pretraining, distillation or semi-supervised checkpoint of this project. No
     representation, teacher or projector is built, so nothing but the checkpoint is needed. ``checkpoint``: the
-    file's contents if the caller already read them (``ckpt_path`` then only names it in errors)."""
+    file's contents if the caller already read them (``ckpt_path`` then only names it in errors). ``weights``:
+    "auto" (the moving average when the run kept one, ``ema_decay`` > 0, else the trained weights), "online"
+    or "ema"."""
     ckpt = checkpoint if checkpoint is not None else load_checkpoint(ckpt_path)
     hp = ckpt.get("hyper_parameters", {})
     if "info" not in hp or "config" not in hp:
@@ -38,10 +41,10 @@ def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cp
     info = DatasetInfo(**hp["info"])
     encoder = encoder_config_of(ckpt)
     backbone, feature_dim = backbone_from_config(encoder, info.channels)
-    load_backbone_weights(backbone, ckpt["state_dict"], str(ckpt_path))
+    loaded = load_backbone_weights(backbone, ckpt["state_dict"], str(ckpt_path), weights)
     backbone.feature_dim = feature_dim
     backbone.eval().requires_grad_(False)
-    return FrozenEncoder(backbone.to(device), encoder, info, int(hp["config"]["dataset"]["size"]))
+    return FrozenEncoder(backbone.to(device), encoder, info, int(hp["config"]["dataset"]["size"]), loaded)
 
 
 def load_online_probe(ckpt_path: str | Path, device: str | torch.device = "cpu",

@@ -65,16 +65,36 @@ def encoder_config_of(ckpt: dict) -> EncoderConfig:
     return build_dataclass(EncoderConfig, enc, prefix="encoder.")
 
 
-def load_backbone_weights(backbone: nn.Module, state_dict: dict, source: str) -> None:
-    """Copy ``backbone.*`` weights; a one-line CheckpointError naming the first shape that differs."""
+BACKBONE_PREFIXES = {"online": "backbone.", "ema": "ema_backbone."}
+
+
+def backbone_prefix(state_dict: dict, weights: str, source: str) -> str:
+    """The state-dict prefix of the backbone ``weights`` to load: "online", "ema" (the moving average a run with
+    ema_decay > 0 keeps) or "auto" (ema when the checkpoint holds it, else online)."""
+    has_ema = any(k.startswith(BACKBONE_PREFIXES["ema"]) for k in state_dict)
+    if weights == "auto":
+        weights = "ema" if has_ema else "online"
+    if weights not in BACKBONE_PREFIXES:
+        raise CheckpointError(f"backbone weights must be one of auto, online, ema; got {weights!r}")
+    if weights == "ema" and not has_ema:
+        raise CheckpointError(f"'{source}' holds no moving-average weights (the run had ema_decay: 0); "
+                              "use eval.weights=online or auto")
+    return BACKBONE_PREFIXES[weights]
+
+
+def load_backbone_weights(backbone: nn.Module, state_dict: dict, source: str, weights: str = "auto") -> str:
+    """Copy the backbone's weights (``weights``: auto / online / ema, see :func:`backbone_prefix`); a one-line
+    CheckpointError naming the first shape that differs. Returns the weights loaded: "online" or "ema"."""
+    prefix = backbone_prefix(state_dict, weights, source)
     own = backbone.state_dict()
-    theirs = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    theirs = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if not theirs:
         raise CheckpointError(f"'{source}' holds no backbone weights (no 'backbone.*' keys)")
     for key, value in own.items():
         if key not in theirs:
             raise CheckpointError(f"'{source}' lacks backbone weight '{key}': the encoder differs from the config's")
         if theirs[key].shape != value.shape:
-            raise CheckpointError(f"'{source}' does not match the configured encoder: backbone.{key} is "
+            raise CheckpointError(f"'{source}' does not match the configured encoder: {prefix}{key} is "
                                   f"{tuple(theirs[key].shape)} in the checkpoint, {tuple(value.shape)} in the config")
     backbone.load_state_dict({k: theirs[k] for k in own})
+    return "ema" if prefix == BACKBONE_PREFIXES["ema"] else "online"

@@ -99,6 +99,9 @@ class EvalConfig:
     ten_crop: bool = option(True, "average the probe over ten crops at test time (when dataset.size >= 64)")
     refit: bool = option(True, "--retrain also trains a head on train + validation with the lr/wd/epochs chosen "
                                "on validation (the usual protocol's last step); both heads are reported")
+    weights: str = option("auto", "backbone weights to evaluate: ema (the run's moving average, ema_decay > 0), "
+                                  "online (the trained weights), auto (ema when the checkpoint has it)",
+                          choices=("auto", "online", "ema"))
     knn_k: int = option(20, "k of the cosine k-NN classifier", ge=1)
     knn_temperature: float = option(0.07, "temperature of the k-NN vote weights exp(sim/T)", gt=0.0)
 
@@ -121,6 +124,9 @@ class RepresentationConfig:
     standardize: bool = option(False, "z-score each feature of φ_k over the (global) batch before dCor, so that "
                                       "a few large-magnitude features (ScatNet's low-pass) do not dominate the "
                                       "distances")
+    power: float = option(1.0, "signed power sign(φ)·|φ|^p applied to each feature of φ_k before `standardize` "
+                               "(0.5: the Hellinger / RootSIFT map of histograms; small p compresses sparse, "
+                               "heavy-tailed features such as HOG's; 1 = unchanged)", gt=0.0)
 
 
 @dataclass
@@ -200,6 +206,9 @@ class PretrainConfig(BaseTrainConfig):
     cache: CacheConfig = option(factory=CacheConfig, help="representation cache")
     probe: ProbeConfig = option(factory=ProbeConfig, help="online linear probe")
     eval: EvalConfig = option(factory=EvalConfig, help="linear / k-NN evaluation")
+    ema_decay: float = option(0.0, "keep an exponential moving average of the backbone's weights with this decay "
+                                   "(0: none; e.g. 0.999); checkpoints hold it as ema_backbone.*, and evaluation "
+                                   "uses it by default (eval.weights)", ge=0.0, le=0.9999)
 
 
 @dataclass

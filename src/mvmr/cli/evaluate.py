@@ -41,7 +41,9 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     pl.seed_everything(cfg.seed, verbose=False)
     device = default_device()
     checkpoint = load_checkpoint(args.ckpt)  # read once: backbone and probe come from it
-    frozen = load_frozen_backbone(args.ckpt, device, checkpoint)
+    frozen = load_frozen_backbone(args.ckpt, device, checkpoint, cfg.eval.weights)
+    print(f"backbone weights: {frozen.weights}" + (" (the run's moving average; eval.weights=online for the "
+                                                   "trained weights)" if frozen.weights == "ema" else ""))
     use_channels_last(frozen.backbone, cfg.channels_last)
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("fit")

@@ -24,6 +24,11 @@ def standardize_columns(rep: torch.Tensor) -> torch.Tensor:
     return (flat - mean) / std
 
 
+def signed_power(rep: torch.Tensor, p: float) -> torch.Tensor:
+    """sign(x)·|x|^p elementwise, same shape (p = 1 returns ``rep`` itself)."""
+    return rep if p == 1.0 else torch.sign(rep) * rep.abs().pow(p)
+
+
 def std_hinge(z: torch.Tensor, margin: float) -> torch.Tensor:
     """mean_j relu(margin − sqrt(var_j(z) + 1e-4)) for z (B, D); var_j is the unbiased batch variance."""
     std = torch.sqrt(z.var(dim=0, unbiased=True) + STD_EPS)
@@ -38,7 +43,8 @@ class MVMRObjective(nn.Module):
           + dcor_weight · (1 − dCor(z̄, z))
           + Σ_k w_k · (1 − dCor(φ_k, z))
 
-    φ_k named in ``standardized`` are z-scored per feature over the batch first (:func:`standardize_columns`;
+    φ_k named in ``powers`` first go through the signed power sign(φ)·|φ|^p (:func:`signed_power`);
+    φ_k named in ``standardized`` are then z-scored per feature over the batch (:func:`standardize_columns`;
     the global batch under DDP).
 
     std_j = sqrt(var_j + 1e-4) with the unbiased variance over the batch; γ = ``std_margin``.
@@ -57,9 +63,13 @@ class MVMRObjective(nn.Module):
 
     def __init__(self, mse_weight: float = 1.0, std_weight: float = 1.0, dcor_weight: float = 1.0,
                  std_margin: float = 1.0, unbiased: bool = False, normalize_z: bool = False,
-                 gather: bool = True, standardized: Iterable[str] = ()):
+                 gather: bool = True, standardized: Iterable[str] = (), powers: Mapping[str, float] | None = None):
         super().__init__()
         self.standardized = frozenset(standardized)
+        self.powers = {name: float(p) for name, p in (powers or {}).items() if float(p) != 1.0}
+        bad = {name: p for name, p in self.powers.items() if not p > 0}
+        if bad:
+            raise ValueError(f"representation powers must be > 0, got {bad}")
         self.mse_weight = mse_weight
         self.std_weight = std_weight
         self.dcor_weight = dcor_weight
@@ -71,7 +81,7 @@ class MVMRObjective(nn.Module):
     def extra_repr(self) -> str:
         return (f"mse_weight={self.mse_weight}, std_weight={self.std_weight}, dcor_weight={self.dcor_weight}, "
                 f"std_margin={self.std_margin}, unbiased={self.unbiased}, normalize_z={self.normalize_z}, "
-                f"gather={self.gather}, standardized={sorted(self.standardized)}")
+                f"gather={self.gather}, standardized={sorted(self.standardized)}, powers={self.powers}")
 
     def forward(self, z_bar: torch.Tensor, z: torch.Tensor, representations: Mapping[str, torch.Tensor],
                 representation_weights: Mapping[str, float]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -103,6 +113,8 @@ class MVMRObjective(nn.Module):
             loss = (self.mse_weight * terms["mse"] + self.std_weight * terms["std"]
                     + self.dcor_weight * terms["dcor_zz"])
             for name, rep in reps.items():
+                if name in self.powers:
+                    rep = signed_power(rep.to(dtype), self.powers[name])
                 if name in self.standardized:
                     rep = standardize_columns(rep.to(dtype))
                 term = 1 - self._dcor(centred_distances(rep, self.unbiased, dtype=dtype), centred_z)

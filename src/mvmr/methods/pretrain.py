@@ -24,6 +24,7 @@ from mvmr.losses import MVMRObjective
 from mvmr.methods.optim import build_optimizer, param_groups
 from mvmr.methods.topk import TopKEvaluation, topk_correct
 from mvmr.models import backbone_from_config, build_projector, use_channels_last
+from mvmr.models.ema import ema_decay_at, make_ema_copy, update_ema
 from mvmr.representations import build_representation
 
 SEED_SECTIONS = {"hog": ("nbins", "pool"), "scatnet": ("J", "L")}
@@ -50,6 +51,8 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         channels = info.channels
         self.backbone, self.feature_dim = backbone_from_config(cfg.encoder, channels)
         use_channels_last(self.backbone, cfg.channels_last)  # inputs are made channels_last in forward
+        # the moving average of the backbone (evaluated by default); a frozen eager copy, updated after each step
+        self.ema_backbone = make_ema_copy(self.backbone) if cfg.ema_decay > 0 else None
         if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
             self.backbone.compile()
         self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim)
@@ -83,7 +86,8 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
             mse_weight=cfg.loss.mse_weight, std_weight=cfg.loss.std_weight, dcor_weight=cfg.loss.dcor_weight,
             std_margin=cfg.std_margin, unbiased=cfg.loss.unbiased, normalize_z=cfg.normalize_z,
             gather=cfg.loss.gather,
-            standardized=[key for key, rep in zip(keys, cfg.representations) if rep.standardize])
+            standardized=[key for key, rep in zip(keys, cfg.representations) if rep.standardize],
+            powers={key: rep.power for key, rep in zip(keys, cfg.representations)})
         self.n_classes = cfg.dataset.n_classes or info.n_classes
         self.probe = nn.Linear(self.feature_dim, self.n_classes) if cfg.probe.enabled else None
         self.representation_cache = None  # set by the cache callback: key -> (N, d_k) tensor-like, by index
@@ -147,6 +151,10 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         self.log_dict(log, on_step=True, on_epoch=True, prog_bar=False, batch_size=images.shape[0])
         self.log("loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema_backbone is not None:  # after the optimiser step of this batch
+            update_ema(self.ema_backbone, self.backbone, ema_decay_at(max(self.global_step - 1, 0), self.cfg.ema_decay))
 
     def _probe_step(self, h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         labelled = labels >= 0
