@@ -95,5 +95,27 @@ def test_trained_ema_follows_the_recursion_and_evaluation_loads_it(tmp_path, mon
     assert (ema.weights, online.weights) == ("ema", "online")
     assert torch.equal(ema.backbone.conv1.weight, state["ema_backbone.conv1.weight"])
     assert torch.equal(online.backbone.conv1.weight, state["backbone.conv1.weight"])
+    from mvmr import load_encoder
+    assert torch.equal(load_encoder(run.last, weights="online")[0].conv1.weight, state["backbone.conv1.weight"])
     evaluate(args + ["--ckpt", str(run.last), "--no_progress"])
     assert "backbone weights: ema" in capsys.readouterr().out
+
+
+def test_ema_starts_from_the_fine_tune_from_weights(pretrained_run, tmp_path, monkeypatch):
+    """fine_tune_from loads the backbone after the module (and its EMA copy) is built; the average must start
+    from the loaded weights, not from the random initialisation."""
+    import mvmr.methods.pretrain as pretrain_module
+    from mvmr.cli.pretrain import pretrain
+
+    source, _ = pretrained_run
+    loaded = torch.load(source.last, weights_only=False)["state_dict"]["backbone.conv1.weight"]
+    starts, real_update = [], pretrain_module.update_ema
+
+    def recording_update(ema, online, decay):
+        if not starts:
+            starts.append(ema.conv1.weight.detach().clone())
+        real_update(ema, online, decay)
+
+    monkeypatch.setattr(pretrain_module, "update_ema", recording_update)
+    pretrain(tiny_args(tmp_path, "ema_ft", ["ema_decay=0.5", f"fine_tune_from={source.last}", "epochs=1"]))
+    torch.testing.assert_close(starts[0], loaded)

@@ -60,7 +60,8 @@ def load_online_probe(ckpt_path: str | Path, device: str | torch.device = "cpu",
     return probe.eval().requires_grad_(False).to(device)
 
 
-def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, EvalTransform]:
+def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu",
+                 weights: str = "auto") -> tuple[nn.Module, EvalTransform]:
     """(backbone, transform) from a pretraining, distillation or semi-supervised checkpoint of this project.
 
     ``backbone``: frozen, in eval mode, a plain ``nn.Module`` mapping a normalised batch (B, C, H, W) to
@@ -69,6 +70,7 @@ def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu") -> t
     ``transform``: the run's evaluation view x̄ for ONE image (PIL image or uint8 (C, H, W) tensor) ->
     float32 (C, size, size), resized, centre-cropped and normalised with the run's mean/std.
     No representation, teacher or projector is built, so nothing but the checkpoint is needed.
+    ``weights``: "auto" (the moving average when the run kept one, ``ema_decay`` > 0), "online" or "ema".
     """
-    frozen = load_frozen_backbone(ckpt_path, device)
+    frozen = load_frozen_backbone(ckpt_path, device, weights=weights)
     return frozen.backbone, eval_transform(frozen.image_size, frozen.info.mean, frozen.info.std)

@@ -152,6 +152,10 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         self.log("loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss
 
+    def on_train_start(self) -> None:
+        if self.ema_backbone is not None and self.global_step == 0:  # start from the weights training starts from
+            self.ema_backbone.load_state_dict(self.backbone.state_dict())  # (fine_tune_from loads them after __init__)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema_backbone is not None:  # after the optimiser step of this batch
             update_ema(self.ema_backbone, self.backbone, ema_decay_at(max(self.global_step - 1, 0), self.cfg.ema_decay))
