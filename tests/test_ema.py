@@ -119,3 +119,14 @@ def test_ema_starts_from_the_fine_tune_from_weights(pretrained_run, tmp_path, mo
     monkeypatch.setattr(pretrain_module, "update_ema", recording_update)
     pretrain(tiny_args(tmp_path, "ema_ft", ["ema_decay=0.5", f"fine_tune_from={source.last}", "epochs=1"]))
     torch.testing.assert_close(starts[0], loaded)
+
+
+def test_ema_updates_once_per_optimiser_step_with_gradient_accumulation(tmp_path, monkeypatch):
+    import mvmr.methods.pretrain as pretrain_module
+    from mvmr.cli.pretrain import pretrain
+
+    decays, real_update = [], pretrain_module.update_ema
+    monkeypatch.setattr(pretrain_module, "update_ema", lambda e, o, d: (decays.append(d), real_update(e, o, d)))
+    run = pretrain(tiny_args(tmp_path, "ema_acc", ["ema_decay=0.5", "accumulate_grad_batches=2", "epochs=1"]))
+    steps = torch.load(run.last, weights_only=False)["global_step"]
+    assert steps >= 1 and decays == [ema_decay_at(i, 0.5) for i in range(steps)]

@@ -53,6 +53,7 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         use_channels_last(self.backbone, cfg.channels_last)  # inputs are made channels_last in forward
         # the moving average of the backbone (evaluated by default); a frozen eager copy, updated after each step
         self.ema_backbone = make_ema_copy(self.backbone) if cfg.ema_decay > 0 else None
+        self._ema_step = 0  # global_step at the last update of the average
         if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
             self.backbone.compile()
         self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim)
@@ -153,11 +154,14 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         return loss
 
     def on_train_start(self) -> None:
+        self._ema_step = self.global_step  # the average moves only when an optimiser step has happened since
         if self.ema_backbone is not None and self.global_step == 0:  # start from the weights training starts from
             self.ema_backbone.load_state_dict(self.backbone.state_dict())  # (fine_tune_from loads them after __init__)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema_backbone is not None:  # after the optimiser step of this batch
+        # once per optimiser step: with accumulate_grad_batches > 1 most batches end without one
+        if self.ema_backbone is not None and self.global_step != self._ema_step:
+            self._ema_step = self.global_step
             update_ema(self.ema_backbone, self.backbone, ema_decay_at(max(self.global_step - 1, 0), self.cfg.ema_decay))
 
     def _probe_step(self, h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
