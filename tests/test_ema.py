@@ -130,3 +130,21 @@ def test_ema_updates_once_per_optimiser_step_with_gradient_accumulation(tmp_path
     run = pretrain(tiny_args(tmp_path, "ema_acc", ["ema_decay=0.5", "accumulate_grad_batches=2", "epochs=1"]))
     steps = torch.load(run.last, weights_only=False)["global_step"]
     assert steps >= 1 and decays == [ema_decay_at(i, 0.5) for i in range(steps)]
+
+
+def test_resuming_with_a_changed_ema_decay_continues_instead_of_failing(tmp_path, capsys):
+    """A run resumed with ema_decay switched on starts the average from the resumed weights; switched off, the
+    checkpoint's average is dropped. Neither fails on the state dict's keys."""
+    from mvmr.cli.pretrain import pretrain
+
+    run = pretrain(tiny_args(tmp_path, "switch"))
+    resumed_backbone = torch.load(run.last, weights_only=False)["state_dict"]["backbone.conv1.weight"]
+    pretrain(tiny_args(tmp_path, "switch", ["ema_decay=0.5", "epochs=3"]))
+    out = capsys.readouterr().out
+    assert "Resuming from" in out and "starts from the resumed weights" in out
+    state = torch.load(run.last, weights_only=False)["state_dict"]
+    assert "ema_backbone.conv1.weight" in state
+    assert not torch.equal(state["ema_backbone.conv1.weight"], resumed_backbone)  # it moved after the resume
+    pretrain(tiny_args(tmp_path, "switch", ["epochs=4"]))
+    assert "average is not kept" in capsys.readouterr().out
+    assert not any(k.startswith("ema_backbone.") for k in torch.load(run.last, weights_only=False)["state_dict"])

@@ -153,6 +153,19 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         self.log("loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resuming with a changed ema_decay: a new average starts from the resumed backbone; a dropped one is
+        discarded (both said in one line) instead of failing on the state dict's keys."""
+        state = checkpoint["state_dict"]
+        has_ema = any(k.startswith("ema_backbone.") for k in state)
+        if self.ema_backbone is not None and not has_ema:
+            state.update({"ema_" + k: v.clone() for k, v in state.items() if k.startswith("backbone.")})
+            print("ema_decay > 0 but the checkpoint has no moving average: it starts from the resumed weights")
+        elif self.ema_backbone is None and has_ema:
+            for key in [k for k in state if k.startswith("ema_backbone.")]:
+                del state[key]
+            print("ema_decay is 0: the checkpoint's moving average is not kept")
+
     def on_train_start(self) -> None:
         self._ema_step = self.global_step  # the average moves only when an optimiser step has happened since
         if self.ema_backbone is not None and self.global_step == 0:  # start from the weights training starts from
