@@ -4,7 +4,7 @@
 
 Both sides get uint8 (B, 3, S, S) batches and return normalised float32 (B, 3, S, S) with the same policy
 (random resized crop, flip, colour jitter p=0.8, grayscale p=0.2, blur p=0.5, solarize p=0.1).
-A second table times mvmr's vectorised colour jitter and solarize against kornia's per-sample ops
+A second table times mvmr's vectorised colour jitter, blur and solarize against kornia's per-sample ops
 (the ones they replaced) on the same float batches.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 import torchvision.transforms.v2 as T
 
 from mvmr.data.views import build_train_view
-from mvmr.data.views.photometric import BLUR_SIGMA, JITTER, ColourJitter, Solarize, blur_kernel_size
+from mvmr.data.views.photometric import (BLUR_SIGMA, JITTER, ColourJitter, GaussianBlur, Solarize,
+                                         blur_kernel_size)
 from mvmr.data.views.policies import default_crop_scale
 
 CASES = [(32, 256), (96, 64)]  # (size, batch)
@@ -71,10 +72,13 @@ def main() -> None:
         print(f"{size:>5} {batch:>6} {ours:>12.0f} {loop:>23.0f} {ours / loop:>6.1f}x")
 
     print(f"\n{'size':>5} {'batch':>6} {'op':>10} {'mvmr img/s':>12} {'kornia img/s':>13} {'ratio':>7}")
-    pairs = {"jitter": (ColourJitter(*JITTER, p=0.8), K.ColorJitter(*JITTER, p=0.8)),
-             "solarize": (Solarize(p=0.1), K.RandomSolarize(thresholds=0.0, additions=0.0, p=0.1))}
     for size, batch in CASES:
         images = torch.rand(batch, 3, size, size, device=args.device)
+        kernel = blur_kernel_size(size)
+        pairs = {"jitter": (ColourJitter(*JITTER, p=0.8), K.ColorJitter(*JITTER, p=0.8)),
+                 "blur": (GaussianBlur(kernel, BLUR_SIGMA, p=0.5),
+                          K.RandomGaussianBlur((kernel, kernel), BLUR_SIGMA, border_type="reflect", p=0.5)),
+                 "solarize": (Solarize(p=0.1), K.RandomSolarize(thresholds=0.0, additions=0.0, p=0.1))}
         for name, (mine, theirs) in pairs.items():
             ours = images_per_second(mine.to(args.device), images, args.repeats)
             kornia = images_per_second(theirs.to(args.device), images, args.repeats)

@@ -278,6 +278,37 @@ def test_colour_jitter_factor_ranges_and_gate_rate():
         assert lo <= f.min() and f.max() <= hi and abs(f.mean().item() - (lo + hi) / 2) < 0.01
 
 
+@pytest.mark.parametrize("channels,kernel", [(3, 9), (1, 3), (3, 5)])
+def test_gaussian_blur_equals_torchvision_per_sample(channels, kernel):
+    """Gate and sigma drawn by GaussianBlur, applied in one batch == torchvision's gaussian_blur on each gated image
+    with its own sigma (reflect padding, float64); ungated images come back untouched."""
+    from mvmr.data.views.photometric import GaussianBlur
+
+    torch.manual_seed(3)
+    images = torch.rand(10, channels, 12, 15, dtype=torch.float64)
+    blur = GaussianBlur(kernel, (0.1, 2.0), p=0.5)
+    gate, sigma = blur.draw(images.shape[0])
+    assert 0 < gate.sum() < len(gate)
+    out = blur.apply(images, gate, sigma)
+    for i in range(images.shape[0]):
+        expected = TF.gaussian_blur(images[i], [kernel, kernel], [sigma[i].item()] * 2) if gate[i] else images[i]
+        torch.testing.assert_close(out[i], expected, rtol=0, atol=1e-12)
+
+
+def test_gaussian_blur_gate_rate_sigma_range_and_bad_kernel():
+    from mvmr.data.views.photometric import GaussianBlur
+
+    torch.manual_seed(4)
+    gate, sigma = GaussianBlur(9, (0.1, 2.0), p=0.3).draw(20000)
+    assert abs(gate.float().mean().item() - 0.3) < 0.01
+    assert 0.1 <= sigma.min() and sigma.max() <= 2.0 and abs(sigma.mean().item() - 1.05) < 0.01
+    none = torch.zeros(4, dtype=torch.bool)
+    images = torch.rand(4, 3, 8, 8)
+    assert GaussianBlur(3, p=0.0).apply(images, none, torch.ones(4)) is images
+    with pytest.raises(ConfigError, match="odd"):
+        GaussianBlur(4)
+
+
 @pytest.mark.parametrize("size,kernel", [(224, 23), (96, 9), (32, 3), (8, 3), (50, 5)])
 def test_blur_kernel_is_odd_tenth_of_size(size, kernel):
     assert blur_kernel_size(size) == kernel

@@ -1,4 +1,5 @@
-"""Per-sample colour and policy augmentations (kornia, and vectorised jitter / solarize), on float images in [0, 1].
+"""Per-sample colour and policy augmentations (kornia, and vectorised jitter / blur / solarize), on float images in
+[0, 1].
 
 kornia draws factors and gates per sample, but its RandAugment / AutoAugment pick the operations once per
 batch; ``PerSampleChoice`` makes that choice per sample by running each kornia branch on its own samples.
@@ -9,6 +10,7 @@ from typing import Sequence
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
 from kornia.augmentation.auto import AutoAugment, RandAugment
 from kornia.augmentation.auto.autoaugment.autoaugment import cifar10_policy, imagenet_policy
 from kornia.augmentation.auto.rand_augment.rand_augment import default_policy as rand_augment_ops
@@ -42,31 +44,25 @@ def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> t
     return (factor * images + (1 - factor) * other).clamp_(0.0, 1.0)
 
 
-def _rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> (B, 3, H, W) HSV, hue in [0, 1) (red, then green, wins ties of the max).
-    Written with elementwise maxima and multiplied masks, which were faster on the CPU than ``Tensor.max(dim)``
-    and ``torch.where``."""
+def _shift_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of (B, 3, H, W) RGB in [0, 1] by ``shift`` (B,) turns, keeping HSV's value and saturation
+    (torchvision's ``adjust_hue``) without building the HSV image: with M = max, C = max - min and the hue in
+    sixths h6 in [0, 6) (red, then green, wins ties of the max), channel n of (R, G, B) is
+    M - C clamp(min(k, 4 - k), 0, 1), k = (n' + h6 + 6 shift) mod 6, n' = 5, 3, 1. About 1.5x faster on the CPU
+    than the round trip through an HSV tensor (fewer full-size temporaries)."""
     r, g, b = images.unbind(1)
-    value = torch.maximum(torch.maximum(r, g), b)
-    chroma = value - torch.minimum(torch.minimum(r, g), b)
+    top = torch.maximum(torch.maximum(r, g), b)
+    chroma = top - torch.minimum(torch.minimum(r, g), b)
     safe_chroma = chroma + (chroma == 0)  # grey pixels: r = g = b, so the red branch gives hue 0
-    saturation = chroma / (value + (value == 0))
-    is_r = value == r
-    is_g = (value == g) & ~is_r
+    is_r = top == r
+    is_g = (top == g) & ~is_r
     is_b = ~(is_r | is_g)
-    hue = is_r * (g - b) + is_g * (b - r + 2.0 * safe_chroma) + is_b * (r - g + 4.0 * safe_chroma)
-    hue = hue / (6.0 * safe_chroma)  # in [-1/6, 1)
-    return torch.stack((hue + (hue < 0), saturation, value), 1)
-
-
-def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``_rgb_to_hsv``: channel n in (R, G, B) = v - v s clamp(min(k, 4 - k), 0, 1) with
-    k = (n' + 6 h) mod 6 and n' = 5, 3, 1."""
-    hue, saturation, value = (t.unsqueeze(1) for t in hsv.unbind(1))
-    offsets = torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
-    k = offsets + 6.0 * hue  # in [0, 11): one subtraction of 6 is the remainder (cheaper than torch.remainder)
+    sixths = (is_r * (g - b) + is_g * (b - r + 2.0 * safe_chroma) + is_b * (r - g + 4.0 * safe_chroma)) / safe_chroma
+    sixths = sixths + 6.0 * shift.view(-1, 1, 1)  # in [-4, 9)
+    sixths = sixths - 6.0 * torch.floor(sixths / 6.0)  # in [0, 6)
+    k = torch.stack((sixths + 5.0, sixths + 3.0, sixths + 1.0), 1)  # in [1, 11): one subtraction of 6 wraps it
     k = k - 6.0 * (k >= 6.0)
-    return (value - value * saturation * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)).clamp(0.0, 1.0)
+    return top.unsqueeze(1) - chroma.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
 class ColourJitter(nn.Module):
@@ -119,10 +115,7 @@ class ColourJitter(nn.Module):
             elif name == "saturation":
                 out = _blend(out, _luma(out), f)
             else:
-                hsv = _rgb_to_hsv(out)
-                hue = hsv[:, :1] + f.view(-1, 1, 1, 1)  # in [-0.5, 1.5)
-                hsv = torch.cat((hue - torch.floor(hue), hsv[:, 1:]), 1)
-                out = _hsv_to_rgb(hsv)
+                out = _shift_hue(out, f)
         return torch.where(gate.to(images.device).view(-1, 1, 1, 1), out, images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -130,6 +123,55 @@ class ColourJitter(nn.Module):
         if not gate.any() or not order:
             return images
         return self.apply(images, gate, factors, order)
+
+
+def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,) standard deviations -> (B, size) normalised 1-D Gaussian taps at offsets -(size // 2) .. size // 2
+    (torchvision's and kornia's kernel for odd ``size``)."""
+    offsets = torch.arange(size, dtype=sigma.dtype, device=sigma.device) - size // 2
+    taps = torch.exp(-0.5 * (offsets / sigma[:, None]) ** 2)
+    return taps / taps.sum(1, keepdim=True)
+
+
+class GaussianBlur(nn.Module):
+    """Per sample with probability ``p``: a separable Gaussian blur, ``kernel`` taps (odd), sigma ~ U(``sigma``),
+    reflect padding (torchvision's ``GaussianBlur`` on each image). (B, C, H, W) -> same.
+
+    One depthwise convolution per axis over the gated samples, every channel of a sample with its own sigma;
+    1.3-1.8x faster on the CPU than kornia's ``RandomGaussianBlur`` (``benchmarks/views_throughput.py``)."""
+
+    def __init__(self, kernel: int, sigma: tuple[float, float] = BLUR_SIGMA, p: float = 0.5):
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0 or not 0 < sigma[0] <= sigma[1]:
+            raise ConfigError(f"blur kernel must be odd and sigma 0 < lo <= hi; got kernel={kernel}, sigma={sigma}")
+        self.kernel, self.sigma, self.p = kernel, tuple(sigma), p
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, sigma={self.sigma}, p={self.p}"
+
+    def draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate (B,) bool, sigma (B,)), from the global CPU generator."""
+        gate = torch.rand(batch) < self.p
+        return gate, torch.empty(batch).uniform_(*self.sigma)
+
+    def apply(self, images: torch.Tensor, gate: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Blur the gated samples of ``images`` with their ``sigma``; the others are returned untouched."""
+        members = gate.nonzero()[:, 0].to(images.device)
+        if len(members) == 0:
+            return images
+        picked = images.index_select(0, members)
+        batch, channels, height, width = picked.shape
+        taps = gaussian_kernels(sigma.to(images.device, images.dtype)[members], self.kernel)
+        taps = taps.repeat_interleave(channels, 0)  # (B * C, kernel): one filter per channel of each sample
+        half = self.kernel // 2
+        flat = F.pad(picked.reshape(1, batch * channels, height, width), (half, half, half, half), mode="reflect")
+        flat = F.conv2d(flat, taps.view(-1, 1, self.kernel, 1), groups=batch * channels)
+        flat = F.conv2d(flat, taps.view(-1, 1, 1, self.kernel), groups=batch * channels)
+        return images.index_copy(0, members, flat.view(batch, channels, height, width))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        gate, sigma = self.draw(images.shape[0])
+        return self.apply(images, gate, sigma)
 
 
 class Solarize(nn.Module):
@@ -150,8 +192,8 @@ def colour_ops(size: int, channels: int, strength: float = 1.0, p_jitter: float 
     subset of the batch (probability p per sample), factors drawn per sample. 1-channel images get brightness and
     contrast only (no saturation, hue or grayscale). (B, C, size, size) -> same, in [0, 1].
 
-    Jitter and solarize are this module's vectorised ops (``ColourJitter``, ``Solarize``: the same formulas as
-    torchvision, tested against it, faster than kornia's on the CPU); grayscale and blur are kornia's.
+    Jitter, blur and solarize are this module's vectorised ops (``ColourJitter``, ``GaussianBlur``, ``Solarize``:
+    the same formulas as torchvision, tested against it, faster than kornia's on the CPU); grayscale is kornia's.
     """
     brightness, contrast, saturation, hue = (m * strength for m in JITTER)
     ops = []
@@ -161,8 +203,7 @@ def colour_ops(size: int, channels: int, strength: float = 1.0, p_jitter: float 
     else:
         ops += [ColourJitter(brightness, contrast, 0.0, 0.0, p=p_jitter)]
     kernel = blur_kernel_size(size)
-    ops += [K.RandomGaussianBlur((kernel, kernel), BLUR_SIGMA, border_type="reflect", p=p_blur),
-            Solarize(p=p_solarize)]
+    ops += [GaussianBlur(kernel, BLUR_SIGMA, p=p_blur), Solarize(p=p_solarize)]
     return nn.Sequential(*ops)
 
 
