@@ -309,6 +309,13 @@ def test_gaussian_blur_gate_rate_sigma_range_and_bad_kernel():
         GaussianBlur(4)
 
 
+def test_custom_policy_refuses_images_too_small_to_blur():
+    with pytest.raises(ConfigError, match="dataset.size is 1"):
+        build_train_view("custom", 1, MEAN[1], STD[1], 1)
+    view = build_train_view("custom", 2, MEAN[1], STD[1], 1)
+    assert view(torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8)).shape == (8, 1, 2, 2)
+
+
 @pytest.mark.parametrize("size,kernel", [(224, 23), (96, 9), (32, 3), (8, 3), (50, 5)])
 def test_blur_kernel_is_odd_tenth_of_size(size, kernel):
     assert blur_kernel_size(size) == kernel

@@ -203,6 +203,9 @@ def colour_ops(size: int, channels: int, strength: float = 1.0, p_jitter: float 
     else:
         ops += [ColourJitter(brightness, contrast, 0.0, 0.0, p=p_jitter)]
     kernel = blur_kernel_size(size)
+    if p_blur > 0 and kernel // 2 >= size:  # reflect padding needs more pixels than half the kernel
+        raise ConfigError(f"the blur of the colour ops needs images of at least {kernel // 2 + 1} pixels; "
+                          f"dataset.size is {size}: raise it or use dataset.aug_policy=crop / cifar")
     ops += [GaussianBlur(kernel, BLUR_SIGMA, p=p_blur), Solarize(p=p_solarize)]
     return nn.Sequential(*ops)
 
