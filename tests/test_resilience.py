@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import DIGITS, ROOT, tiny_args
+from entry_callbacks import Crash
 
 DETERMINISTIC = ["deterministic=true", "epochs=3", "cache.enabled=false", "fp16=false"]
 
@@ -63,21 +64,6 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, mon
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
-class Crash(pl.Callback):
-    """Simulates ``kill -9``: the process dies without any handler writing a checkpoint."""
-
-    def __init__(self, before_step: int | None = None, end_of_epoch: int | None = None):
-        self.before_step, self.end_of_epoch = before_step, end_of_epoch
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.before_step:
-            raise RuntimeError("simulated kill -9")
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch == self.end_of_epoch:
-            raise RuntimeError("simulated kill -9")
-
-
 @pytest.mark.parametrize("crash, every, saved_step", [
     (Crash(before_step=5), 2, 4),      # last written after the 1st of epoch 1's 3 batches
     (Crash(end_of_epoch=0), 3, 3),     # last written by the periodic save on epoch 0's final batch
@@ -127,21 +113,93 @@ def test_non_finite_loss_names_the_term_and_step_and_keeps_the_last_good_checkpo
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
-def test_two_process_ddp_run_on_the_cpu_completes(tmp_path):
+RECORDING_ENTRY = """
+import sys
+sys.path.insert(0, {tests!r})
+import mvmr.cli.pretrain as cli
+from entry_callbacks import RecordGenerator
+
+original = cli.extra_callbacks
+cli.extra_callbacks = lambda *a: original(*a) + [RecordGenerator({out!r})]
+if __name__ == "__main__":
+    sys.exit(cli.main())
+"""
+
+
+def test_two_process_ddp_run_on_the_cpu_completes_with_its_own_views_per_rank(tmp_path):
+    """The run completes; the ranks' generators differ when training starts (with seed_everything alone every
+    rank would draw the same view parameters for its sample j); the checkpoint holds both ranks' states."""
+    entry = tmp_path / "recording_entry.py"
+    entry.write_text(RECORDING_ENTRY.format(tests=str(ROOT / "tests"), out=str(tmp_path)))
     args = tiny_args(tmp_path, "ddp", ["trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp",
                                        "epochs=1", "n_workers=0"])
-    proc = subprocess.run([sys.executable, "main_self_supervised.py", *args], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, str(entry), *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
     assert "online probe (test)" in proc.stdout
+    rank0, rank1 = (torch.load(tmp_path / f"rng_rank{r}.pt") for r in (0, 1))
+    assert not torch.equal(rank0, rank1)
+    from mvmr.methods.resilience import RNG_KEY, RNG_PER_RANK_KEY
+
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
+    per_rank = ckpt[RNG_PER_RANK_KEY]
+    assert len(per_rank) == 2 and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
+    assert torch.equal(ckpt[RNG_KEY]["torch"], per_rank[0]["torch"])
+
+
+def _fake_trainer(world_size: int, rank: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(world_size=world_size, global_rank=rank)
+
+
+def test_each_rank_gets_its_own_generator_state_back_on_resume(capsys):
+    from mvmr.methods.resilience import RNG_KEY, RNG_PER_RANK_KEY, RNGStateCallback, rng_state
+
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(rng_state())
+    checkpoint = {RNG_KEY: states[0], RNG_PER_RANK_KEY: states}
+    callback = RNGStateCallback(seed=0)
+    for rank in (0, 1):
+        torch.manual_seed(99)
+        callback.on_load_checkpoint(_fake_trainer(2, rank), None, checkpoint)
+        assert torch.equal(torch.get_rng_state(), states[rank]["torch"])
+    # a different number of processes: rank 0 continues rank 0's stream and says so; other ranks keep theirs
+    torch.manual_seed(99)
+    callback.on_load_checkpoint(_fake_trainer(4, 0), None, checkpoint)
+    assert torch.equal(torch.get_rng_state(), states[0]["torch"])
+    assert "ranks > 0 continue with fresh per-rank seeds" in capsys.readouterr().out
+    torch.manual_seed(99)
+    kept = torch.get_rng_state()
+    callback.on_load_checkpoint(_fake_trainer(4, 3), None, checkpoint)
+    assert torch.equal(torch.get_rng_state(), kept)
+
+
+def test_ranks_above_zero_reseed_at_setup_and_rank_zero_keeps_its_stream():
+    from mvmr.methods.resilience import RNGStateCallback, rank_seed
+
+    assert len({rank_seed(0, r) for r in range(8)} | {rank_seed(1, r) for r in range(8)}) == 16
+    assert rank_seed(3, 1) == rank_seed(3, 1)
+    callback = RNGStateCallback(seed=3)
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    callback.setup(_fake_trainer(2, 0), None, "fit")
+    assert torch.equal(torch.get_rng_state(), before)
+    callback.setup(_fake_trainer(1, 0), None, "fit")
+    assert torch.equal(torch.get_rng_state(), before)
+    callback.setup(_fake_trainer(2, 1), None, "fit")
+    torch_rank1 = torch.get_rng_state()
+    torch.manual_seed(rank_seed(3, 1))
+    assert torch.equal(torch_rank1, torch.get_rng_state()) and not torch.equal(torch_rank1, before)
 
 
 CRASHING_ENTRY = """
 import sys
 sys.path.insert(0, {tests!r})
 import mvmr.cli.pretrain as cli
-from test_resilience import Crash
+from entry_callbacks import Crash
 
 original = cli.extra_callbacks
 cli.extra_callbacks = lambda *a: original(*a) + [Crash(before_step={step})]

@@ -185,7 +185,7 @@ def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list
         limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
         accumulate_grad_batches=cfg.accumulate_grad_batches, check_val_every_n_epoch=cfg.eval_every,
         log_every_n_steps=cfg.log_every,
-        callbacks=[*checkpoints, LearningRateMonitor("step"), RNGStateCallback(), SaveOnInterrupt(run.last),
+        callbacks=[*checkpoints, LearningRateMonitor("step"), RNGStateCallback(cfg.seed), SaveOnInterrupt(run.last),
                    PeriodicCheckpoint(run.last, cfg.trainer.checkpoint_every_n_steps,
                                       cfg.trainer.checkpoint_every_minutes),
                    MidEpochResume(), *(callbacks or [])],

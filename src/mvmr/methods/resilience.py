@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 RNG_KEY = "mvmr_rng_state"
+RNG_PER_RANK_KEY = "mvmr_rng_state_per_rank"
 
 
 class AppendingExperimentWriter(ExperimentWriter):
@@ -61,16 +62,50 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """An independent 32-bit seed for DDP rank ``rank`` of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def seed_generators(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (CUDA's with torch's)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 class RNGStateCallback(pl.Callback):
     """Save the generators with every checkpoint and restore them on resume: per-sample views, shuffling and
-    ``augmented_pixels`` then continue exactly where the interrupted run stopped."""
+    ``augmented_pixels`` then continue exactly where the interrupted run stopped.
+
+    Under DDP every rank starts from the same ``seed_everything`` seed, so the views (drawn on the device from
+    the global generator) would give sample j of every rank the same crop, jitter and blur. Ranks > 0 therefore
+    reseed from ``rank_seed(seed, rank)`` at setup (rank 0 keeps the single-process stream), and every rank's
+    state is gathered into the checkpoint and given back to that rank on resume."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.world_size > 1 and trainer.global_rank > 0:
+            seed_generators(rank_seed(self.seed, trainer.global_rank))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[RNG_KEY] = rng_state()
+        checkpoint[RNG_KEY] = rng_state()  # rank 0's: the file is written by rank 0
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            states = [None] * trainer.world_size
+            torch.distributed.all_gather_object(states, checkpoint[RNG_KEY])
+            checkpoint[RNG_PER_RANK_KEY] = states
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        if RNG_KEY in checkpoint:
+        per_rank = checkpoint.get(RNG_PER_RANK_KEY)
+        if per_rank is not None and len(per_rank) == trainer.world_size:
+            set_rng_state(per_rank[trainer.global_rank])
+        elif trainer.global_rank == 0 and RNG_KEY in checkpoint:
             set_rng_state(checkpoint[RNG_KEY])
+            if trainer.world_size > 1:
+                print(f"the checkpoint's generators are from {len(per_rank or [0])} process(es), this run has "
+                      f"{trainer.world_size}: ranks > 0 continue with fresh per-rank seeds")
 
 
 class SaveOnInterrupt(pl.Callback):
