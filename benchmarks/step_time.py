@@ -11,7 +11,8 @@ Variants, each a full optimiser step (views on the device, forward, backward, Ad
   cached_proj  the same with ``cache.max_dim`` (seeded random projection of wider representations).
 Rounds interleave the variants so machine noise hits them alike. Reported per variant: the median step time,
 its ratio to the floor's median, and the median over rounds of the ratio within the round (each round's
-variant time over the same round's floor time; slow drifts of the machine cancel in it).
+variant time over the same round's floor time; slow drifts of the machine cancel in it), and that ratio's first
+and third quartiles over the rounds (its spread on this machine).
 Also: the data pipeline (the DataModule's pretraining loader, n_workers=2, uint8 decode only) in images/s
 against the step's images/s.
 
@@ -82,6 +83,13 @@ def paired_ratio(times: list[float], floor_times: list[float]) -> float:
     return statistics.median(t / f for t, f in zip(times, floor_times))
 
 
+def paired_ratio_quartiles(times: list[float], floor_times: list[float]) -> tuple[float, float]:
+    """First and third quartiles of the per-round ratios times[r] / floor_times[r] (inclusive method): how
+    much the statistic above moves from round to round on this machine."""
+    q1, _, q3 = statistics.quantiles([t / f for t, f in zip(times, floor_times)], n=4, method="inclusive")
+    return q1, q3
+
+
 def data_pipeline_images_per_s(size: int, batch: int, n_batches: int = 20) -> tuple[float, str]:
     """uint8 batches per second from the shared DataModule's pretraining loader (n_workers=2)."""
     for name in ("fashion_mnist", "digits"):
@@ -132,16 +140,18 @@ def main() -> None:
                         times[name].append(time.perf_counter() - start)
         med = {k: statistics.median(v) for k, v in times.items()}
         paired = {k: paired_ratio(v, times["floor"]) for k, v in times.items()}
+        spread = {k: "%.2f-%.2f" % paired_ratio_quartiles(v, times["floor"]) for k, v in times.items()}
         data_ips, data_name = data_pipeline_images_per_s(size, batch)
         step_ips = batch / med["cached"]
         for name in steppers:
             label = f"cached, max_dim={args.max_dim}" if name == "cached_proj" else name
-            rows.append([f"{size}x{size}, batch {batch}", label, med[name], med[name] / med["floor"], paired[name]])
+            rows.append([f"{size}x{size}, batch {batch}", label, med[name], med[name] / med["floor"], paired[name],
+                         spread[name]])
         rows.append([f"{size}x{size}, batch {batch}", f"data pipeline ({data_name}, 2 workers) vs cached step",
-                     f"{data_ips:.0f} img/s", data_ips / step_ips, ""])
+                     f"{data_ips:.0f} img/s", data_ips / step_ips, "", ""])
         ratio[size] = paired["cached"]
-    print(format_table(["setting", "variant", "s / step (median)", "x floor (medians)", "x floor (per round)"],
-                       rows))
+    print(format_table(["setting", "variant", "s / step (median)", "x floor (medians)", "x floor (per round)",
+                        "per-round quartiles"], rows))
     print(f"full cached step / floor = {ratio[max(ratio)]:.2f}")
 
 

@@ -5,11 +5,13 @@
 Both sides get uint8 (B, 3, S, S) batches and return normalised float32 (B, 3, S, S) with the same policy
 (random resized crop, flip, colour jitter p=0.8, grayscale p=0.2, blur p=0.5, solarize p=0.1).
 A second table times mvmr's vectorised colour jitter, blur and solarize against kornia's per-sample ops
-(the ones they replaced) on the same float batches.
+(the ones they replaced) on the same float batches. A third times the view on the CPU in chunks of
+``CPU_CHUNK_BYTES`` (what it does by default) against one call on the whole batch, interleaved round by round.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import Callable
 
@@ -20,9 +22,10 @@ import torchvision.transforms.v2 as T
 from mvmr.data.views import build_train_view
 from mvmr.data.views.photometric import (BLUR_SIGMA, JITTER, ColourJitter, GaussianBlur, Solarize,
                                          blur_kernel_size)
-from mvmr.data.views.policies import default_crop_scale
+from mvmr.data.views.policies import CPU_CHUNK_BYTES, default_crop_scale
 
 CASES = [(32, 256), (96, 64)]  # (size, batch)
+CHUNK_CASES = [(32, 256), (64, 256), (96, 128), (128, 64), (224, 32)]  # (size, batch): x' + one copy at 96 px
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -83,6 +86,29 @@ def main() -> None:
             ours = images_per_second(mine.to(args.device), images, args.repeats)
             kornia = images_per_second(theirs.to(args.device), images, args.repeats)
             print(f"{size:>5} {batch:>6} {name:>10} {ours:>12.0f} {kornia:>13.0f} {ours / kornia:>6.1f}x")
+
+    if args.device == "cpu":
+        print(f"\n{'size':>5} {'batch':>6} {'chunk':>6} {'chunked ms':>11} {'one call ms':>12} {'speed-up':>9}")
+        for size, batch in CHUNK_CASES:
+            chunked, whole, chunk = chunked_vs_whole(size, batch, args.repeats)
+            print(f"{size:>5} {batch:>6} {chunk:>6} {chunked:>11.1f} {whole:>12.1f} {whole / chunked:>8.2f}x")
+
+
+def chunked_vs_whole(size: int, batch: int, rounds: int) -> tuple[float, float, int]:
+    """Median ms per batch of the CPU view in chunks and in one call (interleaved rounds), and the chunk size."""
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    view = build_train_view("custom", size, MEAN, STD, 3)
+    times = {CPU_CHUNK_BYTES: [], 0: []}
+    for r in range(rounds + 1):
+        for chunk_bytes, spent in times.items():
+            view.chunk_bytes = chunk_bytes
+            start = time.perf_counter()
+            view(images)
+            if r:  # round 0 warms up
+                spent.append(time.perf_counter() - start)
+    view.chunk_bytes = CPU_CHUNK_BYTES
+    chunk = view.chunk_size(images)
+    return statistics.median(times[CPU_CHUNK_BYTES]) * 1e3, statistics.median(times[0]) * 1e3, chunk
 
 
 if __name__ == "__main__":

@@ -11,3 +11,11 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
     # the two statistics differ: medians 2.0 / 3.0 = 0.67, per-round ratios 2, 2/3, 2 -> 2
     times, floor = [2.0, 2.0, 6.0], [1.0, 3.0, 3.0]
     assert paired_ratio(times, floor) == pytest.approx(2.0)
+
+
+def test_paired_ratio_quartiles_are_those_of_the_per_round_ratios():
+    quartiles = load_benchmark("step_time").paired_ratio_quartiles
+    # per-round ratios 1, 2, 3, 4, 5 (given out of order); inclusive quartiles: 2 and 4
+    floor = [1.0, 2.0, 1.0, 4.0, 2.0]
+    times = [3.0, 2.0, 5.0, 8.0, 8.0]  # ratios 3, 1, 5, 2, 4
+    assert quartiles(times, floor) == pytest.approx((2.0, 4.0))

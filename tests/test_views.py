@@ -110,6 +110,38 @@ def test_custom_without_randomness_equals_eval_view(stored):
         assert torch.allclose(view(images), expected, atol=2e-5)
 
 
+def test_cpu_chunks_without_randomness_equal_one_call():
+    """The view cut into chunks (3 + 3 + 3 + 1 samples) gives the one-call result, in order."""
+    for channels in (1, 3):
+        images = uint8_images(10, channels, 23)
+        per_image = 4 * channels * 23 * 23  # bytes of float32 per sample (the 23-px input is the larger side)
+        chunked = TrainView(custom_policy(16, channels, knobs=NO_RANDOMNESS), MEAN[channels], STD[channels], 16,
+                            chunk_bytes=3 * per_image)
+        whole = TrainView(custom_policy(16, channels, knobs=NO_RANDOMNESS), MEAN[channels], STD[channels], 16,
+                          chunk_bytes=0)
+        assert chunked.chunk_size(images) == 3 and whole.chunk_size(images) == 10
+        torch.testing.assert_close(chunked(images), whole(images), rtol=0, atol=1e-6)
+
+
+def test_cpu_chunks_draw_independent_parameters_per_sample():
+    """Twelve copies of one image in chunks of 3 under the random custom policy: twelve different views (a chunk
+    that repeated another's random numbers would give equal rows)."""
+    torch.manual_seed(0)
+    images = uint8_images(1, 3, 16).repeat(12, 1, 1, 1)
+    view = TrainView(custom_policy(16, 3), MEAN[3], STD[3], 16, chunk_bytes=3 * 4 * 3 * 16 * 16)
+    out = view(images).flatten(1)
+    assert view.chunk_size(images) == 3
+    assert torch.cdist(out, out)[~torch.eye(12, dtype=torch.bool)].min() > 1e-3
+
+
+def test_chunk_size_counts_the_larger_of_input_and_output_and_leaves_other_devices_whole():
+    view = build_train_view("custom", 96, MEAN[3], STD[3], 3)
+    small_input = torch.zeros(128, 3, 28, 28, dtype=torch.uint8)
+    assert view.chunk_size(small_input) == view.chunk_bytes // (4 * 3 * 96 * 96)
+    assert view.chunk_size(torch.zeros(128, 3, 200, 200, dtype=torch.uint8)) == view.chunk_bytes // (4 * 3 * 200 * 200)
+    assert view.chunk_size(torch.empty(128, 3, 96, 96, device="meta")) == 128
+
+
 def test_cifar_without_randomness_equals_eval_view():
     view = TrainView(PaddedCropFlip(16, padding=0, p_flip=0.0), MEAN[3], STD[3])
     images = uint8_images(3, 3, 8)
