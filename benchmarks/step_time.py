@@ -78,15 +78,20 @@ def attach_cache(module: MVMRPretrainModule, images: torch.Tensor, root: str, ma
         max_dim=max_dim, progress=False)
 
 
+def per_round_ratios(times: list[float], floor_times: list[float]) -> list[float]:
+    """times[r] / floor_times[r] for every round (both lists hold one time per round)."""
+    return [t / f for t, f in zip(times, floor_times)]
+
+
 def paired_ratio(times: list[float], floor_times: list[float]) -> float:
-    """Median over rounds of times[r] / floor_times[r] (both lists hold one time per round)."""
-    return statistics.median(t / f for t, f in zip(times, floor_times))
+    """Median over rounds of times[r] / floor_times[r]."""
+    return statistics.median(per_round_ratios(times, floor_times))
 
 
 def paired_ratio_quartiles(times: list[float], floor_times: list[float]) -> tuple[float, float]:
-    """First and third quartiles of the per-round ratios times[r] / floor_times[r] (inclusive method): how
-    much the statistic above moves from round to round on this machine."""
-    q1, _, q3 = statistics.quantiles([t / f for t, f in zip(times, floor_times)], n=4, method="inclusive")
+    """First and third quartiles of the per-round ratios (inclusive method): how much the statistic above moves
+    from round to round on this machine."""
+    q1, _, q3 = statistics.quantiles(per_round_ratios(times, floor_times), n=4, method="inclusive")
     return q1, q3
 
 

@@ -138,7 +138,8 @@ class GaussianBlur(nn.Module):
     reflect padding (torchvision's ``GaussianBlur`` on each image). (B, C, H, W) -> same.
 
     One depthwise convolution per axis over the gated samples, every channel of a sample with its own sigma;
-    1.3-1.8x faster on the CPU than kornia's ``RandomGaussianBlur`` (``benchmarks/views_throughput.py``)."""
+    1.3-1.8x faster on the CPU than kornia's ``RandomGaussianBlur`` at 32 and 96 px, 3 channels
+    (``benchmarks/views_throughput.py``); about the same at 28 px, 1 channel."""
 
     def __init__(self, kernel: int, sigma: tuple[float, float] = BLUR_SIGMA, p: float = 0.5):
         super().__init__()
