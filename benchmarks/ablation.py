@@ -66,16 +66,17 @@ def write_random_checkpoint(cfg: PretrainConfig, path: Path) -> Path:
 
 
 def pixel_logistic_regression(cfg: PretrainConfig, eval_epochs: int) -> float:
-    """Test top-1 of the same linear protocol on raw normalised pixels (x̄ flattened)."""
+    """Test top-1 of the same linear protocol on raw normalised pixels (x̄ flattened; with eval.mirror also its
+    mirror image)."""
     from mvmr.data import MVMRDataModule
-    from mvmr.data.views import build_eval_view
+    from mvmr.data.views import build_feature_view
     from mvmr.evaluation.features import extract_features
     from mvmr.evaluation.linear import fit_linear
     from mvmr.evaluation.metrics import topk_accuracy
 
     dm = MVMRDataModule(cfg.dataset, 512, 0, seed=cfg.seed)
     dm.setup("fit")
-    view = build_eval_view(cfg.dataset.size, dm.info.mean, dm.info.std)
+    view = build_feature_view(cfg.dataset.size, dm.info.mean, dm.info.std, cfg.eval.mirror)
     flatten = torch.nn.Flatten()
     tr_x, tr_y = extract_features(flatten, dm.labelled_train_dataloader(shuffle=False, drop_last=False), view,
                                   progress=False)

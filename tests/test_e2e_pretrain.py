@@ -48,6 +48,10 @@ def test_evaluate_probe_and_retrain(pretrained_run, capsys):
     res = evaluate(base + ["--ckpt", str(run.best), "--retrain", "--epochs", "1", "--no_progress",
                            "--set", "eval.refit=false"])
     assert "refit_top1" not in res and "refit on train+val" not in capsys.readouterr().out
+    res = evaluate(base + ["--ckpt", str(run.best), "--retrain", "--epochs", "2", "--no_progress",
+                           "--set", "eval.mirror=true"])
+    assert "linear (retrained on train, center + mirror" in capsys.readouterr().out
+    assert res["linear_top1"] > 30 and res["knn_top1"] > 30
 
 
 def test_rerun_resumes_from_last(pretrained_run, capsys):

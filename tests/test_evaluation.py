@@ -97,3 +97,36 @@ def test_refit_uses_validation_rows_and_their_statistics():
     both = np.concatenate([x_tr.double().numpy(), x_va.double().numpy()])
     np.testing.assert_allclose(head.mean.numpy(), both.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(head.std.numpy(), both.std(0, ddof=1), rtol=1e-4)
+
+
+def test_a_head_does_not_depend_on_the_global_generator():
+    """Heads start at zero and shuffle with their own seeded generator: the same grid point gives the same head
+    whatever was drawn before it (other grid points, other heads)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(120, 6, generator=g), torch.randint(0, 3, (120,), generator=g)
+    heads = []
+    for global_seed, draws in ((5, 0), (6, 100)):
+        torch.manual_seed(global_seed)
+        torch.rand(draws)
+        heads.append(fit_linear(x[:80], y[:80], x[80:], y[80:], 3, lrs=[1e-2], wds=[0.0], epochs=3,
+                                batch_size=16).head)
+    assert torch.equal(heads[0].linear.weight, heads[1].linear.weight)
+    assert torch.equal(heads[0].linear.bias, heads[1].linear.bias)
+
+
+def test_head_trains_on_every_view_of_a_sample():
+    """View 1 of each sample is view 0 with its features permuted: a head trained on view 0 alone fails on
+    view 1; trained on (N, 2, D), one view drawn per sample and epoch, it classifies both."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 12, generator=g) * 4
+    y = torch.randint(0, 3, (400,), generator=g)
+    x0 = centers[y] + torch.randn(400, 12, generator=g)
+    x1 = x0[:, torch.randperm(12, generator=g)]
+    views = torch.stack([x0, x1], dim=1)
+    one = fit_linear(x0[:300], y[:300], x0[300:], y[300:], 3, lrs=[1e-2], wds=[0.0], epochs=20, batch_size=32)
+    both = fit_linear(views[:300], y[:300], views[300:], y[300:], 3, lrs=[1e-2], wds=[0.0], epochs=20,
+                      batch_size=32)
+    with torch.no_grad():
+        accuracy = lambda head, v: topk_accuracy(head(v), y[300:], (1,))[1]  # noqa: E731
+        assert accuracy(one.head, x0[300:]) > 95 and accuracy(one.head, x1[300:]) < 80
+        assert accuracy(both.head, x0[300:]) > 95 and accuracy(both.head, x1[300:]) > 95

@@ -9,8 +9,8 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from mvmr.data.views import (EvalView, TenCropView, VIEW_POLICIES, CustomKnobs, build_eval_view, build_ten_crop_view, build_train_view,
-                             eval_transform)
+from mvmr.data.views import (EvalView, MirroredView, TenCropView, VIEW_POLICIES, CustomKnobs, build_eval_view,
+                             build_feature_view, build_ten_crop_view, build_train_view, eval_transform)
 from mvmr.data.views.geometric import PaddedCropFlip, sample_resized_crop_boxes
 from mvmr.data.views.photometric import PerSampleChoice, auto_augment, blur_kernel_size, rand_augment
 from mvmr.data.views.policies import TrainView, custom_policy
@@ -440,6 +440,17 @@ def test_ten_crop_equals_torchvision_ten_crop(height, width, size):
     assert torch.allclose(out.double(), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("height,width,size", [(28, 28, 28), (20, 30, 16), (31, 17, 9)])
+def test_mirrored_view_is_x_bar_and_torchvision_hflip_of_it(height, width, size):
+    images = uint8_images(3, 1, height, width)
+    out = build_feature_view(size, MEAN[1], STD[1], mirror=True)(images)
+    reference = eval_reference(images, size)
+    assert out.shape == (3, 2, 1, size, size)
+    assert torch.allclose(out[:, 0].double(), reference, atol=1e-5)
+    assert torch.allclose(out[:, 1].double(), TF.hflip(reference), atol=1e-5)
+    assert torch.equal(build_feature_view(size, MEAN[1], STD[1], mirror=False)(images), out[:, 0])
+
+
 @pytest.mark.parametrize("channels,mode", [(1, "L"), (3, "RGB")])
 def test_eval_transform_pil_equals_eval_view(channels, mode):
     images = uint8_images(1, channels, 20, 26)
@@ -524,3 +535,7 @@ def test_test_view_uses_ten_crops_only_for_large_images():
     assert large(images).shape == (2, 10, 1, 96, 96)
     off, label = build_test_view(96, mean, std, ten_crop=False)
     assert isinstance(off, EvalView) and label == "center"
+    mirrored, label = build_test_view(32, mean, std, ten_crop=True, mirror=True)
+    assert isinstance(mirrored, MirroredView) and label.startswith("center + mirror")
+    large, _ = build_test_view(96, mean, std, ten_crop=True, mirror=True)
+    assert isinstance(large, TenCropView)  # ten crops already hold the mirror images

@@ -15,7 +15,7 @@ from mvmr.checkpoint import load_checkpoint
 from mvmr.cli.common import default_device, add_common_flags, configure_runtime, format_table, run_main
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
-from mvmr.data.views import build_eval_view, build_test_view
+from mvmr.data.views import build_feature_view, build_test_view
 from mvmr.evaluation.features import extract_features
 from mvmr.evaluation.knn import knn_logits
 from mvmr.evaluation.linear import fit_linear, refit_linear
@@ -48,8 +48,8 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("fit")
     info, size = frozen.info, frozen.image_size
-    center = build_eval_view(size, info.mean, info.std).to(device)
-    test_view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop)
+    train_view = build_feature_view(size, info.mean, info.std, cfg.eval.mirror).to(device)
+    test_view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop, cfg.eval.mirror)
     test_view = test_view.to(device)
     progress = not args.no_progress
 
@@ -57,14 +57,15 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
         return frozen.backbone(x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x)
 
     extract = lambda loader, view, name: extract_features(backbone, loader, view, device, name, progress)
-    train_x, train_y = extract(dm.labelled_train_dataloader(shuffle=False, drop_last=False), center, "train features")
+    train_x, train_y = extract(dm.labelled_train_dataloader(shuffle=False, drop_last=False), train_view,
+                               "train features")
     test_x, test_y = extract(dm.test_dataloader(), test_view, "test features")
-    test_center = test_x.mean(1) if test_x.ndim == 3 else test_x
+    mean_over_crops = lambda x: x.mean(1) if x.ndim == 3 else x
     n_classes = cfg.dataset.n_classes or info.n_classes
     rows, results = [], {}
 
     if args.retrain:
-        val_x, val_y = extract(dm.val_dataloader(), center, "val features")
+        val_x, val_y = extract(dm.val_dataloader(), train_view, "val features")
         has_val = val_x.shape[0] > 0
         if not has_val:
             val_x, val_y = train_x, train_y
@@ -93,8 +94,8 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
         rows.append([f"online probe ({crops})", acc[1], acc[5]])
         results.update(probe_top1=acc[1], probe_top5=acc[5])
 
-    knn = topk_accuracy(knn_logits(train_x, train_y, test_center, n_classes, cfg.eval.knn_k,
-                                   cfg.eval.knn_temperature), test_y)
+    knn = topk_accuracy(knn_logits(mean_over_crops(train_x), train_y, mean_over_crops(test_x), n_classes,
+                                   cfg.eval.knn_k, cfg.eval.knn_temperature), test_y)
     rows.append([f"k-NN (k={cfg.eval.knn_k}, cosine)", knn[1], knn[5]])
     results.update(knn_top1=knn[1])
     print(f"{cfg.dataset.name} test split: {test_y.numel()} images, {train_y.numel()} labelled train images")

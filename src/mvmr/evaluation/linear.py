@@ -22,13 +22,18 @@ class LinearFit:
 
 
 class StandardisedLinear(nn.Module):
-    """logits = W ((h - mean) / std) + b; (N, D) or (N, crops, D) -> (N, K) (crop logits averaged)."""
+    """logits = W ((h - mean) / std) + b; (N, D) or (N, crops, D) -> (N, K) (crop logits averaged).
+
+    W and b start at zero: the problem is convex, and a start drawn from the global generator made each head
+    depend on how many heads were trained before it (up to 0.15 points of Fashion-MNIST test top-1)."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, n_classes: int):
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.linear = nn.Linear(mean.numel(), n_classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         logits = self.linear((h - self.mean) / self.std)

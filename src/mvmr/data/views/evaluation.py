@@ -1,4 +1,5 @@
-"""Deterministic views: x̄ (resize + centre crop + normalise), ten crops for testing, and a one-image transform."""
+"""Deterministic views: x̄ (resize + centre crop + normalise), x̄ with its mirror image, ten crops for testing,
+and a one-image transform."""
 from __future__ import annotations
 
 from typing import Sequence, Union
@@ -29,6 +30,19 @@ class EvalView(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with view_mode(images):
             return self.normalize(resize_center_crop(to_unit_float(images, self.channels), self.size))
+
+
+class MirroredView(nn.Module):
+    """(B, C, H, W) -> (B, 2, C, size, size): x̄ and x̄ flipped left-right (the two crops ten-crop has at the
+    centre, without the corners)."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.center = EvalView(size, mean, std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x_bar = self.center(images)
+        return torch.stack([x_bar, x_bar.flip(-1)], dim=1)
 
 
 class TenCropView(nn.Module):
@@ -91,12 +105,21 @@ def build_ten_crop_view(size: int, mean: Sequence[float], std: Sequence[float],
     return TenCropView(size, mean, std, resize_ratio)
 
 
+def build_feature_view(size: int, mean: Sequence[float], std: Sequence[float], mirror: bool = False) -> nn.Module:
+    """The view the linear head trains and validates on: x̄ (B, C, s, s), or with ``mirror`` x̄ and its mirror
+    image (B, 2, C, s, s)."""
+    return MirroredView(size, mean, std) if mirror else EvalView(size, mean, std)
+
+
 def build_test_view(size: int, mean: Sequence[float], std: Sequence[float],
-                    ten_crop: bool = True) -> tuple[nn.Module, str]:
-    """(view, description) for test images: ten crops when asked and ``size >= TEN_CROP_MIN_SIZE``, else x̄."""
+                    ten_crop: bool = True, mirror: bool = False) -> tuple[nn.Module, str]:
+    """(view, description) for test images: ten crops when asked and ``size >= TEN_CROP_MIN_SIZE``, else x̄ and
+    its mirror image with ``mirror``, else x̄."""
     if ten_crop and size >= TEN_CROP_MIN_SIZE:
         return TenCropView(size, mean, std), "ten-crop"
     reason = f", ten-crop needs size >= {TEN_CROP_MIN_SIZE}" if ten_crop else ""
+    if mirror:
+        return MirroredView(size, mean, std), f"center + mirror{reason}"
     return EvalView(size, mean, std), f"center{reason}"
 
 
