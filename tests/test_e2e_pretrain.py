@@ -52,6 +52,8 @@ def test_evaluate_probe_and_retrain(pretrained_run, capsys):
                            "--set", "eval.mirror=true"])
     assert "linear (retrained on train, center + mirror" in capsys.readouterr().out
     assert res["linear_top1"] > 30 and res["knn_top1"] > 30
+    evaluate(base + ["--ckpt", str(run.best), "--no_progress", "--set", "eval.mirror=true"])
+    assert "online probe (center, ten-crop needs size >= 64)" in capsys.readouterr().out  # trained on x̄ only
 
 
 def test_rerun_resumes_from_last(pretrained_run, capsys):

@@ -97,9 +97,10 @@ class EvalConfig:
     wds: List[float] = option(help="linear-evaluation weight decays tried", factory=lambda: [0.0, 1e-5])
     batch_size: int = option(256, "linear-evaluation batch size", ge=1)
     ten_crop: bool = option(True, "average the probe over ten crops at test time (when dataset.size >= 64)")
-    mirror: bool = option(False, "average the logits of x̄ and its mirror image on validation and test (where "
-                                 "ten-crop does not apply); --retrain trains the head on both, one drawn per "
-                                 "sample and epoch, and k-NN uses the mean of the two features")
+    mirror: bool = option(False, "--retrain trains the head on x̄ and its mirror image (one drawn per sample and "
+                                 "epoch), averages the two logits on validation and test (where ten-crop does "
+                                 "not apply) and gives k-NN the mean of the two features; the online probe, "
+                                 "trained on x̄, is evaluated on x̄")
     refit: bool = option(True, "--retrain also trains a head on train + validation with the lr/wd/epochs chosen "
                                "on validation (the usual protocol's last step); both heads are reported")
     weights: str = option("auto", "backbone weights to evaluate: ema (the run's moving average, ema_decay > 0), "

@@ -48,8 +48,9 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("fit")
     info, size = frozen.info, frozen.image_size
-    train_view = build_feature_view(size, info.mean, info.std, cfg.eval.mirror).to(device)
-    test_view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop, cfg.eval.mirror)
+    mirror = cfg.eval.mirror and args.retrain  # the online probe was trained on x̄ only
+    train_view = build_feature_view(size, info.mean, info.std, mirror).to(device)
+    test_view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop, mirror)
     test_view = test_view.to(device)
     progress = not args.no_progress
 
