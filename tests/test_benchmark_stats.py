@@ -19,3 +19,10 @@ def test_paired_ratio_quartiles_are_those_of_the_per_round_ratios():
     floor = [1.0, 2.0, 1.0, 4.0, 2.0]
     times = [3.0, 2.0, 5.0, 8.0, 8.0]  # ratios 3, 1, 5, 2, 4
     assert quartiles(times, floor) == pytest.approx((2.0, 4.0))
+
+
+def test_step_profile_shape_label_skips_scalar_arguments():
+    shape_label = load_benchmark("step_profile").shape_label
+    # the profiler lists scalar arguments as empty shapes: they are dropped, tensors joined with 'x'
+    assert shape_label([[128, 32, 28, 28], [], [32, 1, 3, 3], []]) == "128x32x28x28, 32x1x3x3"
+    assert shape_label([[], []]) == ""

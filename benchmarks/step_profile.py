@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Where the time of one cached pretraining step goes, for a given config: the torch profiler over a few steps.
+
+Builds the config's module (random uint8 images of the config's size and channels, every deterministic
+representation cached, as the trainer does), warms up, then profiles ``--steps`` full optimiser steps (views,
+forward, backward, Adam; bf16 autocast where the CPU has it) and prints the operators with the largest self CPU
+time, split by input shape, as milliseconds per step and share of the profiled total. The profiler adds its own
+overhead, so read the shares, not the absolute times (benchmarks/step_time.py times steps without it).
+
+    python benchmarks/step_profile.py --config configs/fashion_mnist_self_supervised.yaml [--steps 10] [--top 25]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from mvmr.cli.common import cpu_supports_bf16, format_table
+from mvmr.config import PretrainConfig, load_config
+from mvmr.data import DatasetInfo
+from mvmr.methods.pretrain import MVMRPretrainModule
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark script (benchmarks are not a package)
+from step_time import Stepper, attach_cache  # noqa: E402
+
+
+def shape_label(shapes: list) -> str:
+    """The non-empty input shapes of an operator call, e.g. ``128x32x28x28, 32x32x3x3``."""
+    return ", ".join("x".join(map(str, s)) for s in shapes if s)[:60]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--n_images", type=int, default=2048, help="images in the synthetic cached dataset")
+    args = parser.parse_args()
+    cfg = load_config(args.config, [], schema=PretrainConfig)
+    channels = 3 if cfg.dataset.to_rgb or cfg.dataset.name not in ("fashion_mnist", "mnist", "digits") else 1
+    info = DatasetInfo(n_classes=10, channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels)
+    torch.manual_seed(0)
+    module = MVMRPretrainModule(cfg, info)
+    module.log = module.log_dict = lambda *a, **k: None  # no Trainer here
+    if cfg.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    size = cfg.dataset.size
+    images = torch.randint(0, 256, (args.n_images, channels, size, size), dtype=torch.uint8)
+    with tempfile.TemporaryDirectory() as root:
+        attach_cache(module, images, root)
+        precision = torch.bfloat16 if cfg.fp16 and cpu_supports_bf16() else None
+        stepper = Stepper(module, precision)
+
+        def step() -> None:
+            index = torch.randint(0, args.n_images, (cfg.batch_size,))
+            stepper.step(images[index], index)
+
+        for _ in range(3):
+            step()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(args.steps):
+                step()
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [(e.key, shape_label(e.input_shapes), e.count // args.steps, e.self_cpu_time_total / 1e3 / args.steps,
+             100.0 * e.self_cpu_time_total / total) for e in events[:args.top]]
+    print(f"{args.config}: batch {cfg.batch_size}, {size} px, {channels} channel(s), "
+          f"{'bf16 autocast' if precision else 'float32'}, {torch.get_num_threads()} threads, {args.steps} steps")
+    print(format_table(["operator", "input shapes", "calls per step", "self ms per step", "% of profiled"], rows))
+    print(f"profiled total: {total / 1e3 / args.steps:.1f} ms per step")
+
+
+if __name__ == "__main__":
+    main()
