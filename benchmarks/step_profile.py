@@ -7,7 +7,7 @@ forward, backward, Adam; bf16 autocast where the CPU has it) and prints the oper
 time, split by input shape, as milliseconds per step and share of the profiled total. The profiler adds its own
 overhead, so read the shares, not the absolute times (benchmarks/step_time.py times steps without it).
 
-    python benchmarks/step_profile.py --config configs/fashion_mnist_self_supervised.yaml [--steps 10] [--top 25]
+    python benchmarks/step_profile.py --config configs/fashion_mnist_self_supervised.yaml [--channels 1] [--steps 10] [--top 25]
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from mvmr.cli.common import cpu_supports_bf16, format_table
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import DatasetInfo
+from mvmr.errors import MVMRError
 from mvmr.methods.pretrain import MVMRPretrainModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark script (benchmarks are not a package)
@@ -33,15 +34,27 @@ def shape_label(shapes: list) -> str:
     return ", ".join("x".join(map(str, s)) for s in shapes if s)[:60]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--n_images", type=int, default=2048, help="images in the synthetic cached dataset")
+    parser.add_argument("--channels", type=positive_int, default=1,
+                        help="image channels (1: Fashion-MNIST, digits; 3: CIFAR, STL10, ImageNet)")
+    parser.add_argument("--steps", type=positive_int, default=10)
+    parser.add_argument("--top", type=positive_int, default=25)
+    parser.add_argument("--n_images", type=positive_int, default=2048, help="images in the synthetic cached dataset")
     args = parser.parse_args()
     cfg = load_config(args.config, [], schema=PretrainConfig)
-    channels = 3 if cfg.dataset.to_rgb or cfg.dataset.name not in ("fashion_mnist", "mnist", "digits") else 1
+    if args.n_images < cfg.batch_size:
+        parser.error(f"--n_images ({args.n_images}) must be at least the config's batch_size ({cfg.batch_size})")
+    channels = args.channels
     info = DatasetInfo(n_classes=10, channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels)
     torch.manual_seed(0)
     module = MVMRPretrainModule(cfg, info)
@@ -75,4 +88,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MVMRError as err:  # a bad config: one line, not a traceback
+        print(f"error: {err}", file=sys.stderr)  # the entry scripts' convention: exit code 2
+        sys.exit(2)

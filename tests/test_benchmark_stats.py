@@ -1,4 +1,7 @@
-"""The step-time benchmark's per-round ratio statistic (hand-worked cases)."""
+"""Helpers of the benchmark scripts: step_time's per-round ratio statistic, step_profile's labels and argument
+checks (hand-worked cases)."""
+import argparse
+
 import pytest
 
 from conftest import load_benchmark
@@ -26,3 +29,11 @@ def test_step_profile_shape_label_skips_scalar_arguments():
     # the profiler lists scalar arguments as empty shapes: they are dropped, tensors joined with 'x'
     assert shape_label([[128, 32, 28, 28], [], [32, 1, 3, 3], []]) == "128x32x28x28, 32x1x3x3"
     assert shape_label([[], []]) == ""
+
+
+def test_step_profile_counts_must_be_positive():
+    positive_int = load_benchmark("step_profile").positive_int
+    assert positive_int("3") == 3
+    for bad in ("0", "-2"):
+        with pytest.raises(argparse.ArgumentTypeError, match=">= 1"):
+            positive_int(bad)
