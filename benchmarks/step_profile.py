@@ -42,6 +42,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def config_module(cfg: PretrainConfig, channels: int) -> MVMRPretrainModule:
+    """The config's pretraining module for ``channels``-channel images, seeded, logging off (no Trainer here),
+    channels_last as the config says."""
+    info = DatasetInfo(n_classes=10, channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels)
+    torch.manual_seed(0)
+    module = MVMRPretrainModule(cfg, info)
+    module.log = module.log_dict = lambda *a, **k: None
+    return module.to(memory_format=torch.channels_last) if cfg.channels_last else module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -55,12 +65,7 @@ def main() -> None:
     if args.n_images < cfg.batch_size:
         parser.error(f"--n_images ({args.n_images}) must be at least the config's batch_size ({cfg.batch_size})")
     channels = args.channels
-    info = DatasetInfo(n_classes=10, channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels)
-    torch.manual_seed(0)
-    module = MVMRPretrainModule(cfg, info)
-    module.log = module.log_dict = lambda *a, **k: None  # no Trainer here
-    if cfg.channels_last:
-        module = module.to(memory_format=torch.channels_last)
+    module = config_module(cfg, channels)
     size = cfg.dataset.size
     images = torch.randint(0, 256, (args.n_images, channels, size, size), dtype=torch.uint8)
     with tempfile.TemporaryDirectory() as root:

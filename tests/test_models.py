@@ -30,7 +30,7 @@ def test_trunk_is_torchvision_resnet_at_width_64(name):
     torch.manual_seed(0)
     reference = getattr(torchvision.models, name)(weights=None)
     reference.fc = torch.nn.Identity()
-    ours, dim = build_backbone(name)
+    ours, dim = build_backbone(name, small_map_matmul=False)  # bit-exact (tests/test_small_map_conv.py: with it)
     theirs = reference.state_dict()
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.items()}
     ours.load_state_dict(theirs)
@@ -143,13 +143,15 @@ def test_strided_convs_on_single_pixels_finds_layer4_at_16px():
     from mvmr.models import build_backbone
     from mvmr.models.encoder import strided_convs_on_single_pixels
 
-    backbone, _ = build_backbone("resnet18", in_channels=3)
+    backbone, _ = build_backbone("resnet18", in_channels=3, small_map_matmul=False)
     backbone.train()
     assert strided_convs_on_single_pixels(backbone, 3, 16) == ["layer4.0.conv1"]  # 16 -> 4 after the stem: 1x1 at layer4
     assert strided_convs_on_single_pixels(backbone, 3, 32) == []                   # 2x2 there
     assert backbone.training  # mode restored
-    small, _ = build_backbone("resnet18", in_channels=3, small_kernel=True)
+    small, _ = build_backbone("resnet18", in_channels=3, small_kernel=True, small_map_matmul=False)
     assert strided_convs_on_single_pixels(small, 3, 16) == []
+    as_matmul, _ = build_backbone("resnet18", in_channels=3)  # that layer runs as a matrix product (right in bf16)
+    assert strided_convs_on_single_pixels(as_matmul, 3, 16) == []
 
 
 def test_bf16_on_cpu_with_single_pixel_strided_conv_is_a_config_error():
@@ -157,12 +159,14 @@ def test_bf16_on_cpu_with_single_pixel_strided_conv_is_a_config_error():
     from mvmr.errors import ConfigError
     from mvmr.models import build_backbone
 
-    backbone, _ = build_backbone("resnet18", in_channels=1)
-    with pytest.raises(ConfigError, match=r"dataset.size=16 .*'layer4.0.conv1'.*fp16=false"):
+    backbone, _ = build_backbone("resnet18", in_channels=1, small_map_matmul=False)
+    with pytest.raises(ConfigError, match=r"dataset.size=16 .*'layer4.0.conv1'.*small_map_matmul=true.*fp16=false"):
         check_precision_fits_model(backbone, 1, 16, "bf16-mixed", "cpu")
     check_precision_fits_model(backbone, 1, 16, "32-true", "cpu")    # float32 is right
     check_precision_fits_model(backbone, 1, 16, "bf16-mixed", "gpu")  # not the CPU kernel
     check_precision_fits_model(backbone, 1, 32, "bf16-mixed", "cpu")
+    as_matmul, _ = build_backbone("resnet18", in_channels=1)  # the default: that layer is a matrix product
+    check_precision_fits_model(as_matmul, 1, 16, "bf16-mixed", "cpu")
 
 
 def test_representation_standardize_and_power_options_reach_the_objective_by_key():

@@ -141,7 +141,8 @@ def check_precision_fits_model(backbone: torch.nn.Module, channels: int, size: i
                                accelerator: str) -> None:
     """PyTorch's CPU bf16 convolution computes wrong weight gradients for a strided 3x3 convolution whose input is
     1x1 (measured with torch 2.14: different values on every call, sometimes NaN or 1e31; float32 and 2x2 inputs
-    are right). Refuse that combination with a one-line fix instead of training on garbage."""
+    are right). Refuse that combination with a one-line fix instead of training on garbage. With
+    ``encoder.small_map_matmul`` (the default) such a layer runs as a matrix product instead and is not refused."""
     if precision != "bf16-mixed" or accelerator != "cpu":
         return
     from mvmr.models.encoder import strided_convs_on_single_pixels
@@ -150,7 +151,7 @@ def check_precision_fits_model(backbone: torch.nn.Module, channels: int, size: i
     if names:
         raise ConfigError(f"dataset.size={size} leaves 1x1 feature maps at the strided convolution '{names[0]}', "
                           f"where PyTorch's CPU bf16 convolution computes wrong weight gradients; use a larger "
-                          f"dataset.size, encoder.small_kernel=true, or fp16=false")
+                          f"dataset.size, encoder.small_kernel=true, encoder.small_map_matmul=true, or fp16=false")
 
 
 def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list | None = None,

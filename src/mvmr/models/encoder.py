@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
+from mvmr.models.small_map_conv import SmallMapConv2d, use_small_map_matmul
 from mvmr.registry import Registry
 
 Block = Type[Union[BasicBlock, Bottleneck]]
@@ -85,19 +86,22 @@ class ResNetTrunk(nn.Module):
 
 
 def build_backbone(name: str, *, in_channels: int = 3, small_kernel: bool = False, maxpool: bool | None = None,
-                   zero_init_residual: bool = True, width: int = 64, pool_grid: int = 1) -> tuple[nn.Module, int]:
+                   zero_init_residual: bool = True, width: int = 64, pool_grid: int = 1,
+                   small_map_matmul: bool = True) -> tuple[nn.Module, int]:
     """Return ``(backbone, feature_dim)``; backbone maps (B, C, H, W) -> (B, feature_dim).
 
     ``small_kernel`` replaces the 7x7 stride-2 stem with a 3x3 stride-1 convolution (CIFAR/STL-sized images)
     and drops the max-pool unless ``maxpool`` is True. ``width`` is the first stage's channel count (64 in the
     standard ResNets; 32 quarters the compute). ``pool_grid`` g > 1 average-pools the last map to g x g and
-    flattens it (features g² times wider; keeps the coarse layout of aligned images). Weights are random.
+    flattens it (features g² times wider; keeps the coarse layout of aligned images). ``small_map_matmul`` runs
+    the 3x3 convolutions whose input map has at most 4 positions as one matrix product on the CPU (the same
+    function; see ``models/small_map_conv.py``). Weights are random.
     """
     spec = BACKBONES.get(name, key="encoder.backbone")
     keep_pool = (not small_kernel) if maxpool is None else maxpool
     net = ResNetTrunk(spec, width=width, in_channels=in_channels, small_kernel=small_kernel, maxpool=keep_pool,
                       zero_init_residual=zero_init_residual, pool_grid=pool_grid)
-    return net, net.out_dim
+    return use_small_map_matmul(net, small_map_matmul), net.out_dim
 
 
 def last_map_side(size: int, small_kernel: bool, maxpool: bool | None) -> int:
@@ -114,7 +118,7 @@ def backbone_from_config(encoder, in_channels: int) -> tuple[nn.Module, int]:
     """``build_backbone`` with every architecture key of an ``EncoderConfig`` (the one place that maps them)."""
     return build_backbone(encoder.backbone, in_channels=in_channels, small_kernel=encoder.small_kernel,
                           maxpool=encoder.maxpool, zero_init_residual=encoder.zero_init_residual,
-                          width=encoder.width, pool_grid=encoder.pool_grid)
+                          width=encoder.width, pool_grid=encoder.pool_grid, small_map_matmul=encoder.small_map_matmul)
 
 
 def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
@@ -134,12 +138,14 @@ def backbone_state_dict(state_dict: Dict[str, object], prefix: str = "backbone."
 
 def strided_convs_on_single_pixels(backbone: nn.Module, channels: int, size: int) -> list[str]:
     """Names of the convolutions with a kernel > 1 and a stride > 1 whose input is 1x1 when ``backbone`` is fed
-    (1, channels, size, size) images (found with a float32 dry run; the backbone's mode is restored)."""
+    (1, channels, size, size) images and that run as ``F.conv2d`` there (a ``SmallMapConv2d`` taking its matrix
+    product path is not one). Found with a float32 dry run; the backbone's mode is restored."""
     found, hooks = [], []
     for name, module in backbone.named_modules():
         if isinstance(module, nn.Conv2d) and max(module.stride) > 1 and max(module.kernel_size) > 1:
             def record(mod, inputs, name=name):
-                if inputs[0].shape[-2:] == (1, 1):
+                as_matmul = isinstance(mod, SmallMapConv2d) and mod.uses_matmul(inputs[0])
+                if inputs[0].shape[-2:] == (1, 1) and not as_matmul:
                     found.append(name)
             hooks.append(module.register_forward_pre_hook(record))
     training = backbone.training
