@@ -106,3 +106,13 @@ def test_backbone_with_matmul_equals_torchvision_where_layer4_is_2x2():
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-5)
     assert sum(calls) == 3
+
+
+def test_encoder_config_key_reaches_the_backbone():
+    from mvmr.config import load_config
+    from mvmr.models import backbone_from_config
+
+    for enabled in (True, False):
+        cfg = load_config(None, ["encoder.backbone=resnet18", f"encoder.small_map_matmul={str(enabled).lower()}"])
+        backbone, _ = backbone_from_config(cfg.encoder, in_channels=1)
+        assert any(isinstance(m, SmallMapConv2d) for m in backbone.modules()) is enabled

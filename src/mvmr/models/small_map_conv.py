@@ -50,9 +50,8 @@ def conv2d_as_matmul(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, i
     batch, channels, h, w = x.shape
     out_channels, _, kh, kw = weight.shape
     select = tap_selection((kh, kw), tuple(stride), tuple(padding), (h, w))
-    p_in, p_out = h * w, select.shape[0] // (h * w)
-    out_h = (h + 2 * padding[0] - kh) // stride[0] + 1
-    out_w = p_out // out_h
+    out_h, out_w = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+    p_in, p_out = h * w, out_h * out_w
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
     with torch.autocast("cpu", enabled=False):
         taps = weight.to(dtype).permute(2, 3, 1, 0).reshape(kh * kw, channels * out_channels)
