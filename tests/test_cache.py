@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from mvmr.errors import ConfigError, DataError
 from mvmr.representations.cache import RandomProjection, RepresentationCache
@@ -113,6 +113,16 @@ def test_float16_rows_read_in_request_order_as_float32(tmp_path):
     rows = cache["sine"](index)
     assert rows.dtype == torch.float32
     np.testing.assert_array_equal(rows.numpy(), stored[index.numpy()].astype(np.float32))
+
+
+def test_read_returns_the_storage_dtype_in_request_order(tmp_path):
+    cache = build(tmp_path, {"sine": Sine(offset=2.0)})
+    stored = np.load(cache.paths["sine"])
+    index = torch.tensor([41, 3, 3, 0, 49, 17, 2])  # shuffled, with a duplicate
+    rows = cache["sine"].read(index)
+    assert rows.dtype == torch.float16  # the loss upcasts chunk by chunk
+    np.testing.assert_array_equal(rows.numpy(), stored[index.numpy()])
+    torch.testing.assert_close(cache["sine"](index), rows.float(), rtol=0, atol=0)
 
 
 def test_float16_overflow_falls_back_to_float32(tmp_path):
@@ -286,3 +296,43 @@ def test_real_representations_cached_and_invalidated_by_their_settings(tmp_path)
     rebuilt = build(tmp_path, finer, dtype=torch.float32)
     assert rebuilt.paths["hog"] != cache.paths["hog"] and rebuilt.dims["hog"] == cache.dims["hog"] // 2
     assert rebuilt.paths["scatnet"] == cache.paths["scatnet"]
+
+
+def test_training_step_from_float16_rows_equals_the_float32_upcast(tmp_path):
+    """The step reads cached rows in their storage dtype (float16) and the loss upcasts them; its loss and
+    gradients equal those of the same rows handed over as float32 (what the step did before)."""
+    from mvmr.config import load_config
+    from mvmr.data import DatasetInfo
+    from mvmr.methods.pretrain import MVMRPretrainModule
+
+    info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
+    cfg = load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32", "dataset.size=16", "fp16=false",
+                             "representations=[{name: pixels, weight: 1.0}, {name: hog, weight: 2.0, standardize: true},"
+                             " {name: local_std, weight: 1.0}]", "probe.enabled=false"])
+    torch.manual_seed(0)
+    module = MVMRPretrainModule(cfg, info)
+    module.log = module.log_dict = lambda *a, **k: None
+    images = torch.randint(0, 256, (12, 1, 16, 16), dtype=torch.uint8)
+    data = DataLoader(TensorDataset(images, torch.zeros(12), torch.arange(12)), batch_size=5)
+    cache = RepresentationCache.build(dict(module.representations), data, module.eval_view, tmp_path, {"t": 1})
+    assert all(np.load(path).dtype == np.float16 for path in cache.paths.values())
+
+    class Float32Rows:  # the same rows, read as float32
+        def __init__(self, rows):
+            self.rows = rows
+
+        def read(self, index):
+            return self.rows(index)
+
+    index = torch.tensor([7, 0, 11, 3, 3, 9, 5, 2])
+    results = []
+    for readers in (cache, {key: Float32Rows(cache[key]) for key in cache.keys()}):
+        module.representation_cache = readers
+        module.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same views
+        loss = module.training_step((images[index], torch.full((8,), -1), index), 0)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in module.parameters() if p.grad is not None]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

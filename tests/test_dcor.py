@@ -10,6 +10,7 @@ from scipy.spatial.distance import cdist
 from mvmr.errors import ConfigError
 from conftest import load_benchmark
 from mvmr.losses import distance_correlation, double_centre, pairwise_distances, u_centre
+from mvmr.losses.dcor import centred_distances
 
 
 def dependent_pair(batch: int, p: int, q: int, seed: int, dtype=torch.float64):
@@ -248,3 +249,40 @@ def test_non_finite_input_gives_a_non_finite_dcor_not_a_silent_zero():
     y[2, 1] = float("nan")
     assert torch.isnan(distance_correlation(x, y))
     assert torch.isnan(distance_correlation(x, torch.full_like(y, float("nan"))))
+
+
+def test_float16_input_gives_exactly_the_distances_of_its_float32_upcast():
+    """Cached rows reach the loss in float16; the Gram chunks upcast them, so nothing changes but the bytes read."""
+    x = (torch.rand(16, 3000) * 4 + 1).half()
+    for chunk_size in (None, 7, 1000):
+        torch.testing.assert_close(centred_distances(x, chunk_size=chunk_size),
+                                   centred_distances(x.float(), chunk_size=chunk_size), rtol=0, atol=0)
+
+
+def test_workspace_reused_across_shapes_and_dtypes_stays_correct():
+    """The Gram chunks share one buffer per device and dtype: wide, narrow, float64 and float32 inputs in turn
+    (and a backward in between) each still match the float64 reference."""
+    torch.manual_seed(0)
+    inputs = [torch.randn(12, 5000), torch.randn(30, 7), torch.randn(12, 5000, dtype=torch.float64),
+              torch.randn(5, 40000), torch.randn(30, 7)]
+    for x in inputs:
+        reference = torch.cdist(x.double(), x.double())
+        tolerance = 1e-12 if x.dtype == torch.float64 else 1e-4
+        torch.testing.assert_close(pairwise_distances(x, chunk_size=1024).double(), reference,
+                                   rtol=tolerance, atol=tolerance * reference.max().item())
+        y = torch.randn(x.shape[0], 3, dtype=torch.float64)
+        grads = []
+        for dtype in (x.dtype, torch.float64):  # the backward's chunks use the workspace too
+            leaf = x[:, :50].to(dtype).clone().requires_grad_(True)
+            distance_correlation(leaf, y.to(dtype), chunk_size=8).backward()
+            grads.append(leaf.grad.double())
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=1e-5)
+
+
+def test_large_mean_features_keep_float32_distances_accurate():
+    """Columns far from zero next to their spread (non-negative histograms): the Gram chunks are centred over the
+    batch first, so float32 distances stay close to float64 ones (uncentred, ‖x‖² ~ 1e8 would swamp d² ~ 1e2)."""
+    torch.manual_seed(0)
+    x = 1000.0 + torch.randn(20, 100, dtype=torch.float64)
+    reference = torch.cdist(x, x)
+    torch.testing.assert_close(pairwise_distances(x.float(), chunk_size=30).double(), reference, rtol=1e-4, atol=1e-3)

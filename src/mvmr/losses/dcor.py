@@ -10,6 +10,7 @@ huge D (flattened images: D ~ 10⁵) costs O(B²) extra memory, never a (B, B, D
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator, Optional
 
 import torch
@@ -44,15 +45,39 @@ def auto_chunk_size(batch: int) -> int:
     return max(1, max(batch * batch, _MIN_CHUNK_ELEMENTS) // max(batch, 1))
 
 
+_WORKSPACES = threading.local()  # per thread: (device, dtype) -> a reusable 1-D buffer
+
+
+def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 1-D buffer of ``numel`` elements, reused by every later call from this thread with the same device
+    and dtype (grown when too small).
+
+    On the CPU a fresh 16 MiB tensor per Gram chunk is page-faulted in anew when the allocator has returned the
+    previous one to the system: with 96-px ScatNet rows (140k columns, B=64) that churn cost more than the
+    Gram products themselves (benchmarks/dcor_gram.py).
+    """
+    buffers = getattr(_WORKSPACES, "buffers", None)
+    if buffers is None:
+        buffers = _WORKSPACES.buffers = {}
+    key = (device, dtype)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buffer[:numel]
+
+
 def _centred_chunks(x: torch.Tensor, dtype: torch.dtype, chunk_size: int) -> Iterator[torch.Tensor]:
     """Column chunks (B, c) of ``x``, upcast to ``dtype`` and centred over the batch.
 
     Centring does not change distances and keeps the Gram formula accurate for features whose mean
     is large next to their spread (e.g. non-negative histograms).
+    Each chunk is written into one reusable workspace: use it before asking for the next one.
     """
+    batch = x.shape[0]
+    workspace = _workspace(batch * min(chunk_size, x.shape[1]), dtype, x.device)
     for chunk in x.split(chunk_size, dim=1):
-        chunk = chunk.to(dtype)
-        yield chunk - chunk.mean(dim=0, keepdim=True)
+        centred = workspace[:chunk.numel()].view(chunk.shape).copy_(chunk)  # the upcast, without an allocation
+        yield centred.sub_(centred.mean(dim=0, keepdim=True))
 
 
 class _SquaredDistances(torch.autograd.Function):

@@ -117,13 +117,14 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
 
     def compute_representations(self, x_bar: torch.Tensor, index: torch.Tensor,
                                 augmented: Mapping[str, torch.Tensor] | None = None) -> Dict[str, torch.Tensor]:
-        """φ_k(x̄) for every k: (B, d_k) each, read from the cache when the cache holds k; ``augmented`` holds
+        """φ_k(x̄) for every k: (B, d_k) each, read from the cache when the cache holds k (in its storage dtype,
+        float16 or float32: the loss upcasts chunk by chunk); ``augmented`` holds
         already augmented copies (B, C, H, W) for the representations that need one."""
         out = {}
         for key, rep in self.representations.items():
             cache = self.representation_cache
             if cache is not None and key in cache:
-                out[key] = cache[key](index).to(x_bar.device, non_blocking=True)
+                out[key] = cache[key].read(index).to(x_bar.device, non_blocking=True)  # storage dtype: the loss upcasts
             elif augmented is not None and key in augmented:
                 out[key] = rep.from_augmented(augmented[key])
             else:
