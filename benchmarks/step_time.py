@@ -8,7 +8,9 @@ Variants, each a full optimiser step (views on the device, forward, backward, Ad
   floor      two views, MSE + variance hinge + dCor(z̄, z), no representation terms;
   uncached   + the five representations computed every step (what the authors' code does);
   cached     + the deterministic four read from the memory-mapped cache (augmented pixels still per step);
-  cached_proj  the same with ``cache.max_dim`` (seeded random projection of wider representations).
+  cached_proj  the same with ``cache.max_dim`` (seeded random projection of wider representations);
+  and two parts of the cached step's extra cost: the four cached terms without the augmented copy, and the
+  floor plus augmented_pixels alone (one more augmented view per step and its dCor).
 Rounds interleave the variants so machine noise hits them alike. Reported per variant: the median step time,
 its ratio to the floor's median, and the median over rounds of the ratio within the round (each round's
 variant time over the same round's floor time; slow drifts of the machine cancel in it), and that ratio's first
@@ -40,6 +42,7 @@ from mvmr.representations.cache import RepresentationCache
 
 AUTHORS = [("pixels", {}), ("augmented_pixels", {}), ("hog", {"nbins": 9, "pool": 8}),
            ("scatnet", {"J": 2, "L": 8}), ("local_std", {})]
+DETERMINISTIC = [rep for rep in AUTHORS if rep[0] != "augmented_pixels"]  # the four the cache holds
 SETTINGS = [(32, 128), (96, 64)]
 
 
@@ -132,10 +135,13 @@ def main() -> None:
         steppers = {"floor": Stepper(make_module(size, batch, []), precision),
                     "uncached": Stepper(make_module(size, batch, AUTHORS), precision),
                     "cached": Stepper(make_module(size, batch, AUTHORS), precision),
-                    "cached_proj": Stepper(make_module(size, batch, AUTHORS), precision)}
+                    "cached_proj": Stepper(make_module(size, batch, AUTHORS), precision),
+                    "cached_four": Stepper(make_module(size, batch, DETERMINISTIC), precision),
+                    "copy_only": Stepper(make_module(size, batch, [("augmented_pixels", {})]), precision)}
         with tempfile.TemporaryDirectory() as root:
             attach_cache(steppers["cached"].module, images, root + "/full")
             attach_cache(steppers["cached_proj"].module, images, root + "/proj", args.max_dim)
+            attach_cache(steppers["cached_four"].module, images, root + "/four")
             times = {k: [] for k in steppers}
             for r in range(args.rounds + 1):
                 for name, stepper in steppers.items():
@@ -148,8 +154,11 @@ def main() -> None:
         spread = {k: "%.2f-%.2f" % paired_ratio_quartiles(v, times["floor"]) for k, v in times.items()}
         data_ips, data_name = data_pipeline_images_per_s(size, batch)
         step_ips = batch / med["cached"]
+        labels = {"cached_proj": f"cached, max_dim={args.max_dim}",
+                  "cached_four": "part: the four cached terms alone (no augmented copy)",
+                  "copy_only": "part: floor + augmented_pixels alone (the copy)"}
         for name in steppers:
-            label = f"cached, max_dim={args.max_dim}" if name == "cached_proj" else name
+            label = labels.get(name, name)
             rows.append([f"{size}x{size}, batch {batch}", label, med[name], med[name] / med["floor"], paired[name],
                          spread[name]])
         rows.append([f"{size}x{size}, batch {batch}", f"data pipeline ({data_name}, 2 workers) vs cached step",
