@@ -45,6 +45,8 @@ class DatasetConfig:
     aug_strength: float = option(1.0, "scale of the colour-jitter magnitudes", ge=0.0)
     crop_scale: Optional[List[float]] = option(None, "area range [lo, hi] of the random resized crop (None: [0.2, 1] "
                                                      "for size <= 64, else [0.08, 1]; not used by cifar)")
+    erase_p: float = option(0.0, "random erasing of x' after the policy: probability per sample of one rectangle "
+                                 "(2-33 % of the area) set to the dataset mean (0: off)", ge=0.0, le=1.0)
     classes_file: Optional[str] = option(None, "file with one class (wnid) per line: restricts imagenet / image_folder")
     to_rgb: bool = option(False, "repeat grayscale images to 3 channels")
     val_fraction: float = option(0.1, "fraction of the labelled train split held out for model selection",

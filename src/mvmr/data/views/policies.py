@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from mvmr.data.views.erasing import RandomErasing
 from mvmr.data.views.geometric import PaddedCropFlip, ResizedCropFlip
 from mvmr.data.views.photometric import auto_augment, colour_ops, rand_augment
 from mvmr.data.views.tensors import (Normalize, check_normalisation, check_size, make_stateless, to_unit_float,
@@ -119,9 +120,11 @@ class TrainView(nn.Module):
 
 
 def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
-                     strength: float = 1.0, crop_scale: Optional[Sequence[float]] = None) -> nn.Module:
+                     strength: float = 1.0, crop_scale: Optional[Sequence[float]] = None,
+                     erase_p: float = 0.0) -> nn.Module:
     """The training view x' of ``policy`` (custom | cifar | crop | randaugment | autoaugment), see ``TrainView``;
-    ``crop_scale`` overrides the policy's random-resized-crop area range."""
+    ``crop_scale`` overrides the policy's random-resized-crop area range; ``erase_p`` > 0 appends
+    :class:`RandomErasing` (filled with ``mean``)."""
     check_size(size)
     check_normalisation(mean, std, channels)
     if strength < 0:
@@ -131,4 +134,7 @@ def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequenc
         if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ConfigError(f"dataset.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1; got {list(crop_scale)}")
     factory = VIEW_POLICIES.get(policy, key="dataset.aug_policy")
-    return TrainView(factory(size, channels, strength, crop_scale), mean, std, size)
+    augment = factory(size, channels, strength, crop_scale)
+    if erase_p > 0:
+        augment = nn.Sequential(augment, RandomErasing(erase_p, mean))
+    return TrainView(augment, mean, std, size)
