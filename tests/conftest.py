@@ -43,3 +43,17 @@ def pretrained_run(tmp_path_factory):
     args = tiny_args(run_dir)
     run = pretrain(args)
     return run, args
+
+
+def assert_boxes_like(ours: torch.Tensor, ref: torch.Tensor, height: int, width: int,
+                      tol_area: float = 0.02, tol_aspect: float = 0.02, tol_offset: float = 0.02) -> None:
+    """Boxes (N, 4) = (top, left, h, w): ours lie inside the image on whole pixels, and the mean and std of their
+    area fraction, log aspect and relative offsets match the reference sampler's boxes within the tolerances."""
+    top, left, h, w = ours.double().unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
+    assert torch.equal(ours, ours.round())
+    ref = ref.double()
+    for a, b, tol in [(h * w / (height * width), ref[:, 2] * ref[:, 3] / (height * width), tol_area),
+                      (torch.log(w / h), torch.log(ref[:, 3] / ref[:, 2]), tol_aspect),
+                      (top / height, ref[:, 0] / height, tol_offset), (left / width, ref[:, 1] / width, tol_offset)]:
+        assert abs(a.mean() - b.mean()) < tol and abs(a.std() - b.std()) < tol

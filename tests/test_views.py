@@ -16,6 +16,7 @@ from mvmr.data.views.photometric import PerSampleChoice, auto_augment, blur_kern
 from mvmr.data.views.policies import TrainView, custom_policy
 from mvmr.data.views.resample import resample_boxes
 from mvmr.errors import ConfigError, DataError
+from conftest import assert_boxes_like
 
 POLICIES = ["autoaugment", "cifar", "crop", "custom", "randaugment"]
 MEAN = {1: [0.4], 3: [0.485, 0.456, 0.406]}
@@ -180,13 +181,7 @@ def test_crop_boxes_follow_torchvision_distribution(height, width, scale):
     ours = sample_resized_crop_boxes(4000, height, width, scale, ratio)
     ref = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(1, height, width), list(scale), list(ratio))
                         for _ in range(4000)], dtype=torch.float64)  # (top, left, h, w)
-    top, left, h, w = ours.double().unbind(1)
-    assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
-    assert torch.equal(ours, ours.round())
-    for a, b, tol in [(h * w / (height * width), ref[:, 2] * ref[:, 3] / (height * width), 0.02),
-                      (torch.log(w / h), torch.log(ref[:, 3] / ref[:, 2]), 0.02),
-                      (top / height, ref[:, 0] / height, 0.02), (left / width, ref[:, 1] / width, 0.02)]:
-        assert abs(a.mean() - b.mean()) < tol and abs(a.std() - b.std()) < tol
+    assert_boxes_like(ours, ref, height, width)
 
 
 def test_crop_boxes_fallback_matches_torchvision():
