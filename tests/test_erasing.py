@@ -64,3 +64,16 @@ def test_erase_p_is_validated():
     for bad in ("1.5", "-0.1", "often"):
         with pytest.raises(ConfigError, match="erase_p"):
             load_config(None, [f"dataset.erase_p={bad}"], schema=PretrainConfig)
+
+
+def test_first_fitting_sizes_aspect_convention_and_strictness():
+    """Hand-worked: area 100 px² with aspect 4 gives sides 20 and 5 (width 20 for RandomResizedCrop's convention,
+    height 20 for RandomErasing's); the whole image fits unless ``strict`` (erasing needs a smaller box)."""
+    from mvmr.data.views.geometric import first_fitting_sizes
+
+    h, w, found = first_fitting_sizes(3, 30, 30, (1 / 9, 1 / 9), (4.0, 4.0), attempts=2)
+    assert h.tolist() == [5.0] * 3 and w.tolist() == [20.0] * 3 and found.all()
+    h, w, found = first_fitting_sizes(3, 30, 30, (1 / 9, 1 / 9), (4.0, 4.0), attempts=2, aspect_is_height_over_width=True)
+    assert h.tolist() == [20.0] * 3 and w.tolist() == [5.0] * 3 and found.all()
+    assert first_fitting_sizes(2, 10, 10, (1.0, 1.0), (1.0, 1.0), attempts=3)[2].all()
+    assert not first_fitting_sizes(2, 10, 10, (1.0, 1.0), (1.0, 1.0), attempts=3, strict=True)[2].any()

@@ -54,7 +54,8 @@ def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Te
 
     On the CPU a fresh 16 MiB tensor per Gram chunk is page-faulted in anew when the allocator has returned the
     previous one to the system: with 96-px ScatNet rows (140k columns, B=64) that churn cost more than the
-    Gram products themselves (README, Speed). Holds at most one chunk: max(B², 4 Mi) elements.
+    Gram products themselves (README, Speed). Holds the largest chunk asked for (with the auto chunk size,
+    about max(B², 4 Mi) elements).
     """
     buffers = getattr(_WORKSPACES, "buffers", None)
     if buffers is None:

@@ -5,12 +5,12 @@ to keep the whole image. Parameters are drawn on the CPU from torch's global gen
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence, Tuple
 
 import torch
 from torch import nn
 
+from mvmr.data.views.geometric import first_fitting_sizes, random_offsets
 from mvmr.errors import ConfigError
 
 ERASE_SCALE = (0.02, 0.33)  # torchvision's defaults: area fraction and aspect range of the rectangle
@@ -24,16 +24,9 @@ def sample_erase_boxes(batch: int, height: int, width: int, scale: Tuple[float, 
     """(boxes (B, 4) integer-valued floats (top, left, height, width), found (B,) bool), as torchvision's
     ``RandomErasing.get_params`` per sample: area fraction ~ U(scale), log aspect ~ U(log ratio), the first of
     ``attempts`` draws strictly smaller than the image is kept; a sample with none is not erased (found False)."""
-    target_area = height * width * torch.empty(batch, attempts).uniform_(*scale)
-    aspect = torch.exp(torch.empty(batch, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1])))
-    box_h = torch.round(torch.sqrt(target_area * aspect))
-    box_w = torch.round(torch.sqrt(target_area / aspect))
-    fits = (box_h < height) & (box_w < width) & (box_h > 0) & (box_w > 0)
-    first = fits.to(torch.uint8).argmax(1, keepdim=True)
-    found = fits.any(1)
-    box_h, box_w = box_h.gather(1, first)[:, 0], box_w.gather(1, first)[:, 0]
-    top = torch.floor(torch.rand(batch) * (height - box_h + 1))
-    left = torch.floor(torch.rand(batch) * (width - box_w + 1))
+    box_h, box_w, found = first_fitting_sizes(batch, height, width, scale, ratio, attempts,
+                                              aspect_is_height_over_width=True, strict=True)
+    top, left = random_offsets(height, width, box_h, box_w)
     return torch.stack((top, left, box_h, box_w), 1), found
 
 

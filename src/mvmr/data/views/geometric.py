@@ -18,24 +18,44 @@ from mvmr.errors import ConfigError
 CROP_ATTEMPTS = 10
 
 
+def first_fitting_sizes(batch: int, height: int, width: int, scale: Tuple[float, float],
+                        ratio: Tuple[float, float], attempts: int, aspect_is_height_over_width: bool = False,
+                        strict: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torchvision's box-size rejection sampler, per sample: ``attempts`` draws of an area fraction ~ U(scale)
+    and a log aspect ~ U(log ratio) (aspect = width / height, or height / width when
+    ``aspect_is_height_over_width``, as ``RandomErasing``), sides rounded; the first draw that fits the image
+    (``strict``: strictly smaller than it) is kept. -> (box_h (B,), box_w (B,), found (B,) bool); where nothing
+    fits, the sides are the first draw's and found is False."""
+    target_area = height * width * torch.empty(batch, attempts).uniform_(*scale)
+    aspect = torch.exp(torch.empty(batch, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1])))
+    long_side, short_side = torch.round(torch.sqrt(target_area * aspect)), torch.round(torch.sqrt(target_area / aspect))
+    box_h, box_w = (long_side, short_side) if aspect_is_height_over_width else (short_side, long_side)
+    if strict:
+        fits = (box_h > 0) & (box_h < height) & (box_w > 0) & (box_w < width)
+    else:
+        fits = (box_h > 0) & (box_h <= height) & (box_w > 0) & (box_w <= width)
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # index of the first fitting attempt
+    return box_h.gather(1, first)[:, 0], box_w.gather(1, first)[:, 0], fits.any(1)
+
+
+def random_offsets(height: int, width: int, box_h: torch.Tensor, box_w: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top, left) (B,) integer-valued floats, uniform over the positions where the boxes fit the image."""
+    top = torch.floor(torch.rand(box_h.shape[0]) * (height - box_h + 1))
+    left = torch.floor(torch.rand(box_w.shape[0]) * (width - box_w + 1))
+    return top, left
+
+
 def sample_resized_crop_boxes(batch: int, height: int, width: int, scale: Tuple[float, float],
                               ratio: Tuple[float, float], attempts: int = CROP_ATTEMPTS) -> torch.Tensor:
     """(B, 4) integer-valued float boxes (top, left, height, width), one per sample, as torchvision's
     ``RandomResizedCrop.get_params``: area fraction ~ U(scale), log aspect ~ U(log ratio); the first of
     ``attempts`` draws that fits is kept, else the whole image centre-cropped to the nearest allowed ratio."""
-    area = height * width
-    target_area = area * torch.empty(batch, attempts).uniform_(*scale)
-    aspect = torch.exp(torch.empty(batch, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1])))
-    crop_w = torch.round(torch.sqrt(target_area * aspect))
-    crop_h = torch.round(torch.sqrt(target_area / aspect))
-    fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
-    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # index of the first fitting attempt
-    found = fits.any(1)
+    crop_h, crop_w, found = first_fitting_sizes(batch, height, width, scale, ratio, attempts)
     fallback_h, fallback_w = _fallback_crop(height, width, ratio)
-    crop_h = torch.where(found, crop_h.gather(1, first)[:, 0], torch.tensor(float(fallback_h)))
-    crop_w = torch.where(found, crop_w.gather(1, first)[:, 0], torch.tensor(float(fallback_w)))
-    top = torch.floor(torch.rand(batch) * (height - crop_h + 1))
-    left = torch.floor(torch.rand(batch) * (width - crop_w + 1))
+    crop_h = torch.where(found, crop_h, torch.tensor(float(fallback_h)))
+    crop_w = torch.where(found, crop_w, torch.tensor(float(fallback_w)))
+    top, left = random_offsets(height, width, crop_h, crop_w)
     top = torch.where(found, top, torch.floor((height - crop_h) / 2))
     left = torch.where(found, left, torch.floor((width - crop_w) / 2))
     return torch.stack([top, left, crop_h, crop_w], dim=1)
