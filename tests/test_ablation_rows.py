@@ -17,3 +17,26 @@ def test_rows_keep_weights_params_standardize_and_power():
     assert [(r.weight, r.standardize, r.power) for r in reps] == [(-6.0, True, 0.25), (-3.0, False, 1.0)]
     assert rows["no representation terms"] == "[]"
     assert not any("|" in name for name in rows)  # row names go into Markdown table cells
+
+
+def test_supervised_row_trains_from_scratch_with_the_pretraining_recipe():
+    """The supervised reference is the fine-tuning config overridden with the pretraining rows' recipe (the
+    fine-tuning defaults, lr 1e-4 and no warm-up, under-train a random encoder)."""
+    from pathlib import Path
+
+    from mvmr.config import SemiSupervisedConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    pretrain = load_config(root / "fashion_mnist_self_supervised.yaml")
+    semi_path = root / "fashion_mnist_semi_supervised.yaml"
+    fine_tune = load_config(semi_path, schema=SemiSupervisedConfig)
+    assert (fine_tune.lr, fine_tune.batch_size) != (pretrain.lr, pretrain.batch_size)  # else the test proves nothing
+    recipe = load_benchmark("ablation").supervised_recipe(pretrain, 5)
+    cfg = load_config(semi_path, ["epochs=2"] + recipe, schema=SemiSupervisedConfig)  # the recipe comes last and wins
+    assert (cfg.epochs, cfg.dataset.percentage, cfg.batch_size, cfg.optimizer) == (5, 100, pretrain.batch_size,
+                                                                                  pretrain.optimizer)
+    assert cfg.lr == cfg.lr_head == pretrain.lr and cfg.wd == pretrain.wd
+    assert (cfg.warmup_epochs, cfg.scheduler, cfg.dataset.aug_policy) == (1, pretrain.scheduler,
+                                                                         pretrain.dataset.aug_policy)
+    assert load_benchmark("ablation").supervised_recipe(pretrain, 1)[-1] == "name=abl_supervised"
+    assert "warmup_epochs=0" in load_benchmark("ablation").supervised_recipe(pretrain, 1)  # warm-up < epochs
