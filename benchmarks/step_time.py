@@ -16,7 +16,9 @@ its ratio to the floor's median, and the median over rounds of the ratio within 
 variant time over the same round's floor time; slow drifts of the machine cancel in it), and that ratio's first
 and third quartiles over the rounds (its spread on this machine).
 Also: the data pipeline (the DataModule's pretraining loader, n_workers=2, uint8 decode only) in images/s
-against the step's images/s.
+against the step's images/s; and the cached step's extra work timed piece by piece outside the step (the
+augmented copy's view, its dCor term, the four cache reads, the four cached dCor terms), each as a fraction of
+the floor: their sum is the ratio the cached step would have if nothing but this work were added.
 
     python benchmarks/step_time.py [--rounds 5] [--fp32]
 
@@ -98,6 +100,52 @@ def paired_ratio_quartiles(times: list[float], floor_times: list[float]) -> tupl
     return q1, q3
 
 
+def timed(fn, rounds: int) -> float:
+    """Median seconds of ``fn()`` over ``rounds`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def isolated_extra_work(stepper: Stepper, images: torch.Tensor, index: torch.Tensor, rounds: int) -> dict:
+    """Seconds (median) of each piece of work the cached step adds to the floor, each timed alone:
+    the augmented copy's view (x' and the copy drawn in one call on 2B images, minus x' alone on B), its dCor term,
+    the cached rows' reads, and the cached terms' dCor (the objective's forward and backward with those
+    representations, minus without any). ``stepper`` holds a module whose cache holds every representation except
+    ``augmented_pixels``."""
+    module = stepper.module
+    cache = module.representation_cache
+    batch = images.shape[0]
+    weights = dict(module.representation_weights)
+    with torch.no_grad():
+        width = module.embed(module.eval_view(images[:2]))[1].shape[1]
+        copy = module.representations["augmented_pixels"].from_augmented(module.train_view(images))
+    z_bar, z = (torch.randn(batch, width, requires_grad=True) for _ in range(2))
+    cached = {key: cache[key].read(index) for key in cache.keys()}
+
+    def objective(reps: dict) -> None:
+        loss, _ = module.objective(z_bar, z, reps, {key: weights[key] for key in reps})
+        loss.backward()
+
+    def views(n: int) -> None:
+        with torch.no_grad(), torch.autocast("cpu", dtype=stepper.precision, enabled=stepper.precision is not None):
+            module.train_view(images.repeat(n, 1, 1, 1))
+
+    t = {"none": timed(lambda: objective({}), rounds), "one view": timed(lambda: views(1), rounds),
+         "two views": timed(lambda: views(2), rounds)}
+    t["copy term"] = timed(lambda: objective({"augmented_pixels": copy}), rounds)
+    t["reads"] = timed(lambda: [cache[key].read(index) for key in cache.keys()], rounds)
+    t["cached terms"] = timed(lambda: objective(cached), rounds)
+    return {"the augmented copy's view (one more per step)": t["two views"] - t["one view"],
+            "the augmented copy's dCor term": t["copy term"] - t["none"],
+            f"the {len(cache)} cache reads": t["reads"],
+            f"the {len(cache)} cached dCor terms": t["cached terms"] - t["none"]}
+
+
 def data_pipeline_images_per_s(size: int, batch: int, n_batches: int = 20) -> tuple[float, str]:
     """uint8 batches per second from the shared DataModule's pretraining loader (n_workers=2)."""
     for name in ("fashion_mnist", "digits"):
@@ -118,9 +166,19 @@ def data_pipeline_images_per_s(size: int, batch: int, n_batches: int = 20) -> tu
     return seen / (time.perf_counter() - start), name
 
 
+def at_least(low: int):
+    """argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text}")
+        return value
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=at_least(2), default=5, help="interleaved rounds (their quartiles need 2)")
     parser.add_argument("--max_dim", type=int, default=8192, help="cache.max_dim of the cached_proj variant")
     parser.add_argument("--fp32", action="store_true", help="float32 even where bf16 is available")
     args = parser.parse_args()
@@ -128,7 +186,7 @@ def main() -> None:
     torch.manual_seed(0)
     label = "bf16 autocast" if precision else "float32"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {label}, channels_last")
-    rows, ratio = [], {}
+    rows, ratio, piece_rows = [], {}, []
     for size, batch in SETTINGS:
         images = torch.randint(0, 256, (batch * 2, 3, size, size), dtype=torch.uint8)
         index = torch.arange(batch)
@@ -149,7 +207,13 @@ def main() -> None:
                     stepper.step(images[index + (r % 2) * batch], index + (r % 2) * batch)
                     if r:  # round 0 warms up
                         times[name].append(time.perf_counter() - start)
+            pieces = isolated_extra_work(steppers["cached"], images[:batch], index, args.rounds)
         med = {k: statistics.median(v) for k, v in times.items()}
+        for name, seconds in pieces.items():
+            piece_rows.append([f"{size}x{size}, batch {batch}", name, f"{1e3 * seconds:.1f}",
+                               f"{seconds / med['floor']:.3f}"])
+        piece_rows.append([f"{size}x{size}, batch {batch}", "1 + their sum: the cached step's ratio if nothing else cost",
+                           "", f"{1 + sum(pieces.values()) / med['floor']:.3f}"])
         paired = {k: paired_ratio(v, times["floor"]) for k, v in times.items()}
         spread = {k: "%.2f-%.2f" % paired_ratio_quartiles(v, times["floor"]) for k, v in times.items()}
         data_ips, data_name = data_pipeline_images_per_s(size, batch)
@@ -166,6 +230,8 @@ def main() -> None:
         ratio[size] = paired["cached"]
     print(format_table(["setting", "variant", "s / step (median)", "x floor (medians)", "x floor (per round)",
                         "per-round quartiles"], rows))
+    print("\nThe cached step's extra work, each piece timed alone (median), over the floor's median step:")
+    print(format_table(["setting", "piece", "ms", "x floor"], piece_rows))
     print(f"full cached step / floor = {ratio[max(ratio)]:.2f}")
 
 

@@ -46,3 +46,11 @@ def test_small_map_conv_interleaved_alternates_order_and_drops_warmup():
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # rounds 0 (warm-up), 1, 2, 3
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_step_time_rounds_must_allow_quartiles():
+    at_least = load_benchmark("step_time").at_least
+    assert at_least(2)("2") == 2 and at_least(0)("0") == 0
+    for low, bad in ((2, "1"), (0, "-1")):
+        with pytest.raises(argparse.ArgumentTypeError, match=f">= {low}"):
+            at_least(low)(bad)
