@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mvmr.cli.common import format_table
+from mvmr.cli.common import format_table, int_at_least
 from mvmr.cli.evaluate import evaluate
 from mvmr.cli.pretrain import pretrain
 from mvmr.config import PretrainConfig, load_config, to_dict
@@ -100,12 +100,12 @@ def pixel_logistic_regression(cfg: PretrainConfig, eval_epochs: int) -> float:
         return topk_accuracy(fit.head(te_x), te_y)[1]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "fashion_mnist_self_supervised.yaml"))
-    parser.add_argument("--epochs", type=int, default=3, help="pretraining epochs of every row (equal budget)")
-    parser.add_argument("--eval_epochs", type=int, default=30, help="linear-evaluation epochs")
-    parser.add_argument("--supervised_epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=int_at_least(1), default=3, help="pretraining epochs of every row (equal budget)")
+    parser.add_argument("--eval_epochs", type=int_at_least(1), default=30, help="linear-evaluation epochs")
+    parser.add_argument("--supervised_epochs", type=int_at_least(1), default=None,
                         help="epochs of the supervised row (default: --epochs); raise it to match the rows' minutes")
     parser.add_argument("--run_dir", default=str(ROOT / "runs" / "ablation"))
     parser.add_argument("--out", default=None, help="Markdown file for the table")
@@ -113,7 +113,11 @@ def main() -> None:
     parser.add_argument("--skip_semi", action="store_true")
     parser.add_argument("--references_only", action="store_true",
                         help="only the supervised and raw-pixel reference rows (no pretraining, no semi-supervised rows)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     cfg = load_config(args.config, args.set, schema=PretrainConfig)
     common = [f"epochs={args.epochs}", f"warmup_epochs={min(1, args.epochs - 1)}", f"run_dir={args.run_dir}",
               "resume=false", "trainer.progress_bar=false"] + args.set

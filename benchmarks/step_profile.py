@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mvmr.cli.common import cpu_supports_bf16, format_table
+from mvmr.cli.common import cpu_supports_bf16, format_table, int_at_least
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import DatasetInfo
 from mvmr.errors import MVMRError
@@ -34,12 +34,7 @@ def shape_label(shapes: list) -> str:
     return ", ".join("x".join(map(str, s)) for s in shapes if s)[:60]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+positive_int = int_at_least(1)  # argparse type: an integer >= 1
 
 
 def config_module(cfg: PretrainConfig, channels: int) -> MVMRPretrainModule:

@@ -35,7 +35,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mvmr.cli.common import cpu_supports_bf16, format_table
+from mvmr.cli.common import cpu_supports_bf16, format_table, int_at_least
 from mvmr.config import DatasetConfig, PretrainConfig, RepresentationConfig, load_config
 from mvmr.data import DatasetInfo, MVMRDataModule
 from mvmr.methods.optim import OPTIMIZERS, fused_supported
@@ -166,22 +166,16 @@ def data_pipeline_images_per_s(size: int, batch: int, n_batches: int = 20) -> tu
     return seen / (time.perf_counter() - start), name
 
 
-def at_least(low: int):
-    """argparse type: an integer >= ``low``."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text}")
-        return value
-    return parse
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int_at_least(2), default=5, help="interleaved rounds (their quartiles need 2)")
+    parser.add_argument("--max_dim", type=int, default=8192, help="cache.max_dim of the cached_proj variant")
+    parser.add_argument("--fp32", action="store_true", help="float32 even where bf16 is available")
+    return parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=at_least(2), default=5, help="interleaved rounds (their quartiles need 2)")
-    parser.add_argument("--max_dim", type=int, default=8192, help="cache.max_dim of the cached_proj variant")
-    parser.add_argument("--fp32", action="store_true", help="float32 even where bf16 is available")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     precision = None if args.fp32 or not cpu_supports_bf16() else torch.bfloat16
     torch.manual_seed(0)
     label = "bf16 autocast" if precision else "float32"

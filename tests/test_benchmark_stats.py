@@ -48,9 +48,39 @@ def test_small_map_conv_interleaved_alternates_order_and_drops_warmup():
     assert all(t >= 0 for v in times.values() for t in v)
 
 
-def test_step_time_rounds_must_allow_quartiles():
-    at_least = load_benchmark("step_time").at_least
-    assert at_least(2)("2") == 2 and at_least(0)("0") == 0
-    for low, bad in ((2, "1"), (0, "-1")):
+def test_int_at_least_gives_usage_errors():
+    """The benchmarks' argparse type (step_time's --rounds needs 2 for quartiles; ablation's epoch counts need 1)."""
+    from mvmr.cli.common import int_at_least
+
+    assert int_at_least(2)("2") == 2 and int_at_least(0)("0") == 0
+    for low, bad in ((2, "1"), (0, "-1"), (1, "two"), (1, "1.5")):
         with pytest.raises(argparse.ArgumentTypeError, match=f">= {low}"):
-            at_least(low)(bad)
+            int_at_least(low)(bad)
+
+
+def test_benchmark_flags_reject_bad_counts_before_any_work(capsys):
+    """A bad count stops the script at argument parsing (exit 2, one line naming the flag), not after an hour."""
+    for script, argv in (("step_time", ["--rounds", "1"]), ("ablation", ["--supervised_epochs", "0"]),
+                         ("ablation", ["--epochs", "0"])):
+        with pytest.raises(SystemExit) as exit_info:
+            load_benchmark(script).build_parser().parse_args(argv)
+        assert exit_info.value.code == 2
+        assert argv[0] in capsys.readouterr().err
+
+
+def test_isolated_extra_work_names_every_piece(tmp_path):
+    """Smoke test at 32 px, batch 4: the four pieces of the cached step's extra work come back as finite seconds
+    (the keys name the cache's four representations; timing differences may be slightly negative)."""
+    import math
+
+    import torch
+
+    step_time = load_benchmark("step_time")
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    stepper = step_time.Stepper(step_time.make_module(32, 4, step_time.AUTHORS), None)
+    step_time.attach_cache(stepper.module, images, str(tmp_path))
+    pieces = step_time.isolated_extra_work(stepper, images[:4], torch.arange(4), rounds=1)
+    assert list(pieces) == ["the augmented copy's view (one more per step)", "the augmented copy's dCor term",
+                            "the 4 cache reads", "the 4 cached dCor terms"]
+    assert all(math.isfinite(seconds) for seconds in pieces.values())

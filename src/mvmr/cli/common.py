@@ -21,6 +21,19 @@ from mvmr.errors import ConfigError, MVMRError
 
 
 # ------------------------------------------------------------------------------ errors and flags
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low`` (a bad value is a one-line usage error, not a traceback later)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
 def run_main(fn: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[str] | None], int]:
     """Wrap an entry point: MVMRError -> 'error: ...' on stderr and exit 2; Ctrl-C -> exit 130."""
 
