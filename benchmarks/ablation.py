@@ -70,11 +70,18 @@ def write_random_checkpoint(cfg: PretrainConfig, path: Path) -> Path:
 def supervised_recipe(cfg: PretrainConfig, epochs: int) -> list[str]:
     """Overrides of the fine-tuning config that make it supervised training from scratch with every label and the
     pretraining rows' recipe (the config's batch, optimiser, lr for backbone and head alike, weight decay,
-    schedule and augmentation policy; the rows' one warm-up epoch); the fine-tuning defaults (lr 1e-4, no warm-up) are made for a pretrained
+    schedule and augmentation; the rows' one warm-up epoch); the fine-tuning defaults (lr 1e-4, no warm-up) are made for a pretrained
     encoder and leave a random one under-trained."""
     return [f"epochs={epochs}", "dataset.percentage=100", f"batch_size={cfg.batch_size}", f"optimizer={cfg.optimizer}",
             f"lr={cfg.lr}", f"lr_head={cfg.lr}", f"wd={cfg.wd}", f"warmup_epochs={min(1, epochs - 1)}",
-            f"scheduler={cfg.scheduler}", f"dataset.aug_policy={cfg.dataset.aug_policy}", "name=abl_supervised"]
+            f"scheduler={cfg.scheduler}", *augmentation_overrides(cfg.dataset), "name=abl_supervised"]
+
+
+def augmentation_overrides(dataset) -> list[str]:
+    """``--set`` overrides that give another config ``dataset``'s x' view: policy, strength, crop range, erasing."""
+    crop = "null" if dataset.crop_scale is None else f"[{dataset.crop_scale[0]},{dataset.crop_scale[1]}]"
+    return [f"dataset.aug_policy={dataset.aug_policy}", f"dataset.aug_strength={dataset.aug_strength}",
+            f"dataset.crop_scale={crop}", f"dataset.erase_p={dataset.erase_p}"]
 
 
 def pixel_logistic_regression(cfg: PretrainConfig, eval_epochs: int) -> float:

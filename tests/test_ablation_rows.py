@@ -39,4 +39,23 @@ def test_supervised_row_trains_from_scratch_with_the_pretraining_recipe():
     assert (cfg.warmup_epochs, cfg.scheduler, cfg.dataset.aug_policy) == (1, pretrain.scheduler,
                                                                          pretrain.dataset.aug_policy)
     assert load_benchmark("ablation").supervised_recipe(pretrain, 1)[-1] == "name=abl_supervised"
+
+
+def test_supervised_row_gets_the_whole_augmentation_of_the_pretraining_config():
+    """Not just the policy's name: its crop range, strength and erasing too (they change the x' view)."""
+    from pathlib import Path
+
+    from mvmr.config import SemiSupervisedConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    semi_path = root / "fashion_mnist_semi_supervised.yaml"
+    recipe = load_benchmark("ablation").supervised_recipe
+    for extra in (["dataset.aug_policy=crop", "dataset.crop_scale=[0.5,0.9]", "dataset.aug_strength=0.5",
+                   "dataset.erase_p=0.25"], ["dataset.aug_policy=custom", "dataset.crop_scale=null"]):
+        pretrain = load_config(root / "fashion_mnist_self_supervised.yaml", extra)
+        cfg = load_config(semi_path, ["dataset.crop_scale=[0.3,0.4]", "dataset.erase_p=0.5"] + recipe(pretrain, 3),
+                          schema=SemiSupervisedConfig)
+        got, want = cfg.dataset, pretrain.dataset
+        assert (got.aug_policy, got.crop_scale, got.aug_strength, got.erase_p) == (
+            want.aug_policy, want.crop_scale, want.aug_strength, want.erase_p)
     assert "warmup_epochs=0" in load_benchmark("ablation").supervised_recipe(pretrain, 1)  # warm-up < epochs
