@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import platform
 import time
 from pathlib import Path
@@ -77,11 +78,12 @@ def supervised_recipe(cfg: PretrainConfig, epochs: int) -> list[str]:
             f"scheduler={cfg.scheduler}", *augmentation_overrides(cfg.dataset), "name=abl_supervised"]
 
 
+AUGMENTATION_KEYS = ("aug_policy", "aug_strength", "crop_scale", "erase_p")  # the dataset keys that shape x'
+
+
 def augmentation_overrides(dataset) -> list[str]:
-    """``--set`` overrides that give another config ``dataset``'s x' view: policy, strength, crop range, erasing."""
-    crop = "null" if dataset.crop_scale is None else f"[{dataset.crop_scale[0]},{dataset.crop_scale[1]}]"
-    return [f"dataset.aug_policy={dataset.aug_policy}", f"dataset.aug_strength={dataset.aug_strength}",
-            f"dataset.crop_scale={crop}", f"dataset.erase_p={dataset.erase_p}"]
+    """``--set`` overrides that give another config ``dataset``'s x' view (JSON values are YAML, None is null)."""
+    return [f"dataset.{key}={json.dumps(getattr(dataset, key))}" for key in AUGMENTATION_KEYS]
 
 
 def pixel_logistic_regression(cfg: PretrainConfig, eval_epochs: int) -> float:
