@@ -6,7 +6,9 @@ Both sides get uint8 (B, 3, S, S) batches and return normalised float32 (B, 3, S
 (random resized crop, flip, colour jitter p=0.8, grayscale p=0.2, blur p=0.5, solarize p=0.1).
 A second table times mvmr's vectorised colour jitter, blur and solarize against kornia's per-sample ops
 (the ones they replaced) on the same float batches. A third times the view on the CPU in chunks of
-``CPU_CHUNK_BYTES`` (what it does by default) against one call on the whole batch, interleaved round by round.
+``CPU_CHUNK_BYTES`` (what it does by default) against one call on the whole batch, and a fourth the view with its
+hue rotation compiled by torch.compile (the default, ``compile_view_ops``) against the eager one; both interleaved
+round by round.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torchvision.transforms.v2 as T
 from mvmr.data.views import build_train_view
 from mvmr.data.views.photometric import (BLUR_SIGMA, JITTER, ColourJitter, GaussianBlur, Solarize,
                                          blur_kernel_size)
-from mvmr.data.views.policies import CPU_CHUNK_BYTES, default_crop_scale
+from mvmr.data.views.policies import default_crop_scale
 
 CASES = [(32, 256), (96, 64)]  # (size, batch)
 CHUNK_CASES = [(32, 256), (64, 256), (96, 128), (128, 64), (224, 32)]  # (size, batch): x' + one copy at 96 px
@@ -90,25 +92,37 @@ def main() -> None:
     if args.device == "cpu":
         print(f"\n{'size':>5} {'batch':>6} {'chunk':>6} {'chunked ms':>11} {'one call ms':>12} {'speed-up':>9}")
         for size, batch in CHUNK_CASES:
-            chunked, whole, chunk = chunked_vs_whole(size, batch, args.repeats)
-            print(f"{size:>5} {batch:>6} {chunk:>6} {chunked:>11.1f} {whole:>12.1f} {whole / chunked:>8.2f}x")
+            images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+            chunked = build_train_view("custom", size, MEAN, STD, 3)
+            whole = build_train_view("custom", size, MEAN, STD, 3)
+            whole.chunk_bytes = 0
+            ms = interleaved_ms({"chunked": chunked, "whole": whole}, images, args.repeats)
+            print(f"{size:>5} {batch:>6} {chunked.chunk_size(images):>6} {ms['chunked']:>11.1f} {ms['whole']:>12.1f} "
+                  f"{ms['whole'] / ms['chunked']:>8.2f}x")
+
+    print(f"\n{'size':>5} {'batch':>6} {'hue compiled ms':>16} {'eager ms':>9} {'speed-up':>9}")
+    for size, batch in CHUNK_CASES:
+        images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=args.device)
+        views = {compiled: build_train_view("custom", size, MEAN, STD, 3, compile_ops=compiled).to(args.device)
+                 for compiled in (True, False)}
+        ms = interleaved_ms(views, images, args.repeats)
+        print(f"{size:>5} {batch:>6} {ms[True]:>16.1f} {ms[False]:>9.1f} {ms[False] / ms[True]:>8.2f}x")
 
 
-def chunked_vs_whole(size: int, batch: int, rounds: int) -> tuple[float, float, int]:
-    """Median ms per batch of the CPU view in chunks and in one call (interleaved rounds), and the chunk size."""
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    view = build_train_view("custom", size, MEAN, STD, 3)
-    times = {CPU_CHUNK_BYTES: [], 0: []}
+def interleaved_ms(runs: dict, images: torch.Tensor, rounds: int) -> dict:
+    """Median ms per call of each of ``runs`` on ``images``, the runs interleaved round by round (round 0, which
+    also compiles, is not timed)."""
+    sync = torch.cuda.synchronize if images.is_cuda else (lambda: None)
+    times = {name: [] for name in runs}
     for r in range(rounds + 1):
-        for chunk_bytes, spent in times.items():
-            view.chunk_bytes = chunk_bytes
+        for name, run in runs.items():
+            sync()
             start = time.perf_counter()
-            view(images)
-            if r:  # round 0 warms up
-                spent.append(time.perf_counter() - start)
-    view.chunk_bytes = CPU_CHUNK_BYTES
-    chunk = view.chunk_size(images)
-    return statistics.median(times[CPU_CHUNK_BYTES]) * 1e3, statistics.median(times[0]) * 1e3, chunk
+            run(images)
+            sync()
+            if r:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(spent) * 1e3 for name, spent in times.items()}
 
 
 if __name__ == "__main__":

@@ -293,6 +293,53 @@ def test_hue_shift_equals_torchvision_across_the_colour_wheel():
         torch.testing.assert_close(result, TF.adjust_hue(image, shift.item()), rtol=0, atol=2e-6)  # float32 inside
 
 
+def test_compiled_hue_shift_equals_the_eager_formula():
+    """The fused hue step (torch.compile) == the eager ``_shift_hue`` on float32 images with greys, saturated pixels
+    and ties of the channel maximum, for two batch sizes (dynamic shapes)."""
+    from mvmr.data.views.photometric import _shift_hue, shift_hue_compiled
+
+    torch.manual_seed(3)
+    for batch in (5, 8):
+        images = torch.rand(batch, 3, 12, 10)
+        images[0] = images[0].round()
+        images[1] = images[1, :1].expand(3, -1, -1)  # grey: hue undefined, must stay grey
+        shifts = torch.empty(batch).uniform_(-0.5, 0.5)
+        out = shift_hue_compiled(images, shifts)
+        if shift_hue_compiled.failed:
+            pytest.skip("torch.compile does not work on this machine (no C++ compiler?); the eager fallback is tested")
+        torch.testing.assert_close(out, _shift_hue(images, shifts), rtol=0, atol=1e-6)
+
+
+def test_a_failing_compile_falls_back_to_eager_with_one_line(monkeypatch, capsys):
+    """A compiler that raises: the eager function's result, one warning line, no second attempt."""
+    from mvmr.compiled import CompiledOrEager
+
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            calls.append(args)
+            raise RuntimeError("InductorError: no C++ compiler\nlong traceback")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    double = CompiledOrEager(lambda x: 2 * x)
+    x = torch.arange(4.0)
+    assert torch.equal(double(x), 2 * x) and torch.equal(double(x), 2 * x)
+    assert len(calls) == 1 and double.failed
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch.compile of <lambda> failed" in err[0] and "no C++ compiler" in err[0]
+
+
+@pytest.mark.parametrize("compile_ops", [True, False])
+def test_compile_ops_reaches_the_colour_jitter(compile_ops):
+    from mvmr.data.views.photometric import ColourJitter
+
+    view = build_train_view("custom", 32, (0.5,) * 3, (0.25,) * 3, 3, compile_ops=compile_ops)
+    jitters = [m for m in view.modules() if isinstance(m, ColourJitter)]
+    assert len(jitters) == 1 and jitters[0].compile_hue is compile_ops
+
+
 def test_colour_jitter_factor_ranges_and_gate_rate():
     from mvmr.data.views.photometric import ColourJitter
 

@@ -60,7 +60,8 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         size = cfg.dataset.size
         self.train_view = build_train_view(cfg.dataset.aug_policy, size, info.mean, info.std, channels,
                                            strength=cfg.dataset.aug_strength,
-                                           crop_scale=cfg.dataset.crop_scale, erase_p=cfg.dataset.erase_p)
+                                           crop_scale=cfg.dataset.crop_scale, erase_p=cfg.dataset.erase_p,
+                                           compile_ops=cfg.compile_view_ops)
         self.eval_view = build_eval_view(size, info.mean, info.std)
         self.register_buffer("_mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)

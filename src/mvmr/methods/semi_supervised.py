@@ -35,7 +35,8 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
         size = cfg.dataset.size
         self.train_view = build_train_view(cfg.dataset.aug_policy, size, info.mean, info.std, info.channels,
                                            strength=cfg.dataset.aug_strength,
-                                           crop_scale=cfg.dataset.crop_scale, erase_p=cfg.dataset.erase_p)
+                                           crop_scale=cfg.dataset.crop_scale, erase_p=cfg.dataset.erase_p,
+                                           compile_ops=cfg.compile_view_ops)
         self.eval_view = build_eval_view(size, info.mean, info.std)
 
     @classmethod
