@@ -331,6 +331,21 @@ def test_a_failing_compile_falls_back_to_eager_with_one_line(monkeypatch, capsys
     assert len(err) == 1 and "torch.compile of <lambda> failed" in err[0] and "no C++ compiler" in err[0]
 
 
+def test_an_error_of_the_function_itself_propagates_and_keeps_the_compiled_path(monkeypatch, capsys):
+    """Bad inputs fail eagerly too: their error is raised, no warning, and compiling is not given up."""
+    from mvmr.compiled import CompiledOrEager
+
+    def shape_checking_compile(fn, **kwargs):
+        return fn  # "compiled" code that fails exactly where the function does
+
+    monkeypatch.setattr(torch, "compile", shape_checking_compile)
+    add = CompiledOrEager(lambda x, y: x + y)
+    with pytest.raises(RuntimeError):
+        add(torch.ones(3), torch.ones(4))
+    assert not add.failed and capsys.readouterr().err == ""
+    assert torch.equal(add(torch.ones(2), torch.ones(2)), torch.full((2,), 2.0))
+
+
 @pytest.mark.parametrize("compile_ops", [True, False])
 def test_compile_ops_reaches_the_colour_jitter(compile_ops):
     from mvmr.data.views.photometric import ColourJitter

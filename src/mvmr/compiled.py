@@ -10,8 +10,8 @@ import torch
 class CompiledOrEager:
     """Calls ``fn`` compiled by ``torch.compile(dynamic=True)`` (one kernel instead of one pass over memory per
     elementwise op); compiled lazily on the first call. If compiling or running the compiled code raises (no C++
-    compiler, an unsupported backend), one line goes to stderr and ``fn`` runs eagerly from then on: the result is
-    the same function's either way. ``fn`` must be free of Python side effects and data-dependent control flow."""
+    compiler, an unsupported backend) and ``fn`` itself succeeds, one line goes to stderr and ``fn`` runs eagerly from
+    then on: the result is the same function's either way. An error of ``fn`` itself (bad inputs) propagates. ``fn`` must be free of Python side effects and data-dependent control flow."""
 
     def __init__(self, fn: Callable[..., torch.Tensor]):
         self.fn = fn
@@ -26,8 +26,9 @@ class CompiledOrEager:
         try:
             return self._compiled(*args)
         except Exception as error:  # noqa: BLE001 - any compiler failure: the eager function is the fallback
+            result = self.fn(*args)  # raises too when the inputs, not the compiler, are at fault
             self.failed = True
             reason = (str(error).strip().splitlines() or [""])[0][:200]
             print(f"warning: torch.compile of {self.fn.__name__} failed ({type(error).__name__}: {reason}); it runs "
                   f"eagerly (compile_view_ops: false skips the attempt)", file=sys.stderr)
-            return self.fn(*args)
+            return result
