@@ -105,7 +105,8 @@ def test_load_encoder_gives_the_trained_backbone_and_its_transform(pretrained_ru
     assert torch.equal(x, module.eval_view(images))  # the run's x̄, image by image
     with torch.no_grad():
         feats = backbone(x)
-        assert feats.shape == (3, backbone.feature_dim) == (3, 8 * 16)  # encoder.width=16 in TINY: layer4 has 8x the first stage's channels
+        # encoder.width=16 in TINY: layer4 has 8x the first stage's channels
+        assert feats.shape == (3, backbone.feature_dim) == (3, 8 * 16)
         torch.testing.assert_close(feats, module(x), rtol=1e-4, atol=1e-5)
 
 

@@ -318,3 +318,26 @@ def test_fused_kernels_only_where_the_device_has_them():
     assert fused_supported([{"params": [torch.nn.Parameter(torch.zeros(3))]}])
     assert not fused_supported([{"params": [torch.nn.Parameter(torch.zeros(3, device="meta"))]}])
     assert not fused_supported([{"params": []}])
+
+
+@pytest.mark.parametrize("compile_view_ops", [True, False])
+def test_both_trainers_build_x_prime_from_the_config(compile_view_ops):
+    """Pretraining and fine-tuning modules get the config's policy, crop range and compile_view_ops in their x'."""
+    from mvmr.config import EncoderConfig, SemiSupervisedConfig, load_config
+    from mvmr.data import DatasetInfo
+    from mvmr.data.views.geometric import ResizedCropFlip
+    from mvmr.data.views.photometric import ColourJitter
+    from mvmr.methods.pretrain import MVMRPretrainModule
+    from mvmr.methods.semi_supervised import SemiSupervisedModule
+
+    info = DatasetInfo(n_classes=10, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    overrides = ["encoder.backbone=resnet18", "encoder.out_dim=32-32", "dataset.size=32", "dataset.aug_policy=custom",
+                 "dataset.crop_scale=[0.3,0.4]", f"compile_view_ops={str(compile_view_ops).lower()}"]
+    modules = [MVMRPretrainModule(load_config(None, overrides + ["representations=[]"]), info),
+               SemiSupervisedModule(load_config(None, overrides[2:], schema=SemiSupervisedConfig), info,
+                                    EncoderConfig(backbone="resnet18"), 10)]
+    for module in modules:
+        jitters = [m for m in module.train_view.modules() if isinstance(m, ColourJitter)]
+        crops = [m for m in module.train_view.modules() if isinstance(m, ResizedCropFlip)]
+        assert [j.compile_hue for j in jitters] == [compile_view_ops]
+        assert [c.scale for c in crops] == [(0.3, 0.4)]

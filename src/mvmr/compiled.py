@@ -10,8 +10,9 @@ import torch
 class CompiledOrEager:
     """Calls ``fn`` compiled by ``torch.compile(dynamic=True)`` (one kernel instead of one pass over memory per
     elementwise op); compiled lazily on the first call. If compiling or running the compiled code raises (no C++
-    compiler, an unsupported backend) and ``fn`` itself succeeds, one line goes to stderr and ``fn`` runs eagerly from
-    then on: the result is the same function's either way. An error of ``fn`` itself (bad inputs) propagates. ``fn`` must be free of Python side effects and data-dependent control flow."""
+    compiler, an unsupported backend) and ``fn`` itself succeeds, one line goes to stderr and ``fn`` runs eagerly
+    from then on: the result is the same function's either way. An error of ``fn`` itself (bad inputs) propagates.
+    ``fn`` must be free of Python side effects and data-dependent control flow."""
 
     def __init__(self, fn: Callable[..., torch.Tensor]):
         self.fn = fn

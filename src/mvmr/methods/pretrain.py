@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvmr.config import PretrainConfig, build_dataclass, to_dict
-from mvmr.data.views import build_eval_view, build_train_view
+from mvmr.data.views import build_eval_view, train_view_from_config
 from mvmr.errors import MVMRError
 from mvmr.losses import MVMRObjective
 from mvmr.methods.optim import build_optimizer, param_groups
@@ -58,10 +58,7 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
             self.backbone.compile()
         self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim)
         size = cfg.dataset.size
-        self.train_view = build_train_view(cfg.dataset.aug_policy, size, info.mean, info.std, channels,
-                                           strength=cfg.dataset.aug_strength,
-                                           crop_scale=cfg.dataset.crop_scale, erase_p=cfg.dataset.erase_p,
-                                           compile_ops=cfg.compile_view_ops)
+        self.train_view = train_view_from_config(cfg, info.mean, info.std, channels)
         self.eval_view = build_eval_view(size, info.mean, info.std)
         self.register_buffer("_mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)

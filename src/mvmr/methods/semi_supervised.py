@@ -11,7 +11,7 @@ from torch import nn
 
 from mvmr.checkpoint import encoder_config_of, load_backbone_weights, load_checkpoint
 from mvmr.config import EncoderConfig, PretrainConfig, SemiSupervisedConfig, build_dataclass, to_dict
-from mvmr.data.views import build_eval_view, build_train_view
+from mvmr.data.views import build_eval_view, train_view_from_config
 from mvmr.errors import CheckpointError
 from mvmr.methods.optim import build_optimizer, param_groups
 from mvmr.methods.topk import TopKEvaluation, topk_correct
@@ -33,10 +33,7 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
             self.backbone.compile()
         self.head = nn.Linear(self.feature_dim, n_classes)
         size = cfg.dataset.size
-        self.train_view = build_train_view(cfg.dataset.aug_policy, size, info.mean, info.std, info.channels,
-                                           strength=cfg.dataset.aug_strength,
-                                           crop_scale=cfg.dataset.crop_scale, erase_p=cfg.dataset.erase_p,
-                                           compile_ops=cfg.compile_view_ops)
+        self.train_view = train_view_from_config(cfg, info.mean, info.std, info.channels)
         self.eval_view = build_eval_view(size, info.mean, info.std)
 
     @classmethod

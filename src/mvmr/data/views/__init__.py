@@ -6,8 +6,9 @@ run under ``torch.no_grad()`` on CPU or CUDA and are reproducible under ``torch.
 """
 from mvmr.data.views.evaluation import (EvalTransform, EvalView, MirroredView, TenCropView, build_eval_view,
                                         build_feature_view, build_ten_crop_view, build_test_view, eval_transform)
-from mvmr.data.views.policies import VIEW_POLICIES, CustomKnobs, TrainView, build_train_view
+from mvmr.data.views.policies import (VIEW_POLICIES, CustomKnobs, TrainView, build_train_view,
+                                     train_view_from_config)
 
 __all__ = ["VIEW_POLICIES", "CustomKnobs", "EvalTransform", "EvalView", "MirroredView", "TenCropView", "TrainView",
            "build_eval_view", "build_feature_view", "build_ten_crop_view", "build_test_view", "build_train_view",
-           "eval_transform"]
+           "eval_transform", "train_view_from_config"]

@@ -142,3 +142,11 @@ def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequenc
         if isinstance(module, ColourJitter):
             module.compile_hue = compile_ops
     return TrainView(augment, mean, std, size)
+
+
+def train_view_from_config(cfg, mean: Sequence[float], std: Sequence[float], channels: int) -> nn.Module:
+    """``build_train_view`` from a trainer config: its ``dataset`` section (policy, size, strength, crop range,
+    erasing) and ``compile_view_ops``."""
+    data = cfg.dataset
+    return build_train_view(data.aug_policy, data.size, mean, std, channels, strength=data.aug_strength,
+                            crop_scale=data.crop_scale, erase_p=data.erase_p, compile_ops=cfg.compile_view_ops)
