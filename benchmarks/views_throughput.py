@@ -4,11 +4,11 @@
 
 Both sides get uint8 (B, 3, S, S) batches and return normalised float32 (B, 3, S, S) with the same policy
 (random resized crop, flip, colour jitter p=0.8, grayscale p=0.2, blur p=0.5, solarize p=0.1).
-A second table times mvmr's vectorised colour jitter, blur and solarize against kornia's per-sample ops
-(the ones they replaced) on the same float batches. A third times the view on the CPU in chunks of
+A second table times mvmr's vectorised colour jitter, grayscale, blur and solarize against kornia's per-sample
+ops (the ones they replaced) on the same float batches. A third times the view on the CPU in chunks of
 ``CPU_CHUNK_BYTES`` (what it does by default) against one call on the whole batch, and a fourth the view with its
-hue rotation compiled by torch.compile (the default, ``compile_view_ops``) against the eager one; both interleaved
-round by round.
+colour ops compiled by torch.compile (the default, ``compile_view_ops``) against the eager one; both interleaved
+round by round. ``--tables 4`` prints the fourth only (any subset of 1 2 3 4).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import torch
 import torchvision.transforms.v2 as T
 
 from mvmr.data.views import build_train_view
-from mvmr.data.views.photometric import (BLUR_SIGMA, JITTER, ColourJitter, GaussianBlur, Solarize,
-                                         blur_kernel_size)
+from mvmr.data.views.photometric import (BLUR_SIGMA, JITTER, ColourJitter, GaussianBlur, RandomGrayscale,
+                                         Solarize, blur_kernel_size)
 from mvmr.data.views.policies import default_crop_scale
 
 CASES = [(32, 256), (96, 64)]  # (size, batch)
@@ -64,9 +64,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="device of the mvmr view (the torchvision loop runs on CPU)")
+    parser.add_argument("--tables", type=int, nargs="+", choices=(1, 2, 3, 4), default=[1, 2, 3, 4])
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch threads: {torch.get_num_threads()}, mvmr view on {args.device}")
+    if 1 in args.tables:
+        throughput_against_torchvision(args)
+    if 2 in args.tables:
+        ops_against_kornia(args)
+    if 3 in args.tables and args.device == "cpu":
+        chunked_against_whole(args)
+    if 4 in args.tables:
+        compiled_against_eager(args)
+
+
+def throughput_against_torchvision(args: argparse.Namespace) -> None:
     print(f"{'size':>5} {'batch':>6} {'mvmr img/s':>12} {'torchvision loop img/s':>23} {'ratio':>7}")
     for size, batch in CASES:
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
@@ -76,6 +88,8 @@ def main() -> None:
         loop = images_per_second(lambda x: torch.stack([per_sample(image) for image in x]), images, args.repeats)
         print(f"{size:>5} {batch:>6} {ours:>12.0f} {loop:>23.0f} {ours / loop:>6.1f}x")
 
+
+def ops_against_kornia(args: argparse.Namespace) -> None:
     print(f"\n{'size':>5} {'batch':>6} {'op':>10} {'mvmr img/s':>12} {'kornia img/s':>13} {'ratio':>7}")
     for size, batch in CASES:
         images = torch.rand(batch, 3, size, size, device=args.device)
@@ -83,30 +97,34 @@ def main() -> None:
         pairs = {"jitter": (ColourJitter(*JITTER, p=0.8), K.ColorJitter(*JITTER, p=0.8)),
                  "blur": (GaussianBlur(kernel, BLUR_SIGMA, p=0.5),
                           K.RandomGaussianBlur((kernel, kernel), BLUR_SIGMA, border_type="reflect", p=0.5)),
+                 "grayscale": (RandomGrayscale(p=0.2), K.RandomGrayscale(p=0.2)),
                  "solarize": (Solarize(p=0.1), K.RandomSolarize(thresholds=0.0, additions=0.0, p=0.1))}
         for name, (mine, theirs) in pairs.items():
             ours = images_per_second(mine.to(args.device), images, args.repeats)
             kornia = images_per_second(theirs.to(args.device), images, args.repeats)
             print(f"{size:>5} {batch:>6} {name:>10} {ours:>12.0f} {kornia:>13.0f} {ours / kornia:>6.1f}x")
 
-    if args.device == "cpu":
-        print(f"\n{'size':>5} {'batch':>6} {'chunk':>6} {'chunked ms':>11} {'one call ms':>12} {'speed-up':>9}")
-        for size, batch in CHUNK_CASES:
-            images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-            chunked = build_train_view("custom", size, MEAN, STD, 3)
-            whole = build_train_view("custom", size, MEAN, STD, 3)
-            whole.chunk_bytes = 0
-            ms = interleaved_ms({"chunked": chunked, "whole": whole}, images, args.repeats)
-            print(f"{size:>5} {batch:>6} {chunked.chunk_size(images):>6} {ms['chunked']:>11.1f} {ms['whole']:>12.1f} "
-                  f"{ms['whole'] / ms['chunked']:>8.2f}x")
 
-    print(f"\n{'size':>5} {'batch':>6} {'hue compiled ms':>16} {'eager ms':>9} {'speed-up':>9}")
+def chunked_against_whole(args: argparse.Namespace) -> None:
+    print(f"\n{'size':>5} {'batch':>6} {'chunk':>6} {'chunked ms':>11} {'one call ms':>12} {'speed-up':>9}")
+    for size, batch in CHUNK_CASES:
+        images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+        chunked = build_train_view("custom", size, MEAN, STD, 3)
+        whole = build_train_view("custom", size, MEAN, STD, 3)
+        whole.chunk_bytes = 0
+        ms = interleaved_ms({"chunked": chunked, "whole": whole}, images, args.repeats)
+        print(f"{size:>5} {batch:>6} {chunked.chunk_size(images):>6} {ms['chunked']:>11.1f} {ms['whole']:>12.1f} "
+              f"{ms['whole'] / ms['chunked']:>8.2f}x")
+
+
+def compiled_against_eager(args: argparse.Namespace) -> None:
+    print(f"\n{'size':>5} {'batch':>6} {'compiled ms':>12} {'eager ms':>9} {'speed-up':>9}")
     for size, batch in CHUNK_CASES:
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=args.device)
         views = {compiled: build_train_view("custom", size, MEAN, STD, 3, compile_ops=compiled).to(args.device)
                  for compiled in (True, False)}
         ms = interleaved_ms(views, images, args.repeats)
-        print(f"{size:>5} {batch:>6} {ms[True]:>16.1f} {ms[False]:>9.1f} {ms[False] / ms[True]:>8.2f}x")
+        print(f"{size:>5} {batch:>6} {ms[True]:>12.1f} {ms[False]:>9.1f} {ms[False] / ms[True]:>8.2f}x")
 
 
 def interleaved_ms(runs: dict, images: torch.Tensor, rounds: int) -> dict:

@@ -339,5 +339,5 @@ def test_both_trainers_build_x_prime_from_the_config(compile_view_ops):
     for module in modules:
         jitters = [m for m in module.train_view.modules() if isinstance(m, ColourJitter)]
         crops = [m for m in module.train_view.modules() if isinstance(m, ResizedCropFlip)]
-        assert [j.compile_hue for j in jitters] == [compile_view_ops]
+        assert [j.compiled for j in jitters] == [compile_view_ops]
         assert [c.scale for c in crops] == [(0.3, 0.4)]

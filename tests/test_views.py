@@ -229,7 +229,7 @@ def test_solarize_inverts_bright_pixels():
 def test_grayscale_uses_luma_weights():
     images = uint8_images(4, 3, 16)
     x = images.double() / 255
-    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].expand(-1, 3, -1, -1)
+    grey = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].expand(-1, 3, -1, -1)
     assert torch.allclose(colour_only(p_grayscale=1.0)(images).double(), normalise64(grey, 3), atol=1e-5)
 
 
@@ -293,21 +293,61 @@ def test_hue_shift_equals_torchvision_across_the_colour_wheel():
         torch.testing.assert_close(result, TF.adjust_hue(image, shift.item()), rtol=0, atol=2e-6)  # float32 inside
 
 
-def test_compiled_hue_shift_equals_the_eager_formula():
-    """The fused hue step (torch.compile) == the eager ``_shift_hue`` on float32 images with greys, saturated pixels
+def skip_if_compile_failed(compiled):
+    if compiled.failed:
+        pytest.skip("torch.compile does not work on this machine (no C++ compiler?); the eager fallback is tested")
+
+
+@pytest.mark.parametrize("step", ["brightness", "contrast", "saturation", "hue"])
+def test_compiled_jitter_steps_equal_the_eager_formulas(step):
+    """Each fused jitter step (torch.compile) == its eager formula on float32 images with greys, saturated pixels
     and ties of the channel maximum, for two batch sizes (dynamic shapes)."""
-    from mvmr.data.views.photometric import _shift_hue, shift_hue_compiled
+    from mvmr.data.views.photometric import COMPILED_JITTER_STEPS, JITTER_STEPS
 
     torch.manual_seed(3)
     for batch in (5, 8):
         images = torch.rand(batch, 3, 12, 10)
         images[0] = images[0].round()
         images[1] = images[1, :1].expand(3, -1, -1)  # grey: hue undefined, must stay grey
-        shifts = torch.empty(batch).uniform_(-0.5, 0.5)
-        out = shift_hue_compiled(images, shifts)
-        if shift_hue_compiled.failed:
-            pytest.skip("torch.compile does not work on this machine (no C++ compiler?); the eager fallback is tested")
-        torch.testing.assert_close(out, _shift_hue(images, shifts), rtol=0, atol=1e-6)
+        factors = torch.empty(batch).uniform_(-0.5, 0.5) if step == "hue" else torch.empty(batch).uniform_(0, 2)
+        out = COMPILED_JITTER_STEPS[step](images, factors)
+        skip_if_compile_failed(COMPILED_JITTER_STEPS[step])
+        torch.testing.assert_close(out, JITTER_STEPS[step](images, factors), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_random_grayscale_equals_torchvision_on_the_gated_samples(compiled):
+    """Gated samples == torchvision's rgb_to_grayscale(3 channels); the others untouched; the rate is p."""
+    from mvmr.data.views.photometric import RandomGrayscale, to_grey_compiled
+
+    torch.manual_seed(4)
+    images = torch.rand(400, 3, 6, 5)
+    out = RandomGrayscale(p=0.3, compiled=compiled)(images)
+    if compiled:
+        skip_if_compile_failed(to_grey_compiled)
+    grey = (out == out[:, :1]).flatten(1).all(1)
+    untouched = (out == images).flatten(1).all(1)
+    assert bool((grey ^ untouched).all())  # every sample is one or the other (random images are never grey)
+    assert 0.22 < grey.float().mean().item() < 0.38  # 400 draws of p = 0.3: 4.4 standard deviations either side
+    torch.testing.assert_close(out[grey], TF.rgb_to_grayscale(images[grey], num_output_channels=3), rtol=0,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_solarize_inverts_bright_pixels_of_the_gated_samples(compiled):
+    """Gated samples == torchvision's solarize at 0.5; the others untouched."""
+    from mvmr.data.views.photometric import Solarize, solarize_compiled
+
+    torch.manual_seed(5)
+    images = torch.rand(300, 3, 4, 4)
+    images[:, 0, 0, 0] = 0.5  # the threshold itself is inverted (>=), as torchvision
+    out = Solarize(p=0.5, compiled=compiled)(images)
+    if compiled:
+        skip_if_compile_failed(solarize_compiled)
+    flipped = ~(out == images).flatten(1).all(1)
+    assert 0.35 < flipped.float().mean().item() < 0.65
+    torch.testing.assert_close(out[flipped], TF.solarize(images[flipped], 0.5), rtol=0, atol=0)
+    assert torch.equal(out[~flipped], images[~flipped])
 
 
 def test_a_failing_compile_falls_back_to_eager_with_one_line(monkeypatch, capsys):
@@ -347,12 +387,12 @@ def test_an_error_of_the_function_itself_propagates_and_keeps_the_compiled_path(
 
 
 @pytest.mark.parametrize("compile_ops", [True, False])
-def test_compile_ops_reaches_the_colour_jitter(compile_ops):
-    from mvmr.data.views.photometric import ColourJitter
+def test_compile_ops_reaches_the_colour_ops(compile_ops):
+    from mvmr.data.views.photometric import COMPILABLE_OPS
 
     view = build_train_view("custom", 32, (0.5,) * 3, (0.25,) * 3, 3, compile_ops=compile_ops)
-    jitters = [m for m in view.modules() if isinstance(m, ColourJitter)]
-    assert len(jitters) == 1 and jitters[0].compile_hue is compile_ops
+    switches = {type(m).__name__: m.compiled for m in view.modules() if isinstance(m, COMPILABLE_OPS)}
+    assert switches == {"ColourJitter": compile_ops, "RandomGrayscale": compile_ops, "Solarize": compile_ops}
 
 
 def test_colour_jitter_factor_ranges_and_gate_rate():

@@ -167,8 +167,8 @@ class BaseTrainConfig:
                                "else fp16 on CUDA; losses stay float32")
     channels_last: bool = option(True, "channels_last memory format for the encoder")
     compile: bool = option(False, "torch.compile the backbone")
-    compile_view_ops: bool = option(True, "torch.compile the x' view's hue rotation into one kernel (eager, with a "
-                                          "one-line warning, where compiling fails)")
+    compile_view_ops: bool = option(True, "torch.compile the x' view's colour jitter, grayscale and solarize into "
+                                          "fused kernels (eager, with a one-line warning, where compiling fails)")
     accumulate_grad_batches: int = option(1, "gradient accumulation steps", ge=1)
     n_workers: int = option(2, "data-loader worker processes", ge=0)
     log_every: int = option(50, "log every N steps", ge=1)

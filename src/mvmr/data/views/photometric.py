@@ -6,9 +6,8 @@ batch; ``PerSampleChoice`` makes that choice per sample by running each kornia b
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from kornia.augmentation.auto import AutoAugment, RandAugment
@@ -66,9 +65,29 @@ def _shift_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return top.unsqueeze(1) - chroma.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
-# _shift_hue as one fused kernel: 15.7 -> 0.9 ms for 64 images of 96x96x3 on this 2-core CPU (one-off timing,
-# 2026-12-01); about 25 elementwise passes over the batch become one.
-shift_hue_compiled = CompiledOrEager(_shift_hue)
+def _brighten(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``adjust_brightness`` per sample: images * factor (B,), clamped to [0, 1]."""
+    return (images * factor.view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+
+
+def _contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``adjust_contrast`` per sample: a blend with the image's mean grey level."""
+    grey = _luma(images) if images.shape[1] == 3 else images
+    return _blend(images, grey.mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def _saturate(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``adjust_saturation`` per sample: a blend with the grey image (3 channels)."""
+    return _blend(images, _luma(images), factor)
+
+
+# The jitter's steps: (B, C, H, W) images, (B,) factors -> (B, C, H, W).
+JITTER_STEPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "brightness": _brighten, "contrast": _contrast, "saturation": _saturate, "hue": _shift_hue}
+# The same formulas, each fused by torch.compile into one or two kernels instead of one pass over the batch per
+# elementwise op (the hue step: about 25 passes -> 1; 15.7 -> 0.9 ms for 64 images of 96x96x3, one-off timing,
+# 2026-12-01). Compiled lazily, once per step for all shapes; eager if compiling fails (``CompiledOrEager``).
+COMPILED_JITTER_STEPS = {name: CompiledOrEager(step) for name, step in JITTER_STEPS.items()}
 
 
 class ColourJitter(nn.Module):
@@ -78,21 +97,21 @@ class ColourJitter(nn.Module):
     skipped; 1-channel images get brightness and contrast only. (B, C, H, W) in [0, 1] -> same.
 
     Written for speed: kornia's per-sample ColorJitter is slower on the CPU (``benchmarks/views_throughput.py``
-    times both side by side). ``compile_hue``: the hue step runs through ``shift_hue_compiled`` (the same formula
-    fused by torch.compile, eager if compiling fails); False: plain ``_shift_hue``."""
+    times both side by side). ``compiled``: the steps run through ``COMPILED_JITTER_STEPS`` (the same formulas
+    fused by torch.compile, eager if compiling fails); False: the plain ``JITTER_STEPS``."""
 
     def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float = 1.0,
-                 compile_hue: bool = True):
+                 compiled: bool = True):
         super().__init__()
         if not 0 <= hue <= 0.5 or min(brightness, contrast, saturation) < 0:
             raise ConfigError(f"colour jitter magnitudes must be >= 0 and hue <= 0.5; got brightness={brightness}, "
                               f"contrast={contrast}, saturation={saturation}, hue={hue}")
         self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
-        self.compile_hue = compile_hue
+        self.compiled = compiled
 
     def extra_repr(self) -> str:
         return (f"brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, "
-                f"hue={self.hue}, p={self.p}, compile_hue={self.compile_hue}")
+                f"hue={self.hue}, p={self.p}, compiled={self.compiled}")
 
     def draw(self, batch: int, channels: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
         """(gate (B,) bool, factors name -> (B,), order of the enabled steps), from the global CPU generator."""
@@ -110,29 +129,53 @@ class ColourJitter(nn.Module):
 
     @staticmethod
     def apply(images: torch.Tensor, gate: torch.Tensor, factors: dict[str, torch.Tensor], order: list[str],
-              shift_hue: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _shift_hue) -> torch.Tensor:
-        """Jitter the gated samples of ``images`` with the given factors, steps in ``order``; the hue step is
-        ``shift_hue``."""
+              steps: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = JITTER_STEPS
+              ) -> torch.Tensor:
+        """Jitter the gated samples of ``images`` with the given factors, steps in ``order``, each step
+        ``steps[name]`` (the eager formulas by default)."""
         out = images
-        factors = {k: v.to(images.device, images.dtype) for k, v in factors.items()}
         for name in order:
-            f = factors[name]
-            if name == "brightness":
-                out = (out * f.view(-1, 1, 1, 1)).clamp(0.0, 1.0)
-            elif name == "contrast":
-                grey = _luma(out) if out.shape[1] == 3 else out
-                out = _blend(out, grey.mean(dim=(1, 2, 3), keepdim=True), f)
-            elif name == "saturation":
-                out = _blend(out, _luma(out), f)
-            else:
-                out = shift_hue(out, f)
+            out = steps[name](out, factors[name].to(images.device, images.dtype))
         return torch.where(gate.to(images.device).view(-1, 1, 1, 1), out, images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         gate, factors, order = self.draw(images.shape[0], images.shape[1])
         if not gate.any() or not order:
             return images
-        return self.apply(images, gate, factors, order, shift_hue_compiled if self.compile_hue else _shift_hue)
+        return self.apply(images, gate, factors, order, COMPILED_JITTER_STEPS if self.compiled else JITTER_STEPS)
+
+
+def _to_grey(images: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W): the gated samples (gate (B, 1, 1, 1) bool) replaced by their grey level on all channels."""
+    return torch.where(gate, _luma(images), images)
+
+
+def _solarize(images: torch.Tensor, gate: torch.Tensor, threshold: float) -> torch.Tensor:
+    """In the gated samples (gate (B, 1, 1, 1) bool), pixels >= ``threshold`` become 1 - x."""
+    return torch.where(gate & (images >= threshold), 1.0 - images, images)
+
+
+to_grey_compiled = CompiledOrEager(_to_grey)
+solarize_compiled = CompiledOrEager(_solarize)
+
+
+class RandomGrayscale(nn.Module):
+    """Per sample with probability ``p``: RGB -> grey level (``GREY_WEIGHTS``, torchvision's ``rgb_to_grayscale``)
+    on all three channels. (B, 3, H, W) -> same. One fused pass (``compiled``) instead of kornia's per-sample
+    parameter machinery."""
+
+    def __init__(self, p: float, compiled: bool = True):
+        super().__init__()
+        self.p, self.compiled = p, compiled
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, compiled={self.compiled}"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] != 3:
+            raise ValueError(f"grayscale needs RGB images (B, 3, H, W); got {tuple(images.shape)}")
+        gate = (torch.rand(images.shape[0]) < self.p).to(images.device).view(-1, 1, 1, 1)
+        return (to_grey_compiled if self.compiled else _to_grey)(images, gate)
 
 
 def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
@@ -186,15 +229,19 @@ class GaussianBlur(nn.Module):
 
 
 class Solarize(nn.Module):
-    """Per sample with probability ``p``: pixels >= ``threshold`` become 1 - x. (B, C, H, W) in [0, 1] -> same."""
+    """Per sample with probability ``p``: pixels >= ``threshold`` become 1 - x. (B, C, H, W) in [0, 1] -> same.
+    ``compiled``: one fused pass (torch.compile, eager if compiling fails)."""
 
-    def __init__(self, p: float, threshold: float = SOLARIZE_THRESHOLD):
+    def __init__(self, p: float, threshold: float = SOLARIZE_THRESHOLD, compiled: bool = True):
         super().__init__()
-        self.p, self.threshold = p, threshold
+        self.p, self.threshold, self.compiled = p, threshold, compiled
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, threshold={self.threshold}, compiled={self.compiled}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         gate = (torch.rand(images.shape[0]) < self.p).to(images.device).view(-1, 1, 1, 1)
-        return torch.where(gate & (images >= self.threshold), 1.0 - images, images)
+        return (solarize_compiled if self.compiled else _solarize)(images, gate, self.threshold)
 
 
 def colour_ops(size: int, channels: int, strength: float = 1.0, p_jitter: float = 0.8, p_grayscale: float = 0.2,
@@ -203,14 +250,17 @@ def colour_ops(size: int, channels: int, strength: float = 1.0, p_jitter: float 
     subset of the batch (probability p per sample), factors drawn per sample. 1-channel images get brightness and
     contrast only (no saturation, hue or grayscale). (B, C, size, size) -> same, in [0, 1].
 
-    Jitter, blur and solarize are this module's vectorised ops (``ColourJitter``, ``GaussianBlur``, ``Solarize``:
-    the same formulas as torchvision, tested against it, faster than kornia's on the CPU); grayscale is kornia's.
+    All four are this module's vectorised ops (``ColourJitter``, ``RandomGrayscale``, ``GaussianBlur``,
+    ``Solarize``: the same formulas as torchvision, tested against it, faster than kornia's on the CPU).
+    Jitter, grayscale and solarize run fused by torch.compile by default (their ``compiled`` switch, set by
+    ``build_train_view``'s ``compile_ops``; eager if compiling fails); the blur is a depthwise convolution (a
+    compiled shifted-sum blur was 1.27x faster at 96 px but 0.59-0.96x at 64 px and from 128 px up: not kept).
     """
     brightness, contrast, saturation, hue = (m * strength for m in JITTER)
     ops = []
     if channels == 3:
         ops += [ColourJitter(brightness, contrast, saturation, min(hue, 0.5), p=p_jitter),
-                K.RandomGrayscale(p=p_grayscale)]
+                RandomGrayscale(p=p_grayscale)]
     else:
         ops += [ColourJitter(brightness, contrast, 0.0, 0.0, p=p_jitter)]
     kernel = blur_kernel_size(size)
@@ -278,3 +328,6 @@ def auto_augment(size: int) -> nn.Module:
     instead of per batch. Works on 1 and 3 channels (1 via ``OnThreeChannels``)."""
     policy = cifar10_policy if size <= 64 else imagenet_policy
     return OnThreeChannels(PerSampleChoice([AutoAugment(policy=[sub]) for sub in policy]))
+
+
+COMPILABLE_OPS = (ColourJitter, RandomGrayscale, Solarize)  # the ops with a ``compiled`` switch

@@ -9,7 +9,7 @@ from torch import nn
 
 from mvmr.data.views.erasing import RandomErasing
 from mvmr.data.views.geometric import PaddedCropFlip, ResizedCropFlip
-from mvmr.data.views.photometric import ColourJitter, auto_augment, colour_ops, rand_augment
+from mvmr.data.views.photometric import COMPILABLE_OPS, auto_augment, colour_ops, rand_augment
 from mvmr.data.views.tensors import (Normalize, check_normalisation, check_size, make_stateless, to_unit_float,
                                      view_mode)
 from mvmr.errors import ConfigError
@@ -124,8 +124,8 @@ def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequenc
                      erase_p: float = 0.0, compile_ops: bool = True) -> nn.Module:
     """The training view x' of ``policy`` (custom | cifar | crop | randaugment | autoaugment), see ``TrainView``;
     ``crop_scale`` overrides the policy's random-resized-crop area range; ``erase_p`` > 0 appends
-    :class:`RandomErasing` (filled with ``mean``); ``compile_ops``: the colour jitter's hue step runs fused by
-    torch.compile (``ColourJitter``'s ``compile_hue``)."""
+    :class:`RandomErasing` (filled with ``mean``); ``compile_ops``: the colour ops' elementwise formulas run fused
+    by torch.compile (the ``compiled`` switch of jitter, grayscale and solarize)."""
     check_size(size)
     check_normalisation(mean, std, channels)
     if strength < 0:
@@ -139,8 +139,8 @@ def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequenc
     if erase_p > 0:
         augment = nn.Sequential(augment, RandomErasing(erase_p, mean))
     for module in augment.modules():
-        if isinstance(module, ColourJitter):
-            module.compile_hue = compile_ops
+        if isinstance(module, COMPILABLE_OPS):
+            module.compiled = compile_ops
     return TrainView(augment, mean, std, size)
 
 
