@@ -18,7 +18,7 @@ from mvmr.data.views.resample import resample_boxes
 from mvmr.errors import ConfigError, DataError
 from conftest import assert_boxes_like
 
-POLICIES = ["autoaugment", "cifar", "crop", "custom", "randaugment"]
+POLICIES = ["authors", "autoaugment", "cifar", "cifar20", "crop", "custom", "randaugment"]
 MEAN = {1: [0.4], 3: [0.485, 0.456, 0.406]}
 STD = {1: [0.3], 3: [0.229, 0.224, 0.225]}
 NO_RANDOMNESS = CustomKnobs(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), p_flip=0.0, p_jitter=0.0,
@@ -575,7 +575,7 @@ def test_train_views_have_no_trainable_state():
 
 
 def test_errors_are_one_line_and_name_the_fix():
-    with pytest.raises(ConfigError, match="dataset.aug_policy: unknown aug_policy 'mixup'; allowed: autoaugment"):
+    with pytest.raises(ConfigError, match="dataset.aug_policy: unknown aug_policy 'mixup'; allowed: authors, autoaugment"):
         build_train_view("mixup", 16, MEAN[3], STD[3], 3)
     with pytest.raises(ConfigError, match="one value per channel"):
         build_train_view("custom", 16, MEAN[3], STD[3], 1)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvmr.data.views.resample import resample_boxes, resize_center_crop
+from mvmr.data.views.resample import INTERPOLATIONS, resample_boxes, resize_center_crop
 from mvmr.errors import ConfigError
 
 CROP_ATTEMPTS = 10
@@ -79,22 +79,30 @@ def _check_probability(name: str, p: float) -> float:
 
 class ResizedCropFlip(nn.Module):
     """(B, C, H, W) float in [0, 1] -> (B, C, size, size): a random resized crop per sample (antialiased
-    bilinear, see ``resample_boxes``), mirrored with probability ``p_flip``."""
+    ``interpolation``, "bilinear" or "bicubic", see ``resample_boxes``; bicubic may overshoot [0, 1]), mirrored
+    with probability ``p_flip``."""
 
     def __init__(self, size: int, scale: Tuple[float, float], ratio: Tuple[float, float] = (3 / 4, 4 / 3),
-                 p_flip: float = 0.5):
+                 p_flip: float = 0.5, interpolation: str = "bilinear"):
         super().__init__()
         if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
             raise ConfigError(f"crop scale must satisfy 0 < lo <= hi <= 1 and ratio 0 < lo <= hi; "
                               f"got scale={scale}, ratio={ratio}")
+        if interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"crop interpolation must be one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}")
         self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
         self.p_flip = _check_probability("p_flip", p_flip)
+        self.interpolation = interpolation
+
+    def extra_repr(self) -> str:
+        return (f"size={self.size}, scale={self.scale}, ratio={self.ratio}, p_flip={self.p_flip}, "
+                f"interpolation={self.interpolation}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = images.shape
         boxes = sample_resized_crop_boxes(batch, height, width, self.scale, self.ratio)
         flip = torch.rand(batch) < self.p_flip
-        return resample_boxes(images, boxes, self.size, flip)
+        return resample_boxes(images, boxes, self.size, flip, self.interpolation)
 
 
 class PaddedCropFlip(nn.Module):

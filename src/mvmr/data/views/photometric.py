@@ -29,6 +29,12 @@ def blur_kernel_size(size: int) -> int:
     return kernel if kernel % 2 else kernel + 1
 
 
+def authors_blur_kernel_size(size: int) -> int:
+    """The authors' blur kernel, 2 int(0.05 size) + 1 (224 -> 23, 96 -> 9, 32 -> 3, below 20 -> 1: no blur);
+    the authors' AugTransform policy 'custom', vkinakh/mv-mr src/transform/transform.py."""
+    return 2 * int(0.05 * size) + 1
+
+
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's luma weights for contrast and saturation
 
 
@@ -90,31 +96,38 @@ JITTER_STEPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = 
 COMPILED_JITTER_STEPS = {name: CompiledOrEager(step) for name, step in JITTER_STEPS.items()}
 
 
+JITTER_ORDER = ("brightness", "contrast", "saturation", "hue")  # the step indices of a per-sample order
+
+
 class ColourJitter(nn.Module):
     """torchvision's ColorJitter with every factor drawn per sample: brightness, contrast, saturation
-    ~ U(max(0, 1 - m), 1 + m), hue shift ~ U(-m, m); the order of the steps is drawn once per call (as
-    torchvision and kornia do) and each sample is jittered with probability ``p``. Zero magnitudes are
-    skipped; 1-channel images get brightness and contrast only. (B, C, H, W) in [0, 1] -> same.
+    ~ U(max(0, 1 - m), 1 + m), hue shift ~ U(-m, m); the order of the steps is drawn once per call (as kornia
+    does; torchvision draws it per image, which ``order_per_sample`` gives) and each sample is jittered with
+    probability ``p``. Zero magnitudes are skipped; 1-channel images get brightness and contrast only.
+    (B, C, H, W) in [0, 1] -> same.
 
     Written for speed: kornia's per-sample ColorJitter is slower on the CPU (``benchmarks/views_throughput.py``
     times both side by side). ``compiled``: the steps run through ``COMPILED_JITTER_STEPS`` (the same formulas
     fused by torch.compile, eager if compiling fails); False: the plain ``JITTER_STEPS``."""
 
     def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float = 1.0,
-                 compiled: bool = True):
+                 compiled: bool = True, order_per_sample: bool = False):
         super().__init__()
         if not 0 <= hue <= 0.5 or min(brightness, contrast, saturation) < 0:
             raise ConfigError(f"colour jitter magnitudes must be >= 0 and hue <= 0.5; got brightness={brightness}, "
                               f"contrast={contrast}, saturation={saturation}, hue={hue}")
         self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
-        self.compiled = compiled
+        self.compiled, self.order_per_sample = compiled, order_per_sample
 
     def extra_repr(self) -> str:
         return (f"brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, "
-                f"hue={self.hue}, p={self.p}, compiled={self.compiled}")
+                f"hue={self.hue}, p={self.p}, compiled={self.compiled}, order_per_sample={self.order_per_sample}")
 
-    def draw(self, batch: int, channels: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
-        """(gate (B,) bool, factors name -> (B,), order of the enabled steps), from the global CPU generator."""
+    def draw(self, batch: int, channels: int
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str] | torch.Tensor]:
+        """(gate (B,) bool, factors name -> (B,), order), from the global CPU generator; the order is the list of
+        the enabled steps' names, or with ``order_per_sample`` a (B, 4) permutation of ``JITTER_ORDER``'s indices
+        per sample (disabled steps are skipped when applied)."""
         gate = torch.rand(batch) < self.p
         factors = {}
         for name in ("brightness", "contrast", "saturation"):
@@ -123,24 +136,50 @@ class ColourJitter(nn.Module):
                 factors[name] = torch.empty(batch).uniform_(max(0.0, 1.0 - m), 1.0 + m)
         if self.hue > 0 and channels == 3:
             factors["hue"] = torch.empty(batch).uniform_(-self.hue, self.hue)
-        steps = ("brightness", "contrast", "saturation", "hue")
+        if self.order_per_sample:
+            return gate, factors, torch.rand(batch, len(JITTER_ORDER)).argsort(dim=1)
+        steps = JITTER_ORDER
         order = [steps[i] for i in torch.randperm(4).tolist() if steps[i] in factors]
         return gate, factors, order
 
     @staticmethod
-    def apply(images: torch.Tensor, gate: torch.Tensor, factors: dict[str, torch.Tensor], order: list[str],
+    def apply(images: torch.Tensor, gate: torch.Tensor, factors: dict[str, torch.Tensor],
+              order: list[str] | torch.Tensor,
               steps: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = JITTER_STEPS
               ) -> torch.Tensor:
-        """Jitter the gated samples of ``images`` with the given factors, steps in ``order``, each step
-        ``steps[name]`` (the eager formulas by default)."""
+        """Jitter the gated samples of ``images`` with the given factors, steps in ``order`` (a list of names, or
+        (B, 4) indices into ``JITTER_ORDER`` per sample: see ``draw``), each step ``steps[name]`` (the eager
+        formulas by default)."""
+        if isinstance(order, torch.Tensor):
+            return ColourJitter._apply_per_sample_order(images, gate, factors, order, steps)
         out = images
         for name in order:
             out = steps[name](out, factors[name].to(images.device, images.dtype))
         return torch.where(gate.to(images.device).view(-1, 1, 1, 1), out, images)
 
+    @staticmethod
+    def _apply_per_sample_order(images: torch.Tensor, gate: torch.Tensor, factors: dict[str, torch.Tensor],
+                                order: torch.Tensor,
+                                steps: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+                                ) -> torch.Tensor:
+        """``apply`` with a (B, 4) order: at each position every step runs once, on the gated samples that have it
+        there (at most 16 calls on parts of the batch, about the work of 4 calls on the gated samples)."""
+        out = images.clone()
+        for position in range(order.shape[1]):
+            for index, name in enumerate(JITTER_ORDER):
+                if name not in factors:
+                    continue
+                members = (gate & (order[:, position] == index)).nonzero()[:, 0]
+                if len(members) == 0:
+                    continue
+                factor = factors[name][members].to(images.device, images.dtype)
+                members = members.to(images.device)
+                out.index_copy_(0, members, steps[name](out.index_select(0, members), factor))
+        return out
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         gate, factors, order = self.draw(images.shape[0], images.shape[1])
-        if not gate.any() or not order:
+        if not gate.any() or not factors:
             return images
         return self.apply(images, gate, factors, order, COMPILED_JITTER_STEPS if self.compiled else JITTER_STEPS)
 
@@ -209,9 +248,10 @@ class GaussianBlur(nn.Module):
         return gate, torch.empty(batch).uniform_(*self.sigma)
 
     def apply(self, images: torch.Tensor, gate: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Blur the gated samples of ``images`` with their ``sigma``; the others are returned untouched."""
+        """Blur the gated samples of ``images`` with their ``sigma``; the others are returned untouched. A 1-tap
+        kernel is the identity (its one normalised tap is 1): ``images`` come back as they are."""
         members = gate.nonzero()[:, 0].to(images.device)
-        if len(members) == 0:
+        if len(members) == 0 or self.kernel == 1:
             return images
         picked = images.index_select(0, members)
         batch, channels, height, width = picked.shape
@@ -256,19 +296,25 @@ def colour_ops(size: int, channels: int, strength: float = 1.0, p_jitter: float 
     ``build_train_view``'s ``compile_ops``; eager if compiling fails); the blur is a depthwise convolution (a
     compiled shifted-sum blur was 1.27x faster at 96 px but 0.59-0.96x at 64 px and from 128 px up: not kept).
     """
-    brightness, contrast, saturation, hue = (m * strength for m in JITTER)
-    ops = []
-    if channels == 3:
-        ops += [ColourJitter(brightness, contrast, saturation, min(hue, 0.5), p=p_jitter),
-                RandomGrayscale(p=p_grayscale)]
-    else:
-        ops += [ColourJitter(brightness, contrast, 0.0, 0.0, p=p_jitter)]
+    ops = jitter_grayscale_ops(channels, [m * strength for m in JITTER], p_jitter, p_grayscale)
     kernel = blur_kernel_size(size)
     if p_blur > 0 and kernel // 2 >= size:  # reflect padding needs more pixels than half the kernel
         raise ConfigError(f"the blur of the colour ops needs images of at least {kernel // 2 + 1} pixels; "
                           f"dataset.size is {size}: raise it or use dataset.aug_policy=crop / cifar")
     ops += [GaussianBlur(kernel, BLUR_SIGMA, p=p_blur), Solarize(p=p_solarize)]
     return nn.Sequential(*ops)
+
+
+def jitter_grayscale_ops(channels: int, magnitudes: Sequence[float], p_jitter: float, p_grayscale: float,
+                         order_per_sample: bool = False) -> list[nn.Module]:
+    """[ColourJitter(brightness, contrast, saturation, hue = ``magnitudes``, hue capped at 0.5, p=``p_jitter``),
+    RandomGrayscale(``p_grayscale``)] for 3 channels; for 1 channel the jitter's brightness and contrast only and
+    no grayscale (torchvision leaves 'L' images' saturation, hue and grayscale alone)."""
+    brightness, contrast, saturation, hue = magnitudes
+    if channels == 3:
+        return [ColourJitter(brightness, contrast, saturation, min(hue, 0.5), p=p_jitter,
+                             order_per_sample=order_per_sample), RandomGrayscale(p=p_grayscale)]
+    return [ColourJitter(brightness, contrast, 0.0, 0.0, p=p_jitter, order_per_sample=order_per_sample)]
 
 
 class PerSampleChoice(nn.Module):

@@ -9,7 +9,8 @@ from torch import nn
 
 from mvmr.data.views.erasing import RandomErasing
 from mvmr.data.views.geometric import PaddedCropFlip, ResizedCropFlip
-from mvmr.data.views.photometric import COMPILABLE_OPS, auto_augment, colour_ops, rand_augment
+from mvmr.data.views.photometric import (BLUR_SIGMA, COMPILABLE_OPS, GaussianBlur, authors_blur_kernel_size,
+                                         auto_augment, colour_ops, jitter_grayscale_ops, rand_augment)
 from mvmr.data.views.tensors import (Normalize, check_normalisation, check_size, make_stateless, to_unit_float,
                                      view_mode)
 from mvmr.errors import ConfigError
@@ -79,6 +80,41 @@ def autoaugment_policy(size: int, channels: int, strength: float = 1.0,
     return nn.Sequential(ResizedCropFlip(size, crop_scale or default_crop_scale(size)), auto_augment(size))
 
 
+AUTHORS_JITTER = (0.8, 0.8, 0.8, 0.2)  # brightness, contrast, saturation, hue of the authors' 'custom' policy
+CIFAR20_JITTER = (0.4, 0.4, 0.4, 0.1)  # ... and of their 'cifar20' policy
+TORCHVISION_CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop's default area range
+CIFAR20_CROP_SCALE = (0.2, 1.0)
+
+
+@VIEW_POLICIES.register("authors")
+def authors_policy(size: int, channels: int, strength: float = 1.0,
+                   crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
+    """The authors' AugTransform policy 'custom' (vkinakh/mv-mr src/transform/transform.py), value for value:
+    random resized crop (area (0.08, 1) whatever the size, or ``crop_scale``; ratio (3/4, 4/3); antialiased
+    bilinear), flip p=0.5, colour jitter (0.8, 0.8, 0.8, 0.2) with p=0.8, grayscale p=0.2, Gaussian blur ALWAYS
+    (kernel 2 int(0.05 size) + 1, i.e. none below 20 px; sigma ~ U(0.1, 2)), no solarize. Every draw per sample,
+    the jitter's step order too (torchvision's per image). ``strength`` is unused. 1 channel: brightness and
+    contrast only, no grayscale."""
+    crop = ResizedCropFlip(size, crop_scale or TORCHVISION_CROP_SCALE, (3 / 4, 4 / 3), p_flip=0.5)
+    colour = jitter_grayscale_ops(channels, AUTHORS_JITTER, p_jitter=0.8, p_grayscale=0.2, order_per_sample=True)
+    blur = GaussianBlur(authors_blur_kernel_size(size), BLUR_SIGMA, p=1.0)
+    return nn.Sequential(crop, *colour, blur)
+
+
+@VIEW_POLICIES.register("cifar20")
+def cifar20_policy(size: int, channels: int, strength: float = 1.0,
+                   crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
+    """The authors' AugTransform policy 'cifar20' (vkinakh/mv-mr src/transform/transform.py): colour jitter
+    (0.4, 0.4, 0.4, 0.1) with p=0.8 and grayscale p=0.1 on the WHOLE input image, then a random resized crop
+    (area (0.2, 1) or ``crop_scale``; ratio (3/4, 4/3); antialiased bicubic, may overshoot [0, 1] until
+    ``TrainView`` clamps) and flip p=0.5. Every draw per sample, the jitter's step order too. ``strength`` is
+    unused. 1 channel: brightness and contrast only, no grayscale."""
+    colour = jitter_grayscale_ops(channels, CIFAR20_JITTER, p_jitter=0.8, p_grayscale=0.1, order_per_sample=True)
+    crop = ResizedCropFlip(size, crop_scale or CIFAR20_CROP_SCALE, (3 / 4, 4 / 3), p_flip=0.5,
+                           interpolation="bicubic")
+    return nn.Sequential(*colour, crop)
+
+
 # On the CPU a view runs in chunks of about this many bytes of float32 output: each elementwise op then works on
 # data that stays in cache instead of streaming the whole batch through memory once per op. Measured on this
 # 2-core CPU (2 MiB L2 per core), `python benchmarks/views_throughput.py`: the custom view 1.26-1.39x faster from 64 px
@@ -122,10 +158,10 @@ class TrainView(nn.Module):
 def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
                      strength: float = 1.0, crop_scale: Optional[Sequence[float]] = None,
                      erase_p: float = 0.0, compile_ops: bool = True) -> nn.Module:
-    """The training view x' of ``policy`` (custom | cifar | crop | randaugment | autoaugment), see ``TrainView``;
-    ``crop_scale`` overrides the policy's random-resized-crop area range; ``erase_p`` > 0 appends
-    :class:`RandomErasing` (filled with ``mean``); ``compile_ops``: the colour ops' elementwise formulas run fused
-    by torch.compile (the ``compiled`` switch of jitter, grayscale and solarize)."""
+    """The training view x' of ``policy`` (custom | cifar | crop | randaugment | autoaugment | authors | cifar20),
+    see ``TrainView``; ``crop_scale`` overrides the policy's random-resized-crop area range; ``erase_p`` > 0
+    appends :class:`RandomErasing` (filled with ``mean``); ``compile_ops``: the colour ops' elementwise formulas
+    run fused by torch.compile (the ``compiled`` switch of jitter, grayscale and solarize)."""
     check_size(size)
     check_normalisation(mean, std, channels)
     if strength < 0:
