@@ -1,4 +1,5 @@
-"""Sample distance correlation (Székely, Rizzo & Bakirov 2007) as a differentiable torch loss term.
+"""Sample distance correlation and distance covariance (Székely, Rizzo & Bakirov 2007) as
+differentiable torch loss terms.
 
 Shapes: ``x`` (B, p) and ``y`` (B, q) with any p, q; inputs with more dims are flattened from dim 1.
 Everything is computed in float32, or float64 when an input is float64, with autocast disabled,
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -171,7 +172,7 @@ def u_centre(a: torch.Tensor) -> torch.Tensor:
 def check_unbiased_batch(batch: int) -> None:
     """The U-centred estimator divides by (B−2)(B−3)·…: it needs B >= 4."""
     if batch < 4:
-        raise ConfigError(f"the bias-corrected dCor needs at least 4 samples per batch, got {batch}; "
+        raise ConfigError(f"the bias-corrected dCor / dCov² needs at least 4 samples per batch, got {batch}; "
                           "use a larger batch or set loss.unbiased=false")
 
 
@@ -179,7 +180,8 @@ def centred_distances(x: torch.Tensor, unbiased: bool = False, chunk_size: Optio
                       dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """x (B, ...) -> the (B, B) double-centred (or U-centred when ``unbiased``) distance matrix.
 
-    Compute it once per tensor and pair it with several others via :func:`correlation_from_centred`.
+    Compute it once per tensor and pair it with several others via :func:`correlation_from_centred`
+    or :func:`covariance_from_centred`.
     """
     if unbiased:
         check_unbiased_batch(x.shape[0])
@@ -199,6 +201,21 @@ def correlation_from_centred(a: torch.Tensor, b: torch.Tensor, unbiased: bool = 
         return dcor_sqr if unbiased else safe_sqrt(dcor_sqr)
 
 
+def covariance_from_centred(a: torch.Tensor, b: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """dCov² from two centred (B, B) matrices of :func:`centred_distances` (same ``unbiased``) -> scalar.
+
+    V-statistic: mean_ij A_ij B_ij. ``unbiased``: Σ_{i≠j} Ã_ij B̃_ij / (B(B−3)) (the U-centred
+    matrices have a zero diagonal, so the sum runs over every entry).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"distance covariance needs paired samples, got batch sizes {a.shape[0]} and {b.shape[0]}")
+    n = a.shape[0]
+    if unbiased:
+        check_unbiased_batch(n)
+    with autocast_disabled(a.device):
+        return (a * b).sum() / (n * (n - 3) if unbiased else n * n)
+
+
 def distance_correlation(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False,
                          chunk_size: Optional[int] = None) -> torch.Tensor:
     """Sample distance correlation between x (B, p) and y (B, q) -> scalar tensor.
@@ -210,10 +227,32 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor, unbiased: bool = Fals
     negative for (nearly) independent samples; it needs B >= 4.
     The result is float32 (float64 if an input is float64), also under autocast.
     """
+    a, b = _centred_pair(x, y, unbiased, chunk_size, "distance correlation")
+    return correlation_from_centred(a, b, unbiased)
+
+
+def distance_covariance_sqr(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False,
+                            chunk_size: Optional[int] = None) -> torch.Tensor:
+    """Squared sample distance covariance between x (B, p) and y (B, q) -> scalar tensor.
+
+    ``unbiased=False``: the V-statistic dCov² = mean_ij A_ij B_ij >= 0 of the double-centred distance
+    matrices (what ``dcor.distance_covariance_sqr`` computes).
+    ``unbiased=True``: the bias-corrected estimator Σ_{i≠j} Ã_ij B̃_ij / (B(B−3)) of the U-centred
+    matrices (what ``dcor.u_distance_covariance_sqr`` computes); it can be slightly negative for
+    (nearly) independent samples and needs B >= 4.
+    Not bounded: dCov²(a·x, b·y) = |a|·|b|·dCov²(x, y). The result is float32 (float64 if an input
+    is float64), also under autocast.
+    """
+    a, b = _centred_pair(x, y, unbiased, chunk_size, "distance covariance")
+    return covariance_from_centred(a, b, unbiased)
+
+
+def _centred_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, chunk_size: Optional[int],
+                  statistic: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The two centred distance matrices of a paired sample, in one common compute dtype."""
     x, y = as_batch_matrix(x), as_batch_matrix(y)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"distance correlation needs paired samples, got batch sizes {x.shape[0]} and {y.shape[0]}")
+        raise ValueError(f"{statistic} needs paired samples, got batch sizes {x.shape[0]} and {y.shape[0]}")
     dtype = compute_dtype(x, y)
-    a = centred_distances(x, unbiased, chunk_size, dtype)
-    b = centred_distances(y, unbiased, chunk_size, dtype)
-    return correlation_from_centred(a, b, unbiased)
+    return (centred_distances(x, unbiased, chunk_size, dtype),
+            centred_distances(y, unbiased, chunk_size, dtype))

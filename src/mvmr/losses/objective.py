@@ -1,18 +1,21 @@
-"""The MV-MR objective: invariance + variance hinge + distance correlations (METHOD.md, "The loss")."""
+"""The MV-MR objective: invariance + variance hinge + distance correlations or covariances (METHOD.md,
+"The loss"; docs/statistics.md)."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mvmr.errors import ConfigError
-from mvmr.losses.dcor import autocast_disabled, centred_distances, compute_dtype, correlation_from_centred
+from mvmr.losses.dcor import (autocast_disabled, centred_distances, compute_dtype, correlation_from_centred,
+                              covariance_from_centred)
 from mvmr.losses.distributed import gather_with_grad
 
 STD_EPS = 1e-4
 COLUMN_STD_FLOOR = 1e-6
+STATISTICS = ("dcor", "dcov")  # dependence statistic of the z̄–z and φ_k–z terms
 
 
 def standardize_columns(rep: torch.Tensor) -> torch.Tensor:
@@ -43,13 +46,20 @@ class MVMRObjective(nn.Module):
           + dcor_weight · (1 − dCor(z̄, z))
           + Σ_k w_k · (1 − dCor(φ_k, z))
 
+    ``statistic="dcov"`` replaces every dependence term 1 − dCor(·, z) by −dCov²(·, z) (the squared
+    distance covariance, :func:`~mvmr.losses.dcor.covariance_from_centred`), so a positive weight still
+    maximises the dependence; ``statistics`` (name -> "dcor" | "dcov" | None) overrides it for the named
+    representations (None, or a name not listed: ``statistic``). dCov² is not bounded and scales with
+    its inputs (docs/statistics.md): weights tuned for dCor do not carry over.
+
     φ_k named in ``powers`` first go through the signed power sign(φ)·|φ|^p (:func:`signed_power`);
     φ_k named in ``standardized`` are then z-scored per feature over the batch (:func:`standardize_columns`;
     the global batch under DDP).
 
     std_j = sqrt(var_j + 1e-4) with the unbiased variance over the batch; γ = ``std_margin``.
     ``unbiased=True`` uses the bias-corrected estimator of dCor² in every dCor term, i.e. each term
-    is 1 − u_dCor² (not square-rooted; u_dCor² can be slightly negative, so a term can exceed 1).
+    is 1 − u_dCor² (not square-rooted; u_dCor² can be slightly negative, so a term can exceed 1), and
+    the bias-corrected u_dCov² in every dCov term.
     ``normalize_z=True`` L2-normalises z and z̄ along dim 1 first (the authors' option).
     ``gather=True`` computes every term on the global batch under DDP (z̄, z and every φ_k are
     gathered from all ranks with :func:`gather_with_grad`); ``gather=False`` uses the local batch.
@@ -63,8 +73,16 @@ class MVMRObjective(nn.Module):
 
     def __init__(self, mse_weight: float = 1.0, std_weight: float = 1.0, dcor_weight: float = 1.0,
                  std_margin: float = 1.0, unbiased: bool = False, normalize_z: bool = False,
-                 gather: bool = True, standardized: Iterable[str] = (), powers: Mapping[str, float] | None = None):
+                 gather: bool = True, standardized: Iterable[str] = (), powers: Mapping[str, float] | None = None,
+                 statistic: str = "dcor", statistics: Mapping[str, Optional[str]] | None = None):
         super().__init__()
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {list(STATISTICS)}, got {statistic!r}")
+        self.statistic = statistic
+        self.statistics = {name: stat for name, stat in (statistics or {}).items() if stat is not None}
+        bad_stats = {name: stat for name, stat in self.statistics.items() if stat not in STATISTICS}
+        if bad_stats:
+            raise ValueError(f"representation statistics must be one of {list(STATISTICS)} (or None), got {bad_stats}")
         self.standardized = frozenset(standardized)
         self.powers = {name: float(p) for name, p in (powers or {}).items() if float(p) != 1.0}
         bad = {name: p for name, p in self.powers.items() if not p > 0}
@@ -81,14 +99,16 @@ class MVMRObjective(nn.Module):
     def extra_repr(self) -> str:
         return (f"mse_weight={self.mse_weight}, std_weight={self.std_weight}, dcor_weight={self.dcor_weight}, "
                 f"std_margin={self.std_margin}, unbiased={self.unbiased}, normalize_z={self.normalize_z}, "
-                f"gather={self.gather}, standardized={sorted(self.standardized)}, powers={self.powers}")
+                f"gather={self.gather}, standardized={sorted(self.standardized)}, powers={self.powers}, "
+                f"statistic={self.statistic!r}, statistics={self.statistics}")
 
     def forward(self, z_bar: torch.Tensor, z: torch.Tensor, representations: Mapping[str, torch.Tensor],
                 representation_weights: Mapping[str, float]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """z_bar, z: (B, D); representations: name -> (B, d_k); weights: name -> w_k.
 
         Returns (loss, terms): the weighted scalar loss and the detached UNWEIGHTED terms "mse",
-        "std", "dcor_zz" (= 1 − dCor(z̄, z)), "dcor/<name>" (= 1 − dCor(φ_k, z)) and "loss".
+        "std", "dcor_zz" (= 1 − dCor(z̄, z)), "dcor/<name>" (= 1 − dCor(φ_k, z)) and "loss"; a term
+        computed with dCov² is logged as "dcov_zz" (= −dCov²(z̄, z)) or "dcov/<name>" (= −dCov²(φ_k, z)).
         """
         self._check_inputs(z_bar, z, representations, representation_weights)
         dtype = compute_dtype(z_bar, z)
@@ -104,27 +124,32 @@ class MVMRObjective(nn.Module):
                 raise ConfigError(f"the MV-MR loss needs at least 2 samples per batch, got {z.shape[0]}; "
                                   "use a larger batch or drop the last incomplete batch")
 
-            centred_z = centred_distances(z, self.unbiased)  # shared by every dCor(·, z) term
+            centred_z = centred_distances(z, self.unbiased)  # shared by every dCor / dCov²(·, z) term
             terms = {
                 "mse": F.mse_loss(z_bar, z),
                 "std": std_hinge(z, self.std_margin) + std_hinge(z_bar, self.std_margin),
-                "dcor_zz": 1 - self._dcor(centred_distances(z_bar, self.unbiased), centred_z),
             }
+            zz_key = f"{self.statistic}_zz"
+            terms[zz_key] = self._dependence(self.statistic, centred_distances(z_bar, self.unbiased), centred_z)
             loss = (self.mse_weight * terms["mse"] + self.std_weight * terms["std"]
-                    + self.dcor_weight * terms["dcor_zz"])
+                    + self.dcor_weight * terms[zz_key])
             for name, rep in reps.items():
                 if name in self.powers:
                     rep = signed_power(rep.to(dtype), self.powers[name])
                 if name in self.standardized:
                     rep = standardize_columns(rep.to(dtype))
-                term = 1 - self._dcor(centred_distances(rep, self.unbiased, dtype=dtype), centred_z)
-                terms[f"dcor/{name}"] = term
+                statistic = self.statistics.get(name, self.statistic)
+                term = self._dependence(statistic, centred_distances(rep, self.unbiased, dtype=dtype), centred_z)
+                terms[f"{statistic}/{name}"] = term
                 loss = loss + float(representation_weights[name]) * term
         terms["loss"] = loss
         return loss, {key: value.detach() for key, value in terms.items()}
 
-    def _dcor(self, centred_a: torch.Tensor, centred_b: torch.Tensor) -> torch.Tensor:
-        return correlation_from_centred(centred_a, centred_b, self.unbiased)
+    def _dependence(self, statistic: str, centred_a: torch.Tensor, centred_b: torch.Tensor) -> torch.Tensor:
+        """The term to minimise: 1 − dCor (``"dcor"``) or −dCov² (``"dcov"``) of two centred matrices."""
+        if statistic == "dcov":
+            return -covariance_from_centred(centred_a, centred_b, self.unbiased)
+        return 1 - correlation_from_centred(centred_a, centred_b, self.unbiased)
 
     @staticmethod
     def _check_inputs(z_bar: torch.Tensor, z: torch.Tensor, representations: Mapping[str, torch.Tensor],
