@@ -2,11 +2,11 @@
 real-format data, each reusing the tiny pretraining run of conftest.py."""
 import json
 
-import open_clip
 import pytest
 import torch
 
 from conftest import ROOT, tiny_args
+from fixtures_clip import write_tiny_open_clip
 from fixtures_voc import write_voc
 from mvmr.errors import CheckpointError, ConfigError
 
@@ -85,14 +85,7 @@ def test_distillation_of_an_open_clip_image_tower_from_a_local_file(tmp_path, vo
     from mvmr.cli.voc import train
 
     name = "mvmr-e2e-tiny-vit"
-    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
-                                           "patch_size": 8},
-           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
-    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path / f"{name}.json")
-    torch.manual_seed(0)
-    weights = tmp_path / "tiny_clip.pt"
-    torch.save(open_clip.create_model(name).state_dict(), weights)
+    _, weights = write_tiny_open_clip(tmp_path, name)
     teacher = json.dumps({"name": "teacher", "weight": 1.0,
                           "params": {"kind": "open_clip", "model_name": name, "pretrained": str(weights)}})
     run = distill(tiny_args(tmp_path, "clip", [f"representations=[{teacher}]", "epochs=1"]))

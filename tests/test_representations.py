@@ -49,7 +49,7 @@ def test_unknown_name_is_one_line_config_error():
 def test_unknown_parameter_names_the_entry_and_allowed_keys():
     with pytest.raises(ConfigError) as err:
         build("hog", {"nbins": 6, "foo": 1}, index=0)
-    assert str(err.value) == "representations[0] (hog): unknown parameter 'foo'; allowed: nbins, pool"
+    assert str(err.value) == "representations[0] (hog): unknown parameter 'foo'; allowed: nbins, pool, variant"
     with pytest.raises(ConfigError, match="unknown parameter 'keep'; allowed: \\(none\\)"):
         build("pixels", {"keep": 3})
 
@@ -149,7 +149,7 @@ def test_wrong_input_shape_is_refused():
 
 
 def test_repr_shows_every_setting():  # the representation cache hashes repr(module)
-    assert repr(build("hog")) == "HOG(in_channels=2, image_size=12, nbins=6, pool=4)"
+    assert repr(build("hog")) == "HOG(in_channels=2, image_size=12, nbins=6, pool=4, variant='mvmr')"
 
 
 # ------------------------------------------------------------------ pixels, augmented pixels

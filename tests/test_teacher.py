@@ -4,9 +4,7 @@ No downloads: a tiny open_clip architecture with random weights, a random torchv
 checkpoint of this project, each saved to a temporary file and loaded through ``pretrained=<file>``.
 """
 import dataclasses
-import json
 import os
-import socket
 
 import numpy as np
 import open_clip
@@ -16,6 +14,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from fixtures_clip import refuse_network, write_tiny_open_clip
 from mvmr.errors import ConfigError, DataError
 from mvmr.representations import build_representation
 
@@ -27,23 +26,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_MEAN = (0.4, 0.5, 0.6)  # the dataset normalisation of x̄ in these tests
 DATA_STD = (0.2, 0.25, 0.3)
 TINY = "mvmr-test-tiny-vit"
-TINY_CFG = {"embed_dim": 16,
-            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
 
 
 # ------------------------------------------------------------------ fixtures and helpers
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Every test: any socket connection is refused and recorded (libraries may swallow the error)."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    attempts = refuse_network(monkeypatch)
     yield
     assert attempts == []
 
@@ -51,14 +40,7 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """(model, weights file) of a tiny random open_clip CLIP registered as ``TINY``."""
-    root = tmp_path_factory.mktemp("open_clip")
-    (root / f"{TINY}.json").write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(root / f"{TINY}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY).eval()
-    path = root / "tiny_clip.pt"
-    torch.save(model.state_dict(), path)
-    return model, path
+    return write_tiny_open_clip(tmp_path_factory.mktemp("open_clip"), TINY)
 
 
 def as_tensor(values, dtype=torch.float64):

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvmr.checkpoint import encoder_config_of, load_backbone_weights, load_checkpoint
-from mvmr.config import EncoderConfig, PretrainConfig, SemiSupervisedConfig, build_dataclass, to_dict
+from mvmr.checkpoint import (check_same_architecture, copy_backbone_weights, encoder_config_of, load_checkpoint,
+                             read_checkpoint)
+from mvmr.checkpoint_formats import infer_encoder_config, read_weights
+from mvmr.config import EncoderConfig, SemiSupervisedConfig, build_dataclass, to_dict
 from mvmr.data.views import build_eval_view, train_view_from_config
 from mvmr.errors import CheckpointError
 from mvmr.methods.optim import build_optimizer, param_groups
@@ -38,11 +40,31 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
 
     @classmethod
     def from_pretrained(cls, cfg: SemiSupervisedConfig, info: Any, path: str) -> "SemiSupervisedModule":
-        """Backbone weights from any pretraining checkpoint of this project (self-supervised or distilled)."""
-        ckpt = load_checkpoint(path)
-        encoder = cfg.encoder or encoder_config_of(ckpt)
+        """Backbone weights from a pretraining checkpoint of this project (self-supervised or distilled; the moving
+        average when the run kept one) or from an authors' file (their Lightning .ckpt or exported .pth, see
+        mvmr.checkpoint_formats), read with ``torch.load(weights_only=True)``.
+
+        The architecture is ``cfg.encoder`` when the config has an encoder section, checked against the weights'
+        names and shapes (and, for a checkpoint of this project, its run's max-pool and pooling grid); else the
+        checkpoint's own: its run's encoder config, or for an authors' file the one inferred from the weights
+        (``infer_encoder_config``). A mismatch is a one-line CheckpointError.
+        """
+        ckpt = read_checkpoint(path)
+        found = read_weights(ckpt, str(path))
+        stored = None
+        if found.from_authors:
+            encoder = cfg.encoder or infer_encoder_config(found.backbone, found.projector)
+        else:
+            try:
+                stored = encoder_config_of(ckpt)
+            except CheckpointError:
+                if cfg.encoder is None:
+                    raise
+            encoder = cfg.encoder or stored
         module = cls(cfg, info, encoder, cfg.dataset.n_classes or info.n_classes)
-        load_backbone_weights(module.backbone, ckpt["state_dict"], path)
+        copy_backbone_weights(module.backbone, found.backbone, str(path), found.where)
+        if cfg.encoder is not None and stored is not None:
+            check_same_architecture(cfg.encoder, stored, str(path))
         return module
 
     @classmethod

@@ -7,9 +7,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mvmr.representations.base import Representation, int_param
+from mvmr.representations.base import Param, Representation, int_param
 from mvmr.representations.binning import linear_bins, scatter_two_bins
 from mvmr.representations.registry import register_representation
+
+VARIANTS = ("mvmr", "authors")
+SOBEL = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))  # the authors' kernel (cross-correlated)
 
 
 @register_representation
@@ -25,6 +28,8 @@ class HOG(Representation):
 
     The authors' code scatters m and 1 − m to the two adjacent bins, which is wrong: the split must
     depend on the angle and both shares must be proportional to m (here they sum to m).
+    ``variant: authors`` computes their histogram instead (:meth:`compute_authors`), only to reproduce
+    their runs; the output layout and size are the same.
     For a 3×96×96 input with the defaults: (B, 10368).
     """
 
@@ -32,6 +37,9 @@ class HOG(Representation):
     param_specs = {
         "nbins": int_param(24, "orientation bins over [0, π)", minimum=2),
         "pool": int_param(8, "cell size in pixels (average pooling)", minimum=1),
+        "variant": Param("mvmr", f"one of {', '.join(VARIANTS)}", lambda value: value in VARIANTS,
+                         "mvmr: angle-weighted soft binning; authors: the authors' HOGLayer (m and 1 − m "
+                         "shares, to reproduce their runs only)"),
     }
     dim_formula = "C·nbins·(H//pool)·(W//pool)"
 
@@ -44,6 +52,8 @@ class HOG(Representation):
         kernels[0, 0, 1, :] = central  # d/dx along columns
         kernels[1, 0, :, 1] = central  # d/dy along rows
         self.register_buffer("gradient_kernels", kernels, persistent=False)
+        sobel = torch.tensor(SOBEL)
+        self.register_buffer("sobel_kernels", torch.stack([sobel, sobel.t()])[:, None], persistent=False)
 
     @property
     def cells(self) -> int:
@@ -60,6 +70,8 @@ class HOG(Representation):
         return grad[:, 0], grad[:, 1]
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
+        if self.variant == "authors":
+            return self.compute_authors(x)
         batch, channels = x.shape[:2]
         gx, gy = self.gradients(x)
         covered = self.cells * self.pool
@@ -74,3 +86,28 @@ class HOG(Representation):
                                 (magnitude * (1 - upper_share)).flatten(1), (magnitude * upper_share).flatten(1),
                                 self.nbins * n_cells)
         return hist.div_(self.pool ** 2).reshape(batch, channels, self.nbins, self.cells, self.cells)
+
+    def compute_authors(self, x: torch.Tensor) -> torch.Tensor:
+        """The authors' HOG, kept only to reproduce their runs: x (B, C, H, W) -> (B, C, nbins, H//pool, W//pool).
+
+        As their ``HOGLayer.forward`` (src/model/hog.py) applied per channel in ``_step_dc('full_img_hog')``
+        (src/model/self_supervised_module.py): each channel plane is cross-correlated (zero padding 1) with
+        the Sobel kernel S = [[1, 0, −1], [2, 0, −2], [1, 0, −1]] (response r0) and Sᵀ (r1); m = √(r0² + r1²),
+        t = atan2(r0, r1)/π · nbins (in [−nbins, nbins]); bin ⌊t⌋ mod nbins is SET to m, then bin ⌈t⌉ mod nbins
+        gets + (1 − m), so an integer t (e.g. a flat region: atan2(0, 0) = 0) leaves 1 in one bin (up to
+        rounding) whatever m is; then pool×pool average pooling (stride pool, the H mod pool last rows / columns dropped).
+
+        Wrong as a HOG: the two bins share m and 1 − m (not m·(1 − s) and m·s with s the angle's position
+        between the centres), so the shares ignore the angle, can be negative (m > 1) and do not scale with
+        the gradient.
+        """
+        batch, channels, height, width = x.shape
+        planes = x.reshape(-1, 1, height, width)
+        response = F.conv2d(planes, self.sobel_kernels, padding=1)  # (B·C, 2, H, W)
+        magnitude = response.norm(dim=1, keepdim=True)
+        position = (torch.atan2(response[:, 0], response[:, 1]) / math.pi * self.nbins)[:, None]
+        out = magnitude.new_zeros(planes.shape[0], self.nbins, height, width)
+        out.scatter_(1, position.floor().long().remainder(self.nbins), magnitude)
+        out.scatter_add_(1, position.ceil().long().remainder(self.nbins), 1 - magnitude)
+        pooled = F.avg_pool2d(out, self.pool, stride=self.pool)
+        return pooled.reshape(batch, channels, self.nbins, self.cells, self.cells)

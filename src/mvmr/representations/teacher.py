@@ -28,6 +28,7 @@ from mvmr.representations.base import Param, Representation, _is_number, int_par
 from mvmr.representations.registry import register_representation
 
 KINDS = ("open_clip", "torchvision", "mvmr")
+INPUT_CONVENTIONS = ("teacher", "authors")
 DEFAULT_MODEL_NAMES = {"open_clip": "ViT-B-16", "torchvision": "resnet50"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,7 +61,8 @@ class FrozenTeacher(nn.Module):
     """A frozen encoder and its input convention: [0, 1] images (B, C, H, W) -> (B, dim) float32.
 
     ``prepare`` matches the channels, resizes to ``size`` (bicubic, antialiased, clipped to [0, 1] as a
-    uint8 PIL pipeline would) and normalises with the teacher's own ``mean``/``std``. Always in eval mode,
+    uint8 PIL pipeline would) and normalises with the teacher's own ``mean``/``std``. ``prepare_authors``
+    is the authors' input instead (any values in, bilinear resize, nothing else). Always in eval mode,
     no gradients.
     """
 
@@ -87,11 +89,23 @@ class FrozenTeacher(nn.Module):
                                    antialias=True).clamp(0, 1)
         return (pixels - self.mean) / self.std
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        embedding = self.encoder(self.prepare(pixels))
+    def prepare_authors(self, x: torch.Tensor) -> torch.Tensor:
+        """The authors' teacher input (``step`` in their src/model/clip_self_supervised_module.py): the
+        dataset-normalised x̄ (B, C, H, W) as it is, bilinearly resized to ``size`` (align_corners=False, no
+        antialias; they wrote 224, CLIP ViT-B/16's size), no clamp, no re-normalisation -> (B, channels, *size).
+        Grey x̄ is repeated to RGB (their code had no grey case)."""
+        x = match_channels(x.float(), self.channels)
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The encoder on already prepared inputs (B, channels, *size) -> (B, dim) float32."""
+        embedding = self.encoder(inputs)
         if isinstance(embedding, (tuple, list)):  # towers that also return tokens (e.g. CoCa)
             embedding = embedding[0]
         return embedding.flatten(1).float()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.prepare(pixels))
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,13 +233,16 @@ def load_torchvision(model_name: Optional[str], file: Path, tag: Optional[str],
 @TEACHER_LOADERS.register("mvmr")
 def load_mvmr(model_name: Optional[str], file: Path, tag: Optional[str],
               input_size: Optional[int]) -> FrozenTeacher:
-    """The backbone of a pretraining checkpoint of this project, with its run's dataset mean/std and size."""
-    from mvmr.methods.pretrain import MVMRPretrainModule  # lazy: pretrain imports the representations
+    """The backbone of a checkpoint of this project (its trained, online weights, with its run's dataset
+    mean/std and size) or of an authors' file (mvmr.checkpoint_formats: architecture inferred from the
+    weights, 3 channels with ImageNet mean/std, 224 px unless ``input_size``), read by
+    :func:`mvmr.api.load_frozen_backbone` with ``torch.load(weights_only=True)``."""
+    from mvmr.api import load_frozen_backbone  # lazy: the API imports the models and the views
 
-    module = MVMRPretrainModule.from_checkpoint(str(file))
-    info = module.info
-    return FrozenTeacher(module.backbone, channels=info.channels, size=input_size or module.cfg.dataset.size,
-                         mean=info.mean, std=info.std, dim=module.feature_dim)
+    frozen = load_frozen_backbone(file, weights="online", image_size=input_size)
+    info = frozen.info
+    return FrozenTeacher(frozen.backbone, channels=info.channels, size=input_size or frozen.image_size,
+                         mean=info.mean, std=info.std, dim=frozen.backbone.feature_dim)
 
 
 def one_line(err: Exception, limit: int = 300) -> str:
@@ -265,6 +282,8 @@ class Teacher(Representation):
     (RGB -> grey by BT.601 luma for a grey teacher); bicubic antialiased resize to ``input_size``;
     normalisation with the TEACHER'S mean/std (not the dataset's: the authors' code fed CLIP
     dataset-normalised images); the teacher in float32 (autocast off; φ is cached once anyway).
+    ``input_convention: authors`` feeds the teacher their input instead, only to reproduce their runs:
+    x̄ itself (dataset-normalised) bilinearly resized to ``input_size`` (:meth:`FrozenTeacher.prepare_authors`).
     D: open_clip ``visual.output_dim`` (CLIP ViT-B/16: 512), torchvision ``in_features`` of the removed
     classifier (resnet50: 2048), mvmr the checkpoint's feature size. The default teacher (CLIP
     ViT-B/16) on a 3×96×96 input gives (B, 512).
@@ -291,6 +310,10 @@ class Teacher(Representation):
                               "normalisation of x̄ (injected by the training code)", convert=_floats),
         "dataset_std": Param(None, "a list of finite numbers > 0, one per channel", _numbers,
                              "normalisation of x̄ (injected by the training code)", convert=_floats),
+        "input_convention": Param("teacher", f"one of {', '.join(INPUT_CONVENTIONS)}",
+                                  lambda value: value in INPUT_CONVENTIONS,
+                                  "teacher: [0, 1] pixels, bicubic antialiased resize, the teacher's mean/std; "
+                                  "authors: x̄ as it is (dataset-normalised), bilinear resize (their CLIP input)"),
     }
     dim_formula = "teacher embedding size D"
     example_dim = "512 (CLIP ViT-B/16)"  # describe_representations cannot load weights to measure it
@@ -365,6 +388,8 @@ class Teacher(Representation):
         return self.teacher.dim
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_convention == "authors":
+            return self.teacher.embed(self.teacher.prepare_authors(x))
         pixels = (x * self.x_std + self.x_mean).clamp(0, 1)
         return self.teacher(pixels)
 
