@@ -21,7 +21,7 @@ IDX_TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}
 def dataset_cfg(name: str = "digits", path: str | Path | None = None, **overrides) -> types.SimpleNamespace:
     """A dataset config object with the schema's defaults (size 32, val_fraction 0.1, ...)."""
     fields = dict(name=name, path=None if path is None else str(path), size=32, n_classes=None, classes_file=None,
-                  to_rgb=False, val_fraction=0.1, load_size=None, percentage=None, split_file=None)
+                  to_rgb=False, val_fraction=0.1, load_size=None, percentage=None, split_file=None, mean=None, std=None)
     unknown = set(overrides) - set(fields)
     if unknown:
         raise TypeError(f"unknown dataset keys {sorted(unknown)}")

@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from mvmr.config import PretrainConfig, describe_schema, load_config, save_config
 from mvmr.errors import ConfigError

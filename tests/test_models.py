@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from mvmr.errors import ConfigError
-from mvmr.methods.optim import LARS, SCHEDULES
+from mvmr.methods.optim import LARS, SCHEDULES, ScheduleLengths
 from mvmr.models import build_backbone, build_projector, parse_widths
 
 
@@ -65,7 +65,7 @@ def test_projector_layout():
 
 
 def test_warmup_cosine_schedule_values():
-    f = SCHEDULES.get("warmup_cosine")(total_steps=110, warmup_steps=10)
+    f = SCHEDULES.get("warmup_cosine")(ScheduleLengths(total=110, warmup=10))
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     mid = 10 + 50
     assert f(mid) == pytest.approx(1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * 0.5)))
@@ -73,7 +73,7 @@ def test_warmup_cosine_schedule_values():
 
 
 def test_multistep_schedule():
-    f = SCHEDULES.get("multistep")(total_steps=100, warmup_steps=0, milestones=[10, 20])
+    f = SCHEDULES.get("multistep")(ScheduleLengths(total=100, warmup=0, milestones=(10, 20)))
     assert (f(9), f(10), f(25)) == (1.0, pytest.approx(0.1), pytest.approx(0.01))
 
 
@@ -87,7 +87,7 @@ def test_lars_trust_ratio_step():
 
 
 def test_compile_option_compiles_in_place_and_keeps_checkpoint_keys():
-    from mvmr.config import PretrainConfig, load_config
+    from mvmr.config import load_config
     from mvmr.data import DatasetInfo
     from mvmr.methods.pretrain import MVMRPretrainModule
 
@@ -300,7 +300,8 @@ def test_built_optimiser_is_fused_on_cpu_and_follows_the_float64_formula(name):
     w0 = torch.randn(7, 5, dtype=torch.float64)
     p = torch.nn.Parameter(w0.float().clone())
     cfg = SimpleNamespace(optimizer=name, wd=0.05, momentum=0.9, warmup_epochs=0, milestones=[],
-                          scheduler="multistep")
+                          scheduler="multistep", schedule_epoch="run", epochs=10, min_lr=None, lr=0.01,
+                          accumulate_grad_batches=1)
     opt = build_optimizer(cfg, [{"params": [p], "weight_decay": 0.05}], 0.01, 100, 10)["optimizer"]
     assert opt.defaults["fused"] is True and all(group["fused"] for group in opt.param_groups)
     w, state = w0.clone(), {}

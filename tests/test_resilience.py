@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import pytest
 import torch
 
-from conftest import DIGITS, ROOT, tiny_args
+from conftest import ROOT, tiny_args
 from entry_callbacks import Crash
 
 DETERMINISTIC = ["deterministic=true", "epochs=3", "cache.enabled=false", "fp16=false"]

@@ -40,8 +40,9 @@ class DatasetConfig:
     path: Optional[str] = option(None, "folder holding the dataset files (None: the dataset's default)")
     size: int = option(32, "training / evaluation image size (pixels)", ge=8)
     n_classes: Optional[int] = option(None, "number of classes (None: read from the data; checked if given)", ge=1)
-    aug_policy: str = option("custom", "augmentation policy of the x' view",
-                             choices=("custom", "cifar", "crop", "randaugment", "autoaugment"))
+    aug_policy: str = option("custom", "augmentation policy of the x' view (authors: the authors' 'custom' "
+                                       "transform; cifar20: the authors' 'cifar20' transform)",
+                             choices=("custom", "authors", "cifar20", "cifar", "crop", "randaugment", "autoaugment"))
     aug_strength: float = option(1.0, "scale of the colour-jitter magnitudes", ge=0.0)
     crop_scale: Optional[List[float]] = option(None, "area range [lo, hi] of the random resized crop (None: [0.2, 1] "
                                                      "for size <= 64, else [0.08, 1]; not used by cifar)")
@@ -49,6 +50,9 @@ class DatasetConfig:
                                  "(2-33 % of the area) set to the dataset mean (0: off)", ge=0.0, le=1.0)
     classes_file: Optional[str] = option(None, "file with one class (wnid) per line: restricts imagenet / image_folder")
     to_rgb: bool = option(False, "repeat grayscale images to 3 channels")
+    mean: Optional[List[float]] = option(None, "per-channel normalisation mean in [0, 1] units (None: the dataset's "
+                                               "own; the authors normalise STL10 with ImageNet's, CIFAR with CIFAR-10's)")
+    std: Optional[List[float]] = option(None, "per-channel normalisation std in [0, 1] units (None: the dataset's own)")
     val_fraction: float = option(0.1, "fraction of the labelled train split held out for model selection",
                                  ge=0.0, le=0.5)
     load_size: Optional[int] = option(None, "decode size for file datasets (None: size*256/224)", ge=8)
@@ -61,8 +65,10 @@ class DatasetConfig:
 class EncoderConfig:
     backbone: str = option("resnet50", "torchvision ResNet", choices=("resnet18", "resnet34", "resnet50"))
     out_dim: str = option("8192-8192-8192", "projector widths, e.g. 8192-8192-8192 (Linear-BN-ReLU, last Linear)")
-    small_kernel: bool = option(False, "3x3 stride-1 first convolution for small images (no max-pool)")
+    small_kernel: bool = option(False, "3x3 stride-1 first convolution for small images (no max-pool unless "
+                                       "maxpool: true; the authors keep it)")
     maxpool: Optional[bool] = option(None, "keep the stem max-pool (None: not with small_kernel, else yes)")
+    projector_last_bias: bool = option(True, "bias in the projector's last Linear (the authors' projector has none)")
     zero_init_residual: bool = option(True, "zero-init the last BN of each residual block")
     width: int = option(64, "channels of the first ResNet stage (64: the standard ResNets; 32 quarters the compute)", ge=8)
     pool_grid: int = option(1, "average-pool the last feature map to a g x g grid and flatten it: features g² times "
@@ -85,6 +91,8 @@ class TrainerConfig:
     checkpoint_every_minutes: float = option(15.0, "also write last.ckpt every N minutes of training (0: off)", ge=0)
     limit_train_batches: Union[int, float] = option(1.0, "Lightning limit_train_batches (for quick runs)")
     limit_val_batches: Union[int, float] = option(1.0, "Lightning limit_val_batches")
+    precision: Optional[str] = option(None, "Lightning precision (None: from fp16; 16-mixed: fp16 with loss scaling, "
+                                            "as the authors' runs)", choices=(None, "32-true", "16-mixed", "bf16-mixed"))
     progress_bar: bool = option(True, "show a progress bar")
 
 
@@ -92,6 +100,12 @@ class TrainerConfig:
 class ProbeConfig:
     enabled: bool = option(True, "train an online linear probe on detached backbone features")
     lr: float = option(1e-3, "probe learning rate (same optimiser type, no weight decay)", gt=0.0)
+    source: str = option("batch", "batch: the labelled samples of each pretraining batch (their x̄ features); "
+                                  "labelled: a full batch drawn from the labelled train split at every step (the "
+                                  "authors' OnlineFineTuner; for mostly unlabelled sets such as STL10)",
+                         choices=("batch", "labelled"))
+    scheduled: bool = option(True, "the probe's learning rate follows the run's schedule (false: constant, as "
+                                   "the authors' probe optimiser)")
 
 
 @dataclass
@@ -119,7 +133,9 @@ class EvalConfig:
 class LossConfig:
     mse_weight: float = option(1.0, "weight of MSE(z̄, z)")
     std_weight: float = option(1.0, "weight of the variance hinge on z and z̄")
-    dcor_weight: float = option(1.0, "weight of 1 - dCor(z̄, z)")
+    dcor_weight: float = option(1.0, "weight of 1 - dCor(z̄, z) (of -dCov²(z̄, z) with statistic dcov)")
+    statistic: str = option("dcor", "dependence statistic of the z̄-z and representation terms: dcor (1 - dCor) or "
+                                    "dcov (-dCov², unbounded: see docs/statistics.md)", choices=("dcor", "dcov"))
     unbiased: bool = option(False, "bias-corrected dCor² (U-statistic) instead of the V-statistic dCor")
     gather: bool = option(True, "compute every batch-level term on the global batch under DDP")
 
@@ -129,6 +145,8 @@ class RepresentationConfig:
     name: str = option(help="representation (registry): pixels, augmented_pixels, hog, scatnet, local_std, dct, "
                             "color_histogram, gabor, teacher")
     weight: float = option(1.0, "weight w_k of 1 - dCor(φ_k(x̄), z); negative = the authors' sign")
+    statistic: Optional[str] = option(None, "dcor or dcov for this term (None: loss.statistic)",
+                                      choices=(None, "dcor", "dcov"))
     params: Dict[str, Any] = option(help="parameters of the representation", factory=dict)
     standardize: bool = option(False, "z-score each feature of φ_k over the (global) batch before dCor, so that "
                                       "a few large-magnitude features (ScatNet's low-pass) do not dominate the "
@@ -148,6 +166,8 @@ class HogConfig:
 class ScatnetConfig:
     J: int = option(2, "scattering scales (default for a 'scatnet' representation)", ge=1)
     L: int = option(8, "scattering angles", ge=1)
+    shape: Optional[List[int]] = option(None, "input [height, width] (the authors' key; must be [dataset.size, "
+                                              "dataset.size])")
 
 
 @dataclass
@@ -161,7 +181,20 @@ class BaseTrainConfig:
     wd: float = option(1e-6, "weight decay", ge=0.0)
     optimizer: str = option("adam", "optimiser", choices=("adam", "adamw", "sgd", "lars"))
     momentum: float = option(0.9, "momentum (sgd, lars)", ge=0.0, le=1.0)
-    scheduler: str = option("warmup_cosine", "learning-rate schedule", choices=("warmup_cosine", "cosine", "multistep"))
+    scheduler: str = option("warmup_cosine", "learning-rate schedule (authors_clip / authors_epoch_cosine: the "
+                                             "authors' CLIP and semi-supervised schedules, see docs/authors.md)",
+                            choices=("warmup_cosine", "cosine", "multistep", "authors_clip", "authors_epoch_cosine"))
+    min_lr: Optional[float] = option(None, "warmup_cosine: the lr it starts from and decays to (None: 1e-3 x lr, the "
+                                           "warm-up starting near 0; the authors: 1e-6)", ge=0.0)
+    schedule_epoch: str = option("run", "what one epoch is to the schedule's lengths: run (the run's optimiser steps "
+                                        "per epoch) | single_device (floor(train images / batch_size) optimiser "
+                                        "steps, as the authors' code counted it: with gradient accumulation or "
+                                        "several devices their schedule runs slower than the epochs)",
+                                 choices=("run", "single_device"))
+    wd_norm_and_bias: bool = option(False, "decay biases and normalisation weights too, and the fine-tuning head "
+                                           "(the authors' Adam decays every parameter it optimises)")
+    gradient_clip_val: Optional[float] = option(None, "clip the gradient norm to this value (None: no clipping)",
+                                                gt=0.0)
     milestones: List[int] = option(help="multistep: epochs at which lr is multiplied by 0.1", factory=list)
     fp16: bool = option(False, "mixed precision: bf16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), "
                                "else fp16 on CUDA; losses stay float32")
@@ -211,7 +244,8 @@ class PretrainConfig(BaseTrainConfig):
     fine_tune_from: Optional[str] = option(None, "checkpoint whose weights initialise the encoder")
     encoder: EncoderConfig = option(factory=EncoderConfig, help="encoder / projector section")
     loss: LossConfig = option(factory=LossConfig, help="loss-term weights")
-    representations: List[RepresentationConfig] = option(help="the φ_k terms", factory=list)
+    representations: Optional[List[RepresentationConfig]] = option(
+        None, "the φ_k terms ([]: none; absent: the authors' format, see mvmr.authors_format)")
     hog: HogConfig = option(factory=HogConfig, help="defaults for 'hog' representations (seed key)")
     scatnet: ScatnetConfig = option(factory=ScatnetConfig, help="defaults for 'scatnet' representations (seed key)")
     cache: CacheConfig = option(factory=CacheConfig, help="representation cache")
@@ -228,7 +262,9 @@ class SemiSupervisedConfig(BaseTrainConfig):
 
     lr_head: Optional[float] = option(None, "learning rate of the linear head (None: 10 x lr)", gt=0.0)
     fine_tune_from: Optional[str] = option(None, "pretrained checkpoint (the --path_ckpt flag overrides)")
-    encoder: Optional[EncoderConfig] = option(None, "if given, checked against the checkpoint's encoder")
+    encoder: Optional[EncoderConfig] = option(None, "if given, checked against the checkpoint's encoder (the "
+                                                    "architecture of a checkpoint saved by the authors' code)")
+    num_features: Optional[int] = option(None, "backbone feature size (the authors' key; checked)", ge=1)
     eval: EvalConfig = option(factory=EvalConfig, help="test-time evaluation (ten_crop)")
 
 
@@ -241,6 +277,8 @@ class VOCConfig(BaseTrainConfig):
                            choices=("linear", "svm"))
     svm_costs: List[float] = option(help="SVM costs tried by cross-validation", factory=lambda: [0.01, 0.1, 1.0, 10.0])
     fine_tune_from: Optional[str] = option(None, "unused (seed key)")
+    encoder: Optional[EncoderConfig] = option(None, "architecture of a checkpoint saved by the authors' code "
+                                                    "(the authors' key; checked against an mvmr checkpoint's own)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,8 +443,20 @@ def _list_index(node: list, part: str, parts: list[str]) -> int:
     return int(part)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, schema: type = PretrainConfig) -> Any:
-    """Read YAML ``path`` (or start from defaults when None), apply overrides, validate against ``schema``."""
+SCHEMA_PROTOCOLS = {"PretrainConfig": "self_supervised", "SemiSupervisedConfig": "semi_supervised",
+                    "VOCConfig": "voc"}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, schema: type = PretrainConfig,
+                protocol: str | None = None) -> Any:
+    """Read YAML ``path`` (or start from defaults when None), apply overrides, validate against ``schema``.
+
+    A file in the authors' format is completed with what their code fixes (:mod:`mvmr.authors_config`);
+    ``protocol`` (self_supervised, distillation, semi_supervised, voc; default: the schema's) says which of
+    their modules the file was written for."""
+    from mvmr.authors_config import fill_authors_defaults, is_authors_format
+
+    protocol = protocol or SCHEMA_PROTOCOLS.get(schema.__name__)
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -420,7 +470,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, sch
             raise ConfigError(f"config file '{path}' is not valid YAML{where}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must be a mapping of keys")
+    authors = path is not None and protocol is not None and is_authors_format(data, protocol)
     data = apply_overrides(data, list(overrides or []))
+    if authors:
+        fill_authors_defaults(data, protocol, source=f"'{path}'")
     cfg = build_dataclass(schema, data)
     check_consistency(cfg)
     return cfg
@@ -447,6 +500,16 @@ def check_consistency(cfg: Any) -> None:
     for i, rep in enumerate(getattr(cfg, "representations", []) or []):
         if not rep.name:
             raise ConfigError(f"representations[{i}].name is required")
+    scatnet, dataset = getattr(cfg, "scatnet", None), getattr(cfg, "dataset", None)
+    if scatnet is not None and scatnet.shape is not None and list(scatnet.shape) != [dataset.size, dataset.size]:
+        raise ConfigError(f"scatnet.shape {list(scatnet.shape)} must be [dataset.size, dataset.size] = "
+                          f"[{dataset.size}, {dataset.size}] (ScatNet runs on x̄); fix it or remove scatnet.shape")
+    if dataset is not None and (dataset.mean is None) != (dataset.std is None):
+        raise ConfigError("dataset.mean and dataset.std go together: set both (one value per channel) or neither")
+    if dataset is not None and dataset.std is not None:
+        if len(dataset.mean) != len(dataset.std) or min(dataset.std) <= 0:
+            raise ConfigError(f"dataset.mean / dataset.std need one value per channel and std > 0; got "
+                              f"{dataset.mean} / {dataset.std}")
     devices = getattr(getattr(cfg, "trainer", None), "devices", 1)
     if isinstance(devices, str) and devices != "auto":
         raise ConfigError(f"trainer.devices must be a positive integer or 'auto', got {devices!r}")
@@ -459,8 +522,13 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def config_yaml(cfg: Any) -> str:
+    """The resolved config as YAML text (keys in schema order)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))
 
 
 def describe_schema(cls: type = PretrainConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from mvmr.checkpoint import AtomicCheckpointIO
-from mvmr.config import save_config
+from mvmr.config import config_yaml, save_config
 from mvmr.errors import ConfigError, MVMRError
 
 
@@ -55,6 +55,9 @@ def run_main(fn: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[st
 def add_common_flags(parser: argparse.ArgumentParser, *, tuning: bool = True) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted, YAML-typed), e.g. --set dataset.size=32; repeatable")
+    parser.add_argument("--print_config", action="store_true",
+                        help="print the resolved config as YAML (what <run>/config.yaml holds) and exit, without "
+                             "building a model or reading data")
     if tuning:
         parser.add_argument("--auto_bs", action="store_true", help="find the largest batch size that fits (Lightning Tuner)")
         parser.add_argument("--auto_lr", action="store_true", help="pick the learning rate with Lightning's LR finder")
@@ -178,7 +181,7 @@ def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list
                                          SaveOnInterrupt)
 
     accelerator = resolve_accelerator(cfg.trainer.accelerator)
-    precision = resolve_precision(cfg.fp16, accelerator)
+    precision = cfg.trainer.precision or resolve_precision(cfg.fp16, accelerator)
     if module is not None:
         check_precision_fits_model(module.backbone, module.info.channels, cfg.dataset.size, precision, accelerator)
     # `last` gets its own callback: Lightning 2.6 writes save_last only when a top-k checkpoint was written
@@ -198,6 +201,7 @@ def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list
         max_epochs=max_epochs or cfg.epochs, max_steps=cfg.trainer.max_steps,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
         accumulate_grad_batches=cfg.accumulate_grad_batches, check_val_every_n_epoch=cfg.eval_every,
+        gradient_clip_val=cfg.gradient_clip_val,
         log_every_n_steps=cfg.log_every,
         callbacks=[*checkpoints, LearningRateMonitor("step"), RNGStateCallback(cfg.seed), SaveOnInterrupt(run.last),
                    PeriodicCheckpoint(run.last, cfg.trainer.checkpoint_every_n_steps,
@@ -243,6 +247,11 @@ def tune(cfg: Any, trainer: pl.Trainer, module: pl.LightningModule, datamodule: 
 
 def write_run_config(cfg: Any, run: RunDir) -> None:
     save_config(cfg, run.path / "config.yaml")
+
+
+def print_config(cfg: Any) -> None:
+    """The resolved config as YAML on stdout (the same text as <run>/config.yaml)."""
+    print(config_yaml(cfg), end="")
 
 
 # ------------------------------------------------------------------------------ tables

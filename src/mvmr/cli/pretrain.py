@@ -6,41 +6,49 @@ from typing import Sequence
 
 import pytorch_lightning as pl
 
-from mvmr.checkpoint import load_checkpoint
-from mvmr.cli.common import (RunDir, add_common_flags, build_trainer, configure_runtime, format_table,
+from mvmr.checkpoint import copy_backbone_weights, read_checkpoint
+from mvmr.checkpoint_formats import read_weights
+from mvmr.cli.common import (RunDir, add_common_flags, build_trainer, configure_runtime, format_table, print_config,
                              resume_checkpoint, run_main, tune, write_run_config)
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
-from mvmr.errors import CheckpointError, ConfigError
+from mvmr.errors import ConfigError
 from mvmr.methods.callbacks import build_callbacks
 from mvmr.methods.pretrain import MVMRPretrainModule
 
 
 def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/digits_self_supervised.yaml")
+    parser.add_argument("--config", "-c", required=True,
+                        help="YAML config, e.g. configs/digits_self_supervised.yaml (the authors' config files "
+                             "work as they are)")
     add_common_flags(parser)
     return parser.parse_args(argv)
 
 
 def load_encoder_weights(module: MVMRPretrainModule, path: str) -> None:
-    """``fine_tune_from``: copy backbone + projector weights of a checkpoint of this project."""
-    state = load_checkpoint(path)["state_dict"]
-    own = module.state_dict()
-    keys = [k for k in state if k.startswith(("backbone.", "projector."))]
-    bad = [k for k in keys if k in own and own[k].shape != state[k].shape]
-    if not keys or bad:
-        detail = f"{bad[0]}: {tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}" if bad else "no encoder weights"
-        raise CheckpointError(f"fine_tune_from '{path}' does not match encoder.* of the config ({detail})")
-    module.load_state_dict({k: state[k] for k in keys}, strict=False)
+    """``fine_tune_from``: copy the backbone (and the projector when its shapes match) of a checkpoint of this
+    project or of the authors' code; a one-line CheckpointError when the backbone differs from the config's."""
+    found = read_weights(read_checkpoint(path), path, weights="online")
+    copy_backbone_weights(module.backbone, found.backbone, path, found.where)
+    own = module.projector.state_dict()
+    theirs = found.projector or {}
+    if theirs and set(theirs) == set(own) and all(theirs[k].shape == own[k].shape for k in own):
+        module.projector.load_state_dict(theirs)
+    elif theirs:
+        print(f"fine_tune_from: the projector of '{path}' differs from encoder.out_dim; it starts afresh")
 
 
 def pretrain(argv: Sequence[str] | None = None, description: str = "MV-MR self-supervised pretraining",
-             require_teacher: bool = False) -> RunDir:
+             require_teacher: bool = False) -> RunDir | None:
     args = parse_args(argv, description)
+    cfg = load_config(args.config, args.set, schema=PretrainConfig,
+                      protocol="distillation" if require_teacher else "self_supervised")
+    if args.print_config:
+        print_config(cfg)
+        return None
     configure_runtime()
-    cfg = load_config(args.config, args.set, schema=PretrainConfig)
-    if require_teacher and not any(r.name == "teacher" for r in cfg.representations):
+    if require_teacher and not any(r.name == "teacher" for r in cfg.representations or []):
         raise ConfigError("distillation needs a teacher: add to representations e.g. "
                           "{name: teacher, weight: 1.0, params: {kind: open_clip, model_name: ViT-B-16, pretrained: /path/to/weights.bin}}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -83,7 +91,7 @@ def report(trainer: pl.Trainer, module: MVMRPretrainModule, datamodule, run: Run
     print(f"Run directory: {run.path}")
 
 
-def distill(argv: Sequence[str] | None = None) -> RunDir:
+def distill(argv: Sequence[str] | None = None) -> RunDir | None:
     """MV-MR distillation of a frozen teacher: pretraining whose representations include a ``teacher`` term."""
     return pretrain(argv, "MV-MR knowledge distillation of a frozen teacher (e.g. CLIP's image tower)",
                     require_teacher=True)

@@ -5,10 +5,9 @@ import argparse
 from typing import Sequence
 
 import pytorch_lightning as pl
-import torch
 
-from mvmr.cli.common import (default_device, RunDir, add_common_flags, build_trainer, configure_runtime, format_table,
-                             resume_checkpoint, run_main, tune, write_run_config)
+from mvmr.cli.common import (RunDir, add_common_flags, build_trainer, configure_runtime, default_device, format_table,
+                             print_config, resume_checkpoint, run_main, tune, write_run_config)
 from mvmr.config import SemiSupervisedConfig, load_config
 from mvmr.data import MVMRDataModule
 from mvmr.data.views import build_test_view
@@ -26,14 +25,20 @@ class LabelledDataModule(MVMRDataModule):
         return self.labelled_train_dataloader(shuffle=True, drop_last=n > self.batch_size)
 
 
-def train(argv: Sequence[str] | None = None) -> RunDir:
+def train(argv: Sequence[str] | None = None) -> RunDir | None:
     parser = argparse.ArgumentParser(description="Semi-supervised fine-tuning of a pretrained MV-MR encoder")
-    parser.add_argument("--config", required=True, help="semi-supervised config, e.g. configs/digits_semi_supervised.yaml")
-    parser.add_argument("--path_ckpt", default=None, help="pretrained checkpoint (default: fine_tune_from of the config)")
+    parser.add_argument("--config", "-c", required=True,
+                        help="semi-supervised config, e.g. configs/digits_semi_supervised.yaml")
+    parser.add_argument("--path_ckpt", "-p", "--ckpt", dest="path_ckpt", default=None,
+                        help="pretrained checkpoint: a run's .ckpt, or a .ckpt / .pth saved by the authors' code "
+                             "(default: fine_tune_from of the config)")
     add_common_flags(parser)
     args = parser.parse_args(argv)
-    configure_runtime()
     cfg = load_config(args.config, args.set, schema=SemiSupervisedConfig)
+    if args.print_config:
+        print_config(cfg)
+        return None
+    configure_runtime()
     path = args.path_ckpt or cfg.fine_tune_from
     if not path:
         raise ConfigError("no pretrained checkpoint: pass --path_ckpt runs/<name>/checkpoints/best.ckpt or set fine_tune_from")
@@ -42,6 +47,9 @@ def train(argv: Sequence[str] | None = None) -> RunDir:
     dm = LabelledDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("fit")
     module = SemiSupervisedModule.from_pretrained(cfg, dm.info, path)
+    if cfg.num_features is not None and cfg.num_features != module.feature_dim:
+        raise ConfigError(f"num_features is {cfg.num_features} but the backbone of '{path}' gives "
+                          f"{module.feature_dim} features; fix num_features or remove it")
     n_labelled = len(dm.labelled_train_dataloader(shuffle=False, drop_last=False).dataset)
     run = RunDir.for_config(cfg, args.config, "semi_supervised")
     print(f"Run directory: {run.path}  ({n_labelled} labelled training images)")
@@ -63,13 +71,16 @@ def train(argv: Sequence[str] | None = None) -> RunDir:
 
 def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description="Evaluate a semi-supervised checkpoint on the test split")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--ckpt", required=True)
-    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--config", "-c", required=True, help="the semi-supervised config the model was trained with")
+    parser.add_argument("--ckpt", "-p", required=True, help="checkpoint written by main_semi_supervised.py")
+    parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
     add_common_flags(parser, tuning=False)
     args = parser.parse_args(argv)
-    configure_runtime()
     cfg = load_config(args.config, args.set, schema=SemiSupervisedConfig)
+    if args.print_config:
+        print_config(cfg)
+        return {}
+    configure_runtime()
     device = default_device()
     module = SemiSupervisedModule.from_checkpoint(args.ckpt).to(device).eval()
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)

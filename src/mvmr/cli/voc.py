@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Sequence
 
 import pytorch_lightning as pl
@@ -10,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mvmr.api import load_frozen_backbone
-from mvmr.cli.common import default_device, RunDir, add_common_flags, configure_runtime, format_table, run_main, write_run_config
+from mvmr.cli.common import (RunDir, add_common_flags, configure_runtime, default_device, format_table, print_config,
+                             run_main, write_run_config)
 from mvmr.config import PretrainConfig, VOCConfig, load_config
 from mvmr.data.views import build_eval_view
 from mvmr.data.voc import VOC_CLASSES, VOCMultiLabel, resolve_eval_split
@@ -36,17 +36,35 @@ def check_rgb(info, source: str) -> None:
                               "pretrain with 3 channels (dataset.to_rgb=true for grayscale data)")
 
 
-def train(argv: Sequence[str] | None = None) -> RunDir:
+def voc_normalisation(self_cfg: PretrainConfig):
+    """For a checkpoint without run settings (the authors'): the pretraining config's normalisation when it sets
+    dataset.mean / dataset.std, else None (the loader's default)."""
+    from mvmr.data import DatasetInfo
+
+    data = self_cfg.dataset
+    if data.mean is None:
+        return None
+    return DatasetInfo(n_classes=0, channels=len(data.mean), mean=tuple(data.mean), std=tuple(data.std))
+
+
+def train(argv: Sequence[str] | None = None) -> RunDir | None:
     parser = argparse.ArgumentParser(description="VOC07 multi-label linear classification on frozen features")
-    parser.add_argument("--config_voc", required=True, help="VOC config, e.g. configs/imagenet_voc.yaml")
-    parser.add_argument("--config_self", required=True, help="the self-supervised config of the pretrained model")
-    parser.add_argument("--path_self", required=True, help="pretrained self-supervised checkpoint")
-    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--config_voc", "--config", "-c", dest="config_voc", required=True,
+                        help="VOC config, e.g. configs/imagenet_voc.yaml")
+    parser.add_argument("--config_self", default=None,
+                        help="the self-supervised config of the pretrained model (checked; for a checkpoint saved by "
+                             "the authors' code it gives the architecture and normalisation)")
+    parser.add_argument("--path_self", "--path_ckpt", "-p", "--ckpt", dest="path_self", required=True,
+                        help="pretrained self-supervised checkpoint (a run's .ckpt, or the authors' .ckpt / .pth)")
+    parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
     add_common_flags(parser)
     args = parser.parse_args(argv)
-    configure_runtime()
     cfg = load_config(args.config_voc, args.set, schema=VOCConfig)
-    load_config(args.config_self, schema=PretrainConfig)  # validated like every config
+    if args.print_config:
+        print_config(cfg)
+        return None
+    configure_runtime()
+    self_cfg = load_config(args.config_self, schema=PretrainConfig) if args.config_self else None
     if not cfg.dataset.path:
         raise ConfigError("dataset.path of the VOC config must be the folder that holds VOCdevkit/")
     if args.auto_bs or args.auto_lr:
@@ -55,7 +73,9 @@ def train(argv: Sequence[str] | None = None) -> RunDir:
     pl.seed_everything(cfg.seed, verbose=False)
     device = default_device()
     # the backbone alone: a distilled checkpoint needs no teacher weights here
-    pretrained = load_frozen_backbone(args.path_self, device)
+    encoder = self_cfg.encoder if self_cfg is not None else cfg.encoder
+    info = voc_normalisation(self_cfg) if self_cfg is not None else None
+    pretrained = load_frozen_backbone(args.path_self, device, encoder=encoder, info=info)
     check_rgb(pretrained.info, args.path_self)
     run = RunDir.for_config(cfg, args.config_voc, "voc")
     write_run_config(cfg, run)
@@ -82,13 +102,16 @@ def train(argv: Sequence[str] | None = None) -> RunDir:
 
 def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description="VOC07 per-class AP and mAP of a main_voc.py checkpoint")
-    parser.add_argument("--config", required=True, help="VOC config")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by main_voc.py")
-    parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--config", "-c", required=True, help="VOC config")
+    parser.add_argument("--ckpt", "-p", required=True, help="checkpoint written by main_voc.py")
+    parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
     add_common_flags(parser, tuning=False)
     args = parser.parse_args(argv)
-    configure_runtime()
     cfg = load_config(args.config, args.set, schema=VOCConfig)
+    if args.print_config:
+        print_config(cfg)
+        return {}
+    configure_runtime()
     device = default_device()
     backbone, head, hp = load_voc_checkpoint(args.ckpt)
     backbone.to(device)

@@ -142,6 +142,11 @@ class MVMRDataModule(pl.LightningDataModule):
         self.setup()
         return len(self.pretrain_dataset)
 
+    @property
+    def num_labelled_train_samples(self) -> int:
+        self.setup()
+        return len(self.labelled_train_dataset)
+
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: IndexedSubset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
         self.setup()

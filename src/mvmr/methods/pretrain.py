@@ -10,7 +10,9 @@ One training step (B images, uint8, on the device)::
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping
+import functools
+import itertools
+from typing import Any, Dict, Iterator, Mapping
 
 import pytorch_lightning as pl
 import torch
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvmr.config import PretrainConfig, build_dataclass, to_dict
-from mvmr.data.views import build_eval_view, train_view_from_config
+from mvmr.data.views import build_eval_view, build_train_view, train_view_from_config
 from mvmr.errors import MVMRError
 from mvmr.losses import MVMRObjective
 from mvmr.methods.optim import build_optimizer, param_groups
@@ -39,6 +41,14 @@ def representation_keys(names: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
 
 
+def endless_batches(loader) -> Iterator:
+    """The batches of ``loader`` over and over; a shuffling sampler gets a new epoch (a new order) each pass."""
+    for epoch in itertools.count():
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        yield from loader
+
+
 class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
     """Backbone f, projector g, the representations φ_k, the MV-MR objective and an online probe."""
 
@@ -56,18 +66,20 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         self._ema_step = 0  # global_step at the last update of the average
         if cfg.compile:  # in place: parameter names (and so checkpoints) stay those of the eager module
             self.backbone.compile()
-        self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim)
+        self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim, cfg.encoder.projector_last_bias)
         size = cfg.dataset.size
         self.train_view = train_view_from_config(cfg, info.mean, info.std, channels)
         self.eval_view = build_eval_view(size, info.mean, info.std)
         self.register_buffer("_mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
 
-        names = [r.name for r in cfg.representations]
+        terms = list(cfg.representations or [])
+        names = [r.name for r in terms]
         keys = representation_keys(names)
         self.representations = nn.ModuleDict()
         self.representation_weights: Dict[str, float] = {}
-        for i, (key, rep) in enumerate(zip(keys, cfg.representations)):
+        self.copy_views = nn.ModuleDict()  # augmented_pixels terms whose copy has a policy of its own
+        for i, (key, rep) in enumerate(zip(keys, terms)):
             params = dict(rep.params)
             for seed_key in SEED_SECTIONS.get(rep.name, ()):  # seed configs keep hog/scatnet params top-level
                 params.setdefault(seed_key, getattr(getattr(cfg, rep.name), seed_key))
@@ -77,24 +89,30 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
                     params.setdefault("pretrained", cfg.clip.pretrained)
                 params.setdefault("dataset_mean", list(info.mean))
                 params.setdefault("dataset_std", list(info.std))
+            augment = self._augment_normalised
+            if rep.name == "augmented_pixels" and params.get("policy") not in (None, cfg.dataset.aug_policy):
+                self.copy_views[key] = build_train_view(params["policy"], size, info.mean, info.std, channels,
+                                                        compile_ops=cfg.compile_view_ops)
+                augment = functools.partial(self._augment_normalised, view=self.copy_views[key])
             self.representations[key] = build_representation(
-                rep.name, params, in_channels=channels, image_size=size, augment=self._augment_normalised,
-                index=i)
+                rep.name, params, in_channels=channels, image_size=size, augment=augment, index=i)
             self.representation_weights[key] = rep.weight
         self.objective = MVMRObjective(
             mse_weight=cfg.loss.mse_weight, std_weight=cfg.loss.std_weight, dcor_weight=cfg.loss.dcor_weight,
             std_margin=cfg.std_margin, unbiased=cfg.loss.unbiased, normalize_z=cfg.normalize_z,
-            gather=cfg.loss.gather,
-            standardized=[key for key, rep in zip(keys, cfg.representations) if rep.standardize],
-            powers={key: rep.power for key, rep in zip(keys, cfg.representations)})
+            gather=cfg.loss.gather, statistic=cfg.loss.statistic,
+            statistics={key: rep.statistic for key, rep in zip(keys, terms)},
+            standardized=[key for key, rep in zip(keys, terms) if rep.standardize],
+            powers={key: rep.power for key, rep in zip(keys, terms)})
         self.n_classes = cfg.dataset.n_classes or info.n_classes
         self.probe = nn.Linear(self.feature_dim, self.n_classes) if cfg.probe.enabled else None
         self.representation_cache = None  # set by the cache callback: key -> (N, d_k) tensor-like, by index
+        self._labelled_batches = None  # probe.source=labelled: an endless iterator over labelled train batches
 
     # ------------------------------------------------------------------ helpers
-    def _augment_normalised(self, x_bar: torch.Tensor) -> torch.Tensor:
-        """The training augmentation applied to an already normalised view (for ``augmented_pixels``)."""
-        return self.train_view((x_bar * self._std + self._mean).clamp(0, 1))
+    def _augment_normalised(self, x_bar: torch.Tensor, view: nn.Module | None = None) -> torch.Tensor:
+        """The training augmentation (or ``view``) applied to an already normalised view (``augmented_pixels``)."""
+        return (view or self.train_view)((x_bar * self._std + self._mean).clamp(0, 1))
 
     def _to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
@@ -111,7 +129,9 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
     def _augmented_copy_keys(self) -> list[str]:
         """Representations that need an independently augmented copy of the batch each step."""
         cache = self.representation_cache or {}
-        return [key for key, rep in self.representations.items() if rep.needs_augment and key not in cache]
+        return [key for key, rep in self.representations.items()
+                if rep.needs_augment and getattr(rep, "draws_from_training_view", True)
+                and key not in self.copy_views and key not in cache]
 
     def compute_representations(self, x_bar: torch.Tensor, index: torch.Tensor,
                                 augmented: Mapping[str, torch.Tensor] | None = None) -> Dict[str, torch.Tensor]:
@@ -137,15 +157,18 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
             x_bar = self.eval_view(images)
             # x' and the augmented copies in one batched call (independent parameters per sample)
             views = self.train_view(images.repeat(1 + len(copies), *([1] * (images.dim() - 1))))
-            x_aug, *copy_views = views.chunk(1 + len(copies))
+            x_aug, *copy_batches = views.chunk(1 + len(copies))
         h_bar, z_bar = self.embed(x_bar)
         _, z = self.embed(x_aug)
-        reps = self.compute_representations(x_bar, index, dict(zip(copies, copy_views)))
+        reps = self.compute_representations(x_bar, index, dict(zip(copies, copy_batches)))
         loss, terms = self.objective(z_bar, z, reps, self.representation_weights)
         self._check_finite(loss, terms)
         log = {f"train/{k}": v for k, v in terms.items()}
         if self.probe is not None:
-            probe_loss, probe_log = self._probe_step(h_bar.detach(), labels)
+            if self.cfg.probe.source == "labelled":
+                probe_loss, probe_log = self._labelled_probe_step()
+            else:
+                probe_loss, probe_log = self._probe_step(h_bar.detach(), labels)
             loss = loss + probe_loss
             log.update(probe_log)
         self.log_dict(log, on_step=True, on_epoch=True, prog_bar=False, batch_size=images.shape[0])
@@ -176,6 +199,19 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
             self._ema_step = self.global_step
             update_ema(self.ema_backbone, self.backbone, ema_decay_at(max(self.global_step - 1, 0), self.cfg.ema_decay))
 
+    def _labelled_probe_step(self) -> tuple[torch.Tensor, dict]:
+        """The probe's step on a full batch of labelled train images (x̄, features without gradients), drawn
+        anew at every training step, as the authors' OnlineFineTuner (vkinakh/mv-mr
+        src/model/self_supervised_module.py, ``on_train_batch_end``). The backbone stays in training mode, as
+        theirs: the batch norms' running statistics also see these batches."""
+        if self._labelled_batches is None:
+            self._labelled_batches = endless_batches(
+                self.trainer.datamodule.labelled_train_dataloader(shuffle=True, drop_last=True))
+        images, labels, _ = next(self._labelled_batches)
+        with torch.no_grad():
+            h = self.forward(self.eval_view(images.to(self.device, non_blocking=True)))
+        return self._probe_step(h, labels.to(self.device, non_blocking=True))
+
     def _probe_step(self, h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         labelled = labels >= 0
         if not labelled.any():
@@ -205,11 +241,14 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         extra = []
         if self.probe is not None:
             extra.append({"params": list(self.probe.parameters()), "lr": self.cfg.probe.lr,
-                          "weight_decay": 0.0, "lars_exclude": True})
-        groups = param_groups(model, self.cfg.wd, extra)
+                          "weight_decay": 0.0, "lars_exclude": True, "constant_lr": not self.cfg.probe.scheduled})
+        groups = param_groups(model, self.cfg.wd, extra, self.cfg.wd_norm_and_bias)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or self.cfg.epochs))
-        return build_optimizer(self.cfg, groups, self.lr, total, steps_per_epoch)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        images = getattr(datamodule, "num_pretrain_samples", None)
+        loader_batches = images // self.cfg.batch_size if images else None
+        return build_optimizer(self.cfg, groups, self.lr, total, steps_per_epoch, loader_batches)
 
     # ------------------------------------------------------------------ loading
     @classmethod

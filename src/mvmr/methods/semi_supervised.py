@@ -102,8 +102,13 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
 
     def configure_optimizers(self):
         lr_head = self.cfg.lr_head or 10 * self.lr
+        head_wd = self.cfg.wd if self.cfg.wd_norm_and_bias else 0.0  # the authors' one Adam decays the head too
         groups = param_groups(self.backbone, self.cfg.wd, [
-            {"params": list(self.head.parameters()), "lr": lr_head, "weight_decay": 0.0, "lars_exclude": True}])
+            {"params": list(self.head.parameters()), "lr": lr_head, "weight_decay": head_wd, "lars_exclude": True}],
+            self.cfg.wd_norm_and_bias)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or self.cfg.epochs))
-        return build_optimizer(self.cfg, groups, self.lr, total, steps_per_epoch)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        labelled = getattr(datamodule, "num_labelled_train_samples", None)
+        loader_batches = labelled // self.cfg.batch_size if labelled else None
+        return build_optimizer(self.cfg, groups, self.lr, total, steps_per_epoch, loader_batches)

@@ -18,8 +18,9 @@ def parse_widths(spec: str, key: str = "encoder.out_dim") -> list[int]:
     return widths
 
 
-def build_projector(in_dim: int, spec: str) -> nn.Sequential:
-    """Linear-BN-ReLU blocks for every width but the last, which is a plain Linear.
+def build_projector(in_dim: int, spec: str, last_bias: bool = True) -> nn.Sequential:
+    """Linear-BN-ReLU blocks for every width but the last, which is a plain Linear (with a bias unless
+    ``last_bias`` is False: the authors' projector has no bias anywhere).
 
     (B, in_dim) -> (B, widths[-1]). Example: in_dim=512, spec="2048-2048" gives
     Linear(512, 2048) BN ReLU Linear(2048, 2048).
@@ -30,5 +31,5 @@ def build_projector(in_dim: int, spec: str) -> nn.Sequential:
     for width in widths[:-1]:
         layers += [nn.Linear(prev, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
         prev = width
-    layers.append(nn.Linear(prev, widths[-1]))
+    layers.append(nn.Linear(prev, widths[-1], bias=last_bias))
     return nn.Sequential(*layers)

@@ -6,6 +6,7 @@ image_folder. Splits: "train", "test", "extra_unlabeled" (only stl10's unlabelle
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from mvmr.data.datasets import cifar, digits, folders, idx, stl10  # noqa: F401  (registration)
@@ -18,11 +19,21 @@ __all__ = ["DATASETS", "SPLITS", "UNLABELLED", "ArrayImageDataset", "DatasetInfo
            "ImageDataset", "balanced_subset", "build_dataset", "load_image", "pixel_stats", "stratified_split"]
 
 
+def with_normalisation(info: DatasetInfo, mean: list[float], std: list[float]) -> DatasetInfo:
+    """``info`` with the configured ``dataset.mean`` / ``dataset.std`` (one value per channel)."""
+    if len(mean) != info.channels or len(std) != info.channels:
+        raise ConfigError(f"dataset.mean / dataset.std need {info.channels} values (one per channel of the "
+                          f"images), got {list(mean)} / {list(std)}")
+    return dataclasses.replace(info, mean=tuple(mean), std=tuple(std))
+
+
 def build_dataset(cfg: Any, split: str) -> ImageDataset | None:
     """The ``split`` of dataset ``cfg.name``; checks ``cfg.n_classes`` against the data when both are known."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     dataset = DATASETS.get(cfg.name, key="dataset.name")(cfg, split)
+    if dataset is not None and getattr(cfg, "mean", None) is not None:
+        dataset.info = with_normalisation(dataset.info, cfg.mean, cfg.std)
     n_classes = getattr(cfg, "n_classes", None)
     if dataset is not None and n_classes is not None and dataset.info.n_classes and n_classes != dataset.info.n_classes:
         raise ConfigError(f"dataset.n_classes is {n_classes} but {cfg.name} has {dataset.info.n_classes} classes; "

@@ -31,12 +31,14 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def read_classes_file(path: str) -> list[str]:
-    """Class folder names, one per line (blank lines and '#' comments skipped, duplicates dropped)."""
+    """Class folder names, one per line: the line's first word, so the authors' subset files ("<wnid> <class
+    name>", vkinakh/mv-mr data/imagenet_subsets/*.txt) read as they are (blank lines and '#' comments skipped,
+    duplicates dropped)."""
     try:
         lines = Path(path).expanduser().read_text().splitlines()
     except OSError as err:
         raise ConfigError(f"dataset.classes_file: cannot read '{path}' ({err.strerror})") from None
-    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    names = [line.split()[0] for line in lines if line.strip() and not line.strip().startswith("#")]
     if not names:
         raise ConfigError(f"dataset.classes_file: '{path}' lists no class")
     return list(dict.fromkeys(names))
