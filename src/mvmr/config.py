@@ -138,6 +138,9 @@ class LossConfig:
                                     "dcov (-dCov², unbounded: see docs/statistics.md)", choices=("dcor", "dcov"))
     unbiased: bool = option(False, "bias-corrected dCor² (U-statistic) instead of the V-statistic dCor")
     gather: bool = option(True, "compute every batch-level term on the global batch under DDP")
+    gather_dim: Optional[int] = option(None, "under DDP with gather: gather each representation as a seeded random "
+                                             "projection to this many dims, the same on every rank (None: exactly)",
+                                       ge=1)
 
 
 @dataclass
@@ -224,6 +227,8 @@ class CacheConfig:
     dir: Optional[str] = option(None, "cache folder (None: <run_dir>/cache, shared by runs)")
     dtype: str = option("float16", "storage dtype", choices=("float16", "float32"))
     max_dim: Optional[int] = option(None, "seeded random projection of larger representations to this many dims", ge=1)
+    max_gb: Optional[float] = option(None, "refuse to build a cache larger than this many GB (None: the free space "
+                                           "of cache.dir is the limit)", gt=0.0)
 
 
 @dataclass
