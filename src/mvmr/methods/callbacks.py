@@ -11,7 +11,10 @@ from mvmr.representations.cache import RepresentationCache
 
 class RepresentationCacheCallback(pl.Callback):
     """Before training, compute every deterministic φ_k(x̄) of the pretraining set once (rank 0 first,
-    the other ranks then reuse the files) and hand the cache to the module."""
+    the other ranks then reuse the files) and hand the cache to the module.
+
+    A cache that would exceed the free space of cache.dir or cache.max_gb is refused (one-line ConfigError,
+    nothing computed), on every rank under DDP."""
 
     def __init__(self, cfg, datamodule, root: Path):
         self.cfg, self.datamodule, self.root = cfg, datamodule, root
@@ -31,12 +34,17 @@ class RepresentationCacheCallback(pl.Callback):
         dtype = torch.float16 if self.cfg.cache.dtype == "float16" else torch.float32
         loader = self.datamodule.pretrain_dataloader(shuffle=False, drop_last=False)
 
-        def build():
-            return RepresentationCache.build(
-                dict(pl_module.representations), loader, pl_module.eval_view.to(pl_module.device), self.root,
-                self.fingerprint(pl_module), device=pl_module.device, dtype=dtype, max_dim=self.cfg.cache.max_dim,
-                seed=self.cfg.seed, progress=trainer.is_global_zero and self.cfg.trainer.progress_bar)
+        common = dict(representations=dict(pl_module.representations), loader=loader,
+                      eval_view=pl_module.eval_view.to(pl_module.device), root=self.root,
+                      fingerprint=self.fingerprint(pl_module), device=pl_module.device, dtype=dtype,
+                      max_dim=self.cfg.cache.max_dim, seed=self.cfg.seed, max_gb=self.cfg.cache.max_gb)
 
+        def build():
+            return RepresentationCache.build(**common,
+                                             progress=trainer.is_global_zero and self.cfg.trainer.progress_bar)
+
+        if trainer.world_size > 1:  # a refusal must stop every rank, not leave the others waiting at the barrier
+            RepresentationCache.check_fits(**common)
         cache = build() if trainer.is_global_zero else None
         trainer.strategy.barrier("representation-cache")
         if cache is None:

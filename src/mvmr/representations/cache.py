@@ -11,16 +11,26 @@ caller's fingerprint, the representation, storage dtype, ``max_dim``, seed, N), 
 new files. The array is written under a temporary name, flushed, renamed into place, and only then is
 the metadata renamed into place: a file without its metadata is incomplete (a crashed build) and is
 rebuilt, never reused.
+
+Disk space: before computing anything, ``build`` estimates the bytes of the entries it will write
+(:meth:`RepresentationCache.estimate`) and refuses with a one-line :class:`ConfigError` when they exceed
+the free space of the cache folder or ``max_gb``. The array's blocks are allocated when it is created
+(``posix_fallocate``) and rows are written with positioned writes (``os.pwrite``), never through a
+writable memory map, so a disk that fills up anyway gives ENOSPC (the same one-line error, partial
+files removed) instead of a SIGBUS.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
+import io
 import itertools
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
@@ -36,6 +46,8 @@ FLOAT16_LIMIT = 6e4  # |x| above this is stored as float32 (float16 overflows at
 STORAGE_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
 _MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+_NO_SPACE = frozenset(filter(None, (errno.ENOSPC, getattr(errno, "EDQUOT", None))))
+_COPY_BYTES = 64 << 20  # block size when copying rows to a float32 file
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,28 +241,215 @@ def open_complete(stem: Path, n_rows: int) -> Optional[CachedRows]:
 # --------------------------------------------------------------------------------------------
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def npy_header(dtype: np.dtype, shape: tuple) -> bytes:
+    """The ``.npy`` (version 1.0) header of a C-order array of ``dtype`` and ``shape``."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": tuple(shape)})
+    return header.getvalue()
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (os.pwrite may write less than asked)."""
+    while len(data):
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the open file ``size`` bytes with its blocks allocated now: ENOSPC here, not SIGBUS later.
+
+    Where the system or file system cannot preallocate, the file is only extended (sparse); the
+    positioned writes then report a full disk as ENOSPC themselves.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(fd, 0, size)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+                raise
+    os.ftruncate(fd, size)
+
+
+class RowFile:
+    """An (N, d) ``.npy`` file being filled by rows: header written and blocks allocated at creation.
+
+    Rows are written with ``os.pwrite`` (a run of consecutive indices in one call), not through a
+    writable memory map: writing through a map into blocks the file system cannot allocate raises
+    SIGBUS, a write raises OSError(ENOSPC).
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple):
+        self.path, self.dtype, self.shape = Path(path), np.dtype(dtype), tuple(shape)
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+        header = npy_header(self.dtype, self.shape)
+        self.offset = len(header)
+        self._fd: Optional[int] = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            _allocate(self._fd, self.offset + self.shape[0] * self.row_bytes)
+            _pwrite_all(self._fd, memoryview(header), 0)
+        except BaseException:
+            self.close()
+            self.path.unlink(missing_ok=True)
+            raise
+
+    def write(self, index: np.ndarray, rows: np.ndarray) -> None:
+        """Store ``rows`` (B, d) (converted to the file's dtype) as rows ``index`` (B,), any order."""
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if len(index) > 1 and not (np.diff(index) == 1).all():
+            order = np.argsort(index, kind="stable")
+            index, rows = index[order], rows[order]
+        runs = np.concatenate(([0], np.flatnonzero(np.diff(index) != 1) + 1, [len(index)]))  # consecutive indices
+        bounds = (runs * self.row_bytes).tolist()
+        offsets = (self.offset + index[runs[:-1]].astype(np.int64) * self.row_bytes).tolist()
+        data, fd = memoryview(rows.reshape(-1).view(np.uint8)), self._fd
+        for start, stop, offset in zip(bounds[:-1], bounds[1:], offsets):
+            if os.pwrite(fd, data[start:stop], offset) != stop - start:  # short write: finish it
+                _pwrite_all(fd, data[start:stop], offset)
+
+    def read(self) -> np.ndarray:
+        """The rows written so far, as a read-only (N, d) memory map (unwritten rows are 0)."""
+        return np.load(self.path, mmap_mode="r")
+
+    def finish(self) -> None:
+        """Flush to disk (a deferred write error, ENOSPC included, surfaces here) and close."""
+        os.fsync(self._fd)
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _metadata(shape: tuple, source_dim: int, projected: bool, storage: np.dtype, stem: Path,
+              material: Dict[str, Any]) -> str:
+    """The text of ``<stem>.json``, the file that marks ``<stem>.npy`` complete."""
+    return canonical_json({"format": CACHE_FORMAT, "rows": shape[0], "dim": shape[1], "source_dim": source_dim,
+                           "projected": projected, "stored_dtype": np.dtype(storage).name,
+                           "hash": stem.name.rsplit("-", 1)[-1], "material": material})
+
+
+def output_size(module: nn.Module, probe: Callable[[nn.Module], int]) -> int:
+    """d of ``module``'s (B, d) output: its ``output_dim()`` when it has one (no forward call),
+    else ``probe(module)`` (a forward pass on one sample)."""
+    output_dim = getattr(module, "output_dim", None)
+    if callable(output_dim):
+        try:
+            return int(output_dim())
+        except NotImplementedError:
+            pass
+    return probe(module)
+
+
+def _format_bytes(n: float) -> str:
+    """Decimal units, 3 significant digits: 40300000000 -> '40.3 GB'."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest existing parent (where the cache folder will be created)."""
+    path = path.absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _fitting_max_dim(builders: List["EntryBuilder"], limit: float) -> Optional[int]:
+    """The largest cache.max_dim whose entries fit in ``limit`` bytes (None if even 1 column does not).
+
+    Each entry's overhead gets 64 bytes of slack: setting max_dim changes a few characters of its metadata.
+    """
+    def size(m: int) -> int:
+        return sum(b.n_rows * min(b.planned_dim, m) * b.storage.itemsize + b.overhead + 64 for b in builders)
+
+    low, high = 0, max(b.planned_dim for b in builders)
+    while low < high:  # largest m in [0, high] with size(m) <= limit
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if size(mid) <= limit else (low, mid - 1)
+    return low or None
+
+
+def _size_summary(builders: List["EntryBuilder"]) -> str:
+    """'about 40.3 GB (float16: scatnet 35.1 GB, hog 4.2 GB, ...; float32 widening can double an entry)'."""
+    ranked = sorted(builders, key=lambda b: -b.planned_bytes)
+    parts = [f"{b.key} {_format_bytes(b.planned_bytes)}" for b in ranked[:4]]
+    if len(ranked) > 4:
+        parts.append(f"{len(ranked) - 4} more")
+    storage = ", ".join(sorted({b.storage.name for b in builders}))
+    widening = "; float32 widening can double an entry" if any(b.storage == np.float16 for b in builders) else ""
+    total = sum(b.planned_bytes for b in builders)
+    return f"about {_format_bytes(total)} ({storage}: {', '.join(parts)}{widening})"
+
+
+def check_space(builders: List["EntryBuilder"], root: Path, max_gb: Optional[float]) -> None:
+    """Raise a one-line ConfigError if the planned entries exceed the free space under ``root`` or ``max_gb``."""
+    if not builders:
+        return
+    total = sum(b.planned_bytes for b in builders)
+    anchor = _existing_ancestor(root)
+    free = shutil.disk_usage(anchor).free
+    limits = [(free, f"only {_format_bytes(free)} is free on the disk of {anchor}",
+               "cache.dir (a folder on a disk with more free space)")]
+    if max_gb is not None:
+        limits.append((max_gb * 1e9, f"cache.max_gb={max_gb:g} allows {_format_bytes(max_gb * 1e9)}",
+                       "a larger cache.max_gb"))
+    limit, why, key = min(limits, key=lambda item: item[0])
+    if total <= limit:
+        return
+    fitting = _fitting_max_dim(builders, limit)
+    max_dim = f"cache.max_dim={fitting} (fits)" if fitting else "cache.max_dim"
+    raise ConfigError(f"the representation cache of {builders[0].n_rows} samples needs {_size_summary(builders)} "
+                      f"but {why}; set {max_dim}, {key}, or cache.enabled=false")
+
+
+def _no_space_error(err: OSError, builders: List["EntryBuilder"], root: Path) -> ConfigError:
+    free = shutil.disk_usage(_existing_ancestor(root)).free
+    return ConfigError(f"the disk of {root} ran out of space while building the representation cache "
+                       f"({os.strerror(err.errno)}; it needs {_size_summary(builders)}, "
+                       f"{_format_bytes(free)} is free now); the partial files were removed; free some space, "
+                       "or set cache.max_dim, cache.dir (a folder on a disk with more free space), "
+                       "or cache.enabled=false")
 
 
 class EntryBuilder:
-    """Writes one representation's rows into a temporary (N, d) ``.npy`` memmap, then publishes it.
+    """Writes one representation's rows into a temporary (N, d) ``.npy`` file, then publishes it.
 
-    The array is created at the first batch (when d is known), projected to ``max_dim`` columns if
+    The file is created at the first batch (when d is known), projected to ``max_dim`` columns if
     d > max_dim, and switched from float16 to float32 storage if a value exceeds ``FLOAT16_LIMIT``.
-    Every sample index must be written exactly once.
+    Every sample index must be written exactly once. ``planned_dim`` (the stored d expected from the
+    representation's output size) gives ``planned_bytes``, what :meth:`publish` leaves on disk
+    without a float32 widening.
     """
 
     def __init__(self, key: str, module: nn.Module, stem: Path, material: Dict[str, Any],
-                 storage: np.dtype, max_dim: Optional[int], seed: int):
+                 storage: np.dtype, max_dim: Optional[int], seed: int, source_dim: int):
         self.key, self.module, self.stem, self.material = key, module, stem, material
         self.n_rows = material["rows"]
         self.storage, self.max_dim, self.seed = np.dtype(storage), max_dim, seed
         self.projection: Optional[RandomProjection] = None
         self.source_dim: Optional[int] = None
         self.filled = np.zeros(self.n_rows, dtype=bool)
-        self._array: Optional[np.memmap] = None
-        self._partial: Optional[Path] = None
+        self._file: Optional[RowFile] = None
+        self.planned_dim = min(source_dim, max_dim) if max_dim else source_dim
+        shape = (self.n_rows, self.planned_dim)
+        self.overhead = len(npy_header(self.storage, shape)) + len(
+            _metadata(shape, source_dim, self.planned_dim != source_dim, self.storage, stem, material).encode())
+        self.planned_bytes = self.n_rows * self.planned_dim * self.storage.itemsize + self.overhead
 
     def _partial_path(self, storage: np.dtype) -> Path:
         return self.stem.with_name(f"{self.stem.name}.{storage.name}.{os.getpid()}.partial.npy")
@@ -260,19 +459,24 @@ class EntryBuilder:
         if self.max_dim and source_dim > self.max_dim:
             self.projection = RandomProjection(source_dim, self.max_dim, self.seed)
         dim = self.projection.out_dim if self.projection else source_dim
-        self._partial = self._partial_path(self.storage)
-        self._array = np.lib.format.open_memmap(self._partial, mode="w+", dtype=self.storage,
-                                                shape=(self.n_rows, dim))
+        self._file = RowFile(self._partial_path(self.storage), self.storage, (self.n_rows, dim))
 
     def _widen_to_float32(self) -> None:
-        """Copy the rows written so far into a float32 array and continue there."""
-        old_array, old_path = self._array, self._partial
-        self.storage = np.dtype(np.float32)
-        self._partial = self._partial_path(self.storage)
-        self._array = np.lib.format.open_memmap(self._partial, mode="w+", dtype=self.storage, shape=old_array.shape)
-        self._array[:] = old_array
-        del old_array
-        old_path.unlink()
+        """Copy the rows written so far into a float32 file and continue there (the float16 file is removed,
+        also when the copy fails: the float32 file is then the one :meth:`discard` removes)."""
+        old = self._file
+        self._file = RowFile(self._partial_path(np.dtype(np.float32)), np.float32, old.shape)
+        self.storage = self._file.dtype
+        try:
+            rows = old.read()
+            step = max(1, _COPY_BYTES // max(1, old.row_bytes))
+            for start in range(0, old.shape[0], step):
+                block = np.arange(start, min(start + step, old.shape[0]))
+                self._file.write(block, rows[start:block[-1] + 1])
+            del rows
+        finally:
+            old.close()
+            old.path.unlink(missing_ok=True)
         print(f"representation cache: '{self.key}' exceeds the float16 range (|x| > {FLOAT16_LIMIT:g}); "
               "storing float32")
 
@@ -282,7 +486,7 @@ class EntryBuilder:
             raise MVMRError(f"representation '{self.key}' returned {output.shape[0]} rows for a batch of "
                             f"{len(index)} images; it must map (B, C, H, W) to (B, d)")
         rows = output.detach().reshape(len(index), -1).float()
-        if self._array is None:
+        if self._file is None:
             self._open(rows.shape[1])
         elif rows.shape[1] != self.source_dim:
             raise MVMRError(f"representation '{self.key}' changed its output size from {self.source_dim} to "
@@ -295,33 +499,37 @@ class EntryBuilder:
         rows = rows.cpu().numpy()
         if self.storage == np.float16 and np.abs(rows).max(initial=0.0) > FLOAT16_LIMIT:
             self._widen_to_float32()
-        self._array[index] = rows
+        self._file.write(index, rows)
         self.filled[index] = True
 
     def publish(self) -> CachedRows:
-        """Flush, rename the array into place, then write the metadata that marks it complete."""
+        """Flush, rename the array into place, then write the metadata that marks it complete.
+
+        If the metadata cannot be written (a full disk), the renamed array is removed again.
+        """
         missing = int((~self.filled).sum())
-        if missing or self._array is None:
+        if missing or self._file is None:
             raise DataError(f"the cache loader left {missing or self.n_rows} of {self.n_rows} samples unvisited; "
                             "use a loader over the whole dataset (no drop_last, no subset sampler)")
-        shape = self._array.shape
-        self._array.flush()
-        self._array = None
+        shape, partial = self._file.shape, self._file.path
+        self._file.finish()
+        self._file = None
         array_path = self.stem.with_suffix(".npy")
-        os.replace(self._partial, array_path)
-        self._partial = None
-        meta = {"format": CACHE_FORMAT, "rows": shape[0], "dim": shape[1], "source_dim": self.source_dim,
-                "projected": self.projection is not None, "stored_dtype": self.storage.name,
-                "hash": self.stem.name.rsplit("-", 1)[-1], "material": self.material}
-        _atomic_write_text(self.stem.with_suffix(".json"), canonical_json(meta))
+        os.replace(partial, array_path)
+        try:
+            _atomic_write_text(self.stem.with_suffix(".json"), _metadata(
+                shape, self.source_dim, self.projection is not None, self.storage, self.stem, self.material))
+        except BaseException:
+            array_path.unlink(missing_ok=True)
+            raise
         return CachedRows(array_path, shape[0], shape[1])
 
     def discard(self) -> None:
         """Remove the temporary array (after a failed build)."""
-        self._array = None
-        if self._partial is not None:
-            self._partial.unlink(missing_ok=True)
-            self._partial = None
+        if self._file is not None:
+            self._file.close()
+            self._file.path.unlink(missing_ok=True)
+            self._file = None
 
 
 @contextlib.contextmanager
@@ -364,6 +572,14 @@ def _fill(builders: List[EntryBuilder], loader: Iterable, eval_view: Callable[[t
                 builder.add(idx, module(views))
 
 
+def _probe_output_size(module: nn.Module, loader: Any, eval_view: Callable[[torch.Tensor], torch.Tensor],
+                       device: torch.device) -> int:
+    """d of ``module``'s output on the first sample of ``loader.dataset`` (for modules without ``output_dim``)."""
+    image = torch.as_tensor(loader.dataset[0][0])[None]
+    with torch.no_grad(), _frozen_on(module, device):
+        return int(module(eval_view(image.to(device))).reshape(1, -1).shape[1])
+
+
 def _dataset_length(loader: Any) -> int:
     try:
         n_rows = len(loader.dataset)
@@ -389,29 +605,17 @@ class RepresentationCache:
     def __init__(self, readers: Mapping[str, CachedRows]):
         self._readers = dict(readers)
 
-    @classmethod
-    def build(cls, representations: Mapping[str, nn.Module], loader: Iterable,
-              eval_view: Callable[[torch.Tensor], torch.Tensor], root: str | Path,
-              fingerprint: Mapping[str, object], device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float16, max_dim: Optional[int] = None, seed: int = 0,
-              progress: bool = True) -> "RepresentationCache":
-        """Reuse complete cache files under ``root``; compute the missing ones in one pass over ``loader``.
-
-        ``loader`` yields (images uint8 (B, C, H, W), labels, index (B,)), index = position in
-        ``loader.dataset``, every position exactly once, any order. ``eval_view`` maps the images
-        (on ``device``) to x̄ (B, C, H, W) float. ``fingerprint``: what the values depend on besides the
-        representation module (dataset name, split, image size, view settings, representation
-        parameters, teacher weights); see :func:`entry_material`. ``dtype``: storage, float16 or
-        float32 (float16 falls back to float32 when |φ| > 6e4). ``max_dim``: representations with
-        d > max_dim are stored as a seeded :class:`RandomProjection` to max_dim columns.
-        """
+    @staticmethod
+    def _plan(representations: Mapping[str, nn.Module], loader: Iterable,
+              eval_view: Callable[[torch.Tensor], torch.Tensor], root: Path, fingerprint: Mapping[str, object],
+              device: torch.device, dtype: torch.dtype, max_dim: Optional[int],
+              seed: int) -> "tuple[Dict[str, CachedRows], List[EntryBuilder]]":
+        """Readers of the complete entries under ``root`` and builders of the missing ones; writes nothing."""
         if dtype not in STORAGE_DTYPES:
             raise ConfigError(f"cache dtype must be torch.float16 or torch.float32, got {dtype}")
         if max_dim is not None and max_dim < 1:
             raise ConfigError(f"cache max_dim must be a positive integer or None, got {max_dim}")
         n_rows = _dataset_length(loader)
-        root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
         readers: Dict[str, CachedRows] = {}
         pending: List[EntryBuilder] = []
         for key, module in representations.items():
@@ -424,11 +628,80 @@ class RepresentationCache:
                 print(f"representation cache: reusing {reader.path}")
                 readers[key] = reader
             else:
-                pending.append(EntryBuilder(key, module, stem, material, STORAGE_DTYPES[dtype], max_dim, seed))
+                source_dim = output_size(module, lambda m: _probe_output_size(m, loader, eval_view, device))
+                pending.append(EntryBuilder(key, module, stem, material, STORAGE_DTYPES[dtype], max_dim, seed,
+                                            source_dim))
+        return readers, pending
+
+    @classmethod
+    def estimate(cls, representations: Mapping[str, nn.Module], loader: Iterable,
+                 eval_view: Callable[[torch.Tensor], torch.Tensor], root: str | Path,
+                 fingerprint: Mapping[str, object], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float16, max_dim: Optional[int] = None,
+                 seed: int = 0) -> Dict[str, int]:
+        """Bytes that :meth:`build` with the same arguments would write, per representation key to compute.
+
+        Keys whose complete entry is already under ``root`` (reused: no cost) and non-deterministic
+        ones are absent. Per key: N × stored d (min(d, max_dim)) × the storage dtype's bytes, plus the
+        ``.npy`` header and the metadata file; a float16 entry widened to float32 takes twice the array
+        bytes (and both files exist while it is copied). d comes from the representation's
+        ``output_dim()``; a module without one is run once on the first sample.
+        """
+        _, pending = cls._plan(representations, loader, eval_view, Path(root), fingerprint, torch.device(device),
+                               dtype, max_dim, seed)
+        return {builder.key: builder.planned_bytes for builder in pending}
+
+    @classmethod
+    def check_fits(cls, representations: Mapping[str, nn.Module], loader: Iterable,
+                   eval_view: Callable[[torch.Tensor], torch.Tensor], root: str | Path,
+                   fingerprint: Mapping[str, object], device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float16, max_dim: Optional[int] = None, seed: int = 0,
+                   max_gb: Optional[float] = None) -> None:
+        """The check :meth:`build` starts with, alone (writes nothing): under DDP every rank runs it before the
+        ranks wait for rank 0's build, so that a cache that cannot fit stops them all at once."""
+        _, pending = cls._plan(representations, loader, eval_view, Path(root), fingerprint, torch.device(device),
+                               dtype, max_dim, seed)
+        check_space(pending, Path(root), max_gb)
+
+    @classmethod
+    def build(cls, representations: Mapping[str, nn.Module], loader: Iterable,
+              eval_view: Callable[[torch.Tensor], torch.Tensor], root: str | Path,
+              fingerprint: Mapping[str, object], device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float16, max_dim: Optional[int] = None, seed: int = 0,
+              progress: bool = True, max_gb: Optional[float] = None) -> "RepresentationCache":
+        """Reuse complete cache files under ``root``; compute the missing ones in one pass over ``loader``.
+
+        ``loader`` yields (images uint8 (B, C, H, W), labels, index (B,)), index = position in
+        ``loader.dataset``, every position exactly once, any order. ``eval_view`` maps the images
+        (on ``device``) to x̄ (B, C, H, W) float. ``fingerprint``: what the values depend on besides the
+        representation module (dataset name, split, image size, view settings, representation
+        parameters, teacher weights); see :func:`entry_material`. ``dtype``: storage, float16 or
+        float32 (float16 falls back to float32 when |φ| > 6e4). ``max_dim``: representations with
+        d > max_dim are stored as a seeded :class:`RandomProjection` to max_dim columns.
+
+        Before computing anything, the bytes to write (:meth:`estimate`) are compared with the free
+        space of ``root``'s disk and with ``max_gb`` (GB = 1e9 bytes, None: no limit of its own); above
+        either, a one-line ConfigError names the sizes and the cache.* keys to change, and nothing is
+        written. A disk that fills up during the build (ENOSPC, EDQUOT) gives the same kind of error;
+        the partial files are removed.
+        """
+        if max_gb is not None and not max_gb > 0:
+            raise ConfigError(f"cache.max_gb must be a positive number of GB or null, got {max_gb}")
+        root = Path(root)
+        readers, pending = cls._plan(representations, loader, eval_view, root, fingerprint, torch.device(device),
+                                     dtype, max_dim, seed)
+        check_space(pending, root, max_gb)
+        root.mkdir(parents=True, exist_ok=True)
         if pending:
             try:
                 _fill(pending, loader, eval_view, torch.device(device), progress)
                 readers.update({b.key: b.publish() for b in pending})
+            except OSError as err:
+                if err.errno in _NO_SPACE:
+                    for builder in pending:
+                        builder.discard()
+                    raise _no_space_error(err, pending, root) from None
+                raise
             finally:
                 for builder in pending:
                     builder.discard()
