@@ -97,7 +97,7 @@ def pixel_logistic_regression(cfg: PretrainConfig, eval_epochs: int) -> float:
 
     dm = MVMRDataModule(cfg.dataset, 512, 0, seed=cfg.seed)
     dm.setup("fit")
-    view = build_feature_view(cfg.dataset.size, dm.info.mean, dm.info.std, cfg.eval.mirror)
+    view = build_feature_view(cfg.dataset.size, dm.info.mean, dm.info.std, cfg.eval.mirror, dm.info.eval_resize)
     flatten = torch.nn.Flatten()
     tr_x, tr_y = extract_features(flatten, dm.labelled_train_dataloader(shuffle=False, drop_last=False), view,
                                   progress=False)

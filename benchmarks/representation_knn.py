@@ -65,7 +65,7 @@ def main() -> None:
     images = torch.stack([dataset[int(i)][0] for i in order])
     labels = torch.as_tensor(dataset.targets[order])
     size = cfg.dataset.size
-    x_bar = build_eval_view(size, dataset.info.mean, dataset.info.std)(images)
+    x_bar = build_eval_view(size, dataset.info.mean, dataset.info.std, dataset.info.eval_resize)(images)
     variants: Dict[str, Callable] = {"raw": lambda a, b: (a, b), "z-scored": z_score}
     for p in args.powers:
         variants[f"power {p:g}, z-scored"] = lambda a, b, p=p: z_score(signed_power(a, p), signed_power(b, p))

@@ -116,4 +116,4 @@ def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu", weig
     """
     frozen = load_frozen_backbone(ckpt_path, device, weights=weights, encoder=encoder, info=info,
                                   image_size=image_size)
-    return frozen.backbone, eval_transform(frozen.image_size, frozen.info.mean, frozen.info.std)
+    return frozen.backbone, eval_transform(frozen.image_size, frozen.info.mean, frozen.info.std, frozen.info.eval_resize)

@@ -55,7 +55,12 @@ class DatasetConfig:
     std: Optional[List[float]] = option(None, "per-channel normalisation std in [0, 1] units (None: the dataset's own)")
     val_fraction: float = option(0.1, "fraction of the labelled train split held out for model selection",
                                  ge=0.0, le=0.5)
-    load_size: Optional[int] = option(None, "decode size for file datasets (None: size*256/224)", ge=8)
+    load_size: Optional[int] = option(None, "decode size for file datasets: x̄ is Resize(load_size) + CenterCrop(size) "
+                                            "(None: size*256/224)", ge=8)
+    crops_in_loader: Optional[bool] = option(None, "the loader's workers cut x' (random resized crop + flip) from the "
+                                                   "whole decoded image, the device runs the rest of the policy "
+                                                   "(None: for file datasets when the policy starts with a resized "
+                                                   "crop; false: crops from the decoded load_size square)")
     percentage: Optional[float] = option(None, "semi-supervised: percent of labelled train images kept",
                                          gt=0.0, le=100.0)
     split_file: Optional[str] = option(None, "semi-supervised: file listing the labelled train images to keep")

@@ -74,8 +74,8 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     if args.protocol == "authors":
         return evaluate_authors(args, cfg, dm, frozen, backbone, checkpoint, device, progress)
     mirror = cfg.eval.mirror and args.retrain  # the online probe was trained on x̄ only
-    train_view = build_feature_view(size, info.mean, info.std, mirror).to(device)
-    test_view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop, mirror)
+    train_view = build_feature_view(size, info.mean, info.std, mirror, info.eval_resize).to(device)
+    test_view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop, mirror, info.eval_resize)
     test_view = test_view.to(device)
 
     extract = lambda loader, view, name: extract_features(backbone, loader, view, device, name, progress)
@@ -142,7 +142,7 @@ def evaluate_authors(args, cfg, dm, frozen, backbone, checkpoint, device, progre
                                       compile_ops=cfg.compile_view_ops).to(device)
         fit = retrain_head_authors(backbone, frozen.backbone.feature_dim, n_classes,
                                    dm.labelled_train_dataloader(shuffle=True, drop_last=False), train_view,
-                                   test_loader, build_eval_view(size, info.mean, info.std).to(device), epochs,
+                                   test_loader, build_eval_view(size, info.mean, info.std, info.eval_resize).to(device), epochs,
                                    device, init=probe, progress=progress, log=None if not progress else print)
         label = (f"linear head retrained the authors' way ({epochs} epochs, best epoch {fit.best_epoch} CHOSEN ON "
                  "THE TEST SPLIT, centre view)")
@@ -152,7 +152,7 @@ def evaluate_authors(args, cfg, dm, frozen, backbone, checkpoint, device, progre
     else:
         if probe is None:
             raise CheckpointError(f"'{args.ckpt}' has no online probe; pass --retrain to train a linear head")
-        acc = probe_accuracy_authors(backbone, probe, test_loader, MirroredView(size, info.mean, info.std).to(device),
+        acc = probe_accuracy_authors(backbone, probe, test_loader, MirroredView(size, info.mean, info.std, info.eval_resize).to(device),
                                      device)
         rows = [["online probe, the authors' way (ten_crop at the image size = x̄ and its mirror)", acc[1], acc[5]]]
         results.update(authors_probe_top1=acc[1], authors_probe_top5=acc[5])

@@ -86,7 +86,7 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("test")
     info, size = module.info, module.cfg.dataset.size
-    view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop)
+    view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop, resize_to=info.eval_resize)
     view = view.to(device)
     logits, labels = extract_features(module, dm.test_dataloader(), view, device, "test", not args.no_progress)
     logits = logits.mean(1) if logits.ndim == 3 else logits

@@ -25,7 +25,7 @@ def voc_features(backbone, root: str, split: str, cfg: VOCConfig, info, device, 
     load_size = cfg.dataset.load_size or round(cfg.dataset.size * 256 / 224)
     ds = VOCMultiLabel(root, split, load_size)
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.n_workers)
-    view = build_eval_view(cfg.dataset.size, info.mean, info.std).to(device)
+    view = build_eval_view(cfg.dataset.size, info.mean, info.std, resize_to=load_size).to(device)  # Resize + CenterCrop
     feats, _ = extract_features(backbone, loader, view, device, f"VOC {split} features", progress)
     return feats, torch.as_tensor(ds.targets, dtype=torch.float32), torch.as_tensor(ds.difficult_only, dtype=torch.bool)
 

@@ -15,14 +15,23 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mvmr.data.datasets import DatasetInfo, ImageDataset, balanced_subset, build_dataset, stratified_split
+from mvmr.data.datasets import (DatasetInfo, FileImageDataset, ImageDataset, balanced_subset, build_dataset,
+                                stratified_split)
+from mvmr.data.loader_crops import decode_with_crops
+from mvmr.data.views import LoaderCrops
 from mvmr.errors import ConfigError, DataError
 
 
 class IndexedSubset(Dataset):
-    """Chosen positions of one or more datasets, concatenated; item i is (image, label, i)."""
+    """Chosen positions of one or more datasets, concatenated; item i is (image, label, i), or with ``crops``
+    (file datasets only) (image, label, i, crops uint8 (count, C, size, size)) cut from the whole image by the
+    loader's worker (:func:`mvmr.data.loader_crops.decode_with_crops`)."""
 
-    def __init__(self, parts: Sequence[tuple[ImageDataset, np.ndarray]]):
+    def __init__(self, parts: Sequence[tuple[ImageDataset, np.ndarray]], crops: LoaderCrops | None = None):
+        if crops is not None and not all(isinstance(dataset, FileImageDataset) for dataset, _ in parts):
+            raise ConfigError("dataset.crops_in_loader needs image files (imagenet, image_folder); "
+                              "set dataset.crops_in_loader=false for this dataset")
+        self.crops = crops
         self.parts = [(dataset, np.asarray(positions, dtype=np.int64)) for dataset, positions in parts]
         self._ends = np.cumsum([len(positions) for _, positions in self.parts], dtype=np.int64)
         targets = [dataset.targets[positions] for dataset, positions in self.parts]
@@ -35,7 +44,11 @@ class IndexedSubset(Dataset):
         part = int(np.searchsorted(self._ends, index, side="right"))
         dataset, positions = self.parts[part]
         start = int(self._ends[part - 1]) if part else 0
-        image, label = dataset[int(positions[index - start])]
+        position = int(positions[index - start])
+        if self.crops is not None:
+            image, crops = decode_with_crops(dataset.path(position), dataset.mode, dataset.load_size, self.crops)
+            return image, int(dataset.targets[position]), index, crops
+        image, label = dataset[position]
         return image, label, index
 
 
@@ -92,6 +105,7 @@ class MVMRDataModule(pl.LightningDataModule):
         self.seed = seed
         self._info: DatasetInfo | None = None
         self._resume_at: tuple[int, int] | None = None  # (epoch, samples already seen) of a mid-epoch resume
+        self.train_crops: LoaderCrops | None = None  # set by the pretraining module: x' cropped in the loader
 
     # ------------------------------------------------------------------ splits
     def setup(self, stage: str | None = None) -> None:
@@ -169,7 +183,13 @@ class MVMRDataModule(pl.LightningDataModule):
         return self._loader(self.pretrain_dataset, self.batch_size, shuffle, drop_last)
 
     def train_dataloader(self) -> DataLoader:
-        return self.pretrain_dataloader(shuffle=True, drop_last=True)
+        """The shuffled pretraining set; with ``train_crops`` its batches carry the loader's crops of x' as a 4th
+        element (B, count, C, size, size)."""
+        if self.train_crops is None:
+            return self.pretrain_dataloader(shuffle=True, drop_last=True)
+        self.setup()
+        dataset = IndexedSubset(self.pretrain_dataset.parts, crops=self.train_crops)
+        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=True)
 
     def labelled_train_dataloader(self, shuffle: bool, drop_last: bool) -> DataLoader:
         return self._loader(self.labelled_train_dataset, self.batch_size, shuffle, drop_last)

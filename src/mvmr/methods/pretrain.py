@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvmr.config import PretrainConfig, build_dataclass, to_dict
-from mvmr.data.views import build_eval_view, build_train_view, train_view_from_config
-from mvmr.errors import MVMRError
+from mvmr.data.views import build_eval_view, build_train_view, can_crop_in_loader, train_view_from_config
+from mvmr.errors import ConfigError, MVMRError
 from mvmr.losses import MVMRObjective
 from mvmr.methods.optim import build_optimizer, param_groups
 from mvmr.methods.topk import TopKEvaluation, topk_correct
@@ -39,6 +39,18 @@ class NonFiniteLossError(MVMRError):
 def representation_keys(names: list[str]) -> list[str]:
     """Unique module keys: the name itself, or ``name_i`` when a name is used twice."""
     return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+
+
+def crops_in_loader(cfg: PretrainConfig, info: Any) -> bool:
+    """Whether x' is cut by the loader (``dataset.crops_in_loader``; None: for file datasets, whose info has an
+    ``eval_resize``, when the policy starts with a random resized crop)."""
+    wanted, files = cfg.dataset.crops_in_loader, getattr(info, "eval_resize", None) is not None
+    if wanted is None:
+        return files and can_crop_in_loader(cfg.dataset.aug_policy)
+    if wanted and not files:
+        raise ConfigError(f"dataset.crops_in_loader needs image files (imagenet, image_folder), not "
+                          f"{cfg.dataset.name}; set dataset.crops_in_loader=false")
+    return wanted
 
 
 def endless_batches(loader) -> Iterator:
@@ -68,8 +80,9 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
             self.backbone.compile()
         self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim, cfg.encoder.projector_last_bias)
         size = cfg.dataset.size
-        self.train_view = train_view_from_config(cfg, info.mean, info.std, channels)
-        self.eval_view = build_eval_view(size, info.mean, info.std)
+        self.train_view = train_view_from_config(cfg, info.mean, info.std, channels,
+                                                 crops_in_loader=crops_in_loader(cfg, info))
+        self.eval_view = build_eval_view(size, info.mean, info.std, getattr(info, "eval_resize", None))
         self.register_buffer("_mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
 
@@ -107,6 +120,10 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         self.n_classes = cfg.dataset.n_classes or info.n_classes
         self.probe = nn.Linear(self.feature_dim, self.n_classes) if cfg.probe.enabled else None
         self.representation_cache = None  # set by the cache callback: key -> (N, d_k) tensor-like, by index
+        if self.train_view.loader_crops is not None:  # x' and each augmented copy: one crop each, from the loader
+            n_copies = sum(rep.needs_augment and getattr(rep, "draws_from_training_view", True)
+                           and key not in self.copy_views for key, rep in self.representations.items())
+            self.train_view.loader_crops = dataclasses.replace(self.train_view.loader_crops, count=1 + n_copies)
         self._labelled_batches = None  # probe.source=labelled: an endless iterator over labelled train batches
 
     # ------------------------------------------------------------------ helpers
@@ -150,13 +167,24 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         return out
 
     # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        """With crops in the loader, tell the datamodule what to cut (before Lightning asks for the loaders)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and datamodule is not None and hasattr(datamodule, "train_crops"):
+            datamodule.train_crops = self.train_view.loader_crops
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels, index = batch
+        images, labels, index = batch[:3]
         copies = self._augmented_copy_keys()
         with torch.no_grad():
             x_bar = self.eval_view(images)
-            # x' and the augmented copies in one batched call (independent parameters per sample)
-            views = self.train_view(images.repeat(1 + len(copies), *([1] * (images.dim() - 1))))
+            # x' and the augmented copies in one batched call (independent parameters per sample): from the
+            # loader's crops of the whole image (B, 1 + copies, C, s, s), else from the decoded images
+            if len(batch) > 3:
+                crops = batch[3]
+                views = self.train_view(crops.transpose(0, 1).reshape(-1, *crops.shape[2:]))
+            else:
+                views = self.train_view(images.repeat(1 + len(copies), *([1] * (images.dim() - 1))))
             x_aug, *copy_batches = views.chunk(1 + len(copies))
         h_bar, z_bar = self.embed(x_bar)
         _, z = self.embed(x_aug)

@@ -36,7 +36,7 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
         self.head = nn.Linear(self.feature_dim, n_classes)
         size = cfg.dataset.size
         self.train_view = train_view_from_config(cfg, info.mean, info.std, info.channels)
-        self.eval_view = build_eval_view(size, info.mean, info.std)
+        self.eval_view = build_eval_view(size, info.mean, info.std, getattr(info, "eval_resize", None))
 
     @classmethod
     def from_pretrained(cls, cfg: SemiSupervisedConfig, info: Any, path: str) -> "SemiSupervisedModule":

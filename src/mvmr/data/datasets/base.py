@@ -8,7 +8,7 @@ from __future__ import annotations
 import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ class DatasetInfo:
     mean: tuple
     std: tuple
     class_names: list = field(default_factory=list)
+    eval_resize: Optional[int] = None  # x̄: shorter side resized to this before the centre crop (None: the size)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -42,11 +43,12 @@ class DatasetInfo:
 
 
 def make_info(class_names: Sequence[str], channels: int, mean: Sequence[float], std: Sequence[float],
-              to_rgb: bool) -> DatasetInfo:
-    """DatasetInfo; grayscale data (1 channel) becomes 3 channels with repeated mean/std when ``to_rgb``."""
+              to_rgb: bool, eval_resize: Optional[int] = None) -> DatasetInfo:
+    """DatasetInfo; grayscale data (1 channel) becomes 3 channels with repeated mean/std when ``to_rgb``.
+    ``eval_resize``: see ``DatasetInfo`` (file datasets: their decode size, so x̄ = Resize(256) + CenterCrop(224))."""
     if channels == 1 and to_rgb:
         channels, mean, std = 3, tuple(mean) * 3, tuple(std) * 3
-    return DatasetInfo(len(class_names), channels, tuple(mean), tuple(std), list(class_names))
+    return DatasetInfo(len(class_names), channels, tuple(mean), tuple(std), list(class_names), eval_resize)
 
 
 def pixel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -185,6 +187,10 @@ class FileImageDataset(ImageDataset):
     def names(self) -> list[str]:
         """The files' paths (a split file's line matches a path's ending: a file name or relative path)."""
         return [self._paths[i] for i in range(len(self))]
+
+    def path(self, index: int) -> str:
+        """The file of sample ``index``."""
+        return self._paths[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = np.array(load_image(self._paths[index], self.mode, self.load_size))

@@ -98,8 +98,9 @@ def build_imagenet(cfg: Any, split: str) -> FileImageDataset | None:
             raise DataError(f"imagenet: no '{sub}' folder in '{root}' (expected {layout})")
     class_names = class_names_of("imagenet", root / "train", cfg.classes_file)
     paths, labels = labelled_files("imagenet", root / ("train" if split == "train" else "val"), class_names)
-    info = make_info(class_names, 3, IMAGENET_MEAN, IMAGENET_STD, cfg.to_rgb)
-    return FileImageDataset(paths, labels, info, default_load_size(cfg))
+    load_size = default_load_size(cfg)
+    info = make_info(class_names, 3, IMAGENET_MEAN, IMAGENET_STD, cfg.to_rgb, eval_resize=load_size)
+    return FileImageDataset(paths, labels, info, load_size)
 
 
 @DATASETS.register("image_folder")
@@ -133,4 +134,5 @@ def build_image_folder(cfg: Any, split: str) -> FileImageDataset | None:
         paths, labels = train_paths, np.full(len(train_paths), UNLABELLED, dtype=np.int64)
     key = ("image_folder", str(root.resolve()), len(train_paths), load_size)
     mean, std = cached(key, lambda: _sampled_stats(train_paths, load_size))
-    return FileImageDataset(paths, labels, make_info(class_names, 3, mean, std, cfg.to_rgb), load_size)
+    info = make_info(class_names, 3, mean, std, cfg.to_rgb, eval_resize=load_size)
+    return FileImageDataset(paths, labels, info, load_size)

@@ -6,9 +6,9 @@ run under ``torch.no_grad()`` on CPU or CUDA and are reproducible under ``torch.
 """
 from mvmr.data.views.evaluation import (EvalTransform, EvalView, MirroredView, TenCropView, build_eval_view,
                                         build_feature_view, build_ten_crop_view, build_test_view, eval_transform)
-from mvmr.data.views.policies import (VIEW_POLICIES, CustomKnobs, TrainView, build_train_view,
-                                     train_view_from_config)
+from mvmr.data.views.policies import (VIEW_POLICIES, CustomKnobs, LoaderCrops, TrainView, build_train_view,
+                                     can_crop_in_loader, split_geometry, train_view_from_config)
 
-__all__ = ["VIEW_POLICIES", "CustomKnobs", "EvalTransform", "EvalView", "MirroredView", "TenCropView", "TrainView",
+__all__ = ["VIEW_POLICIES", "CustomKnobs", "LoaderCrops", "can_crop_in_loader", "split_geometry", "EvalTransform", "EvalView", "MirroredView", "TenCropView", "TrainView",
            "build_eval_view", "build_feature_view", "build_ten_crop_view", "build_test_view", "build_train_view",
            "eval_transform", "train_view_from_config"]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mvmr.data.views.resample import center_crop, resize_center_crop, resize_shorter_side
+from mvmr.data.views.resample import center_crop, resize_shorter_side
 from mvmr.data.views.tensors import Normalize, check_normalisation, check_size, to_unit_float, view_mode
 from mvmr.errors import ConfigError, DataError
 
@@ -18,27 +18,34 @@ TEN_CROP_MIN_SIZE = 64  # below this, corner crops cut off too much of the objec
 
 
 class EvalView(nn.Module):
-    """x̄: (B, C, H, W) uint8 or float in [0, 1] -> (B, C, size, size) float32: shorter side resized to ``size``
-    (bilinear, antialiased), centre crop, normalised."""
+    """x̄: (B, C, H, W) uint8 or float in [0, 1] -> (B, C, size, size) float32: shorter side resized to
+    ``resize_to`` (default ``size``; bilinear, antialiased), centre crop ``size``, normalised. With
+    ``resize_to`` = 256 and ``size`` = 224 this is torchvision's Resize(256) + CenterCrop(224), the x̄ of
+    ImageNet-style file datasets (``DatasetInfo.eval_resize``)."""
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], resize_to: int | None = None):
         super().__init__()
         self.size = check_size(size)
+        self.resize_to = size if resize_to is None else int(resize_to)
+        if self.resize_to < self.size:
+            raise ConfigError(f"x̄ cannot resize to {self.resize_to} pixels and then crop {self.size}; "
+                              "dataset.load_size must be >= dataset.size")
         self.channels = check_normalisation(mean, std)
         self.normalize = Normalize(mean, std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with view_mode(images):
-            return self.normalize(resize_center_crop(to_unit_float(images, self.channels), self.size))
+            unit = resize_shorter_side(to_unit_float(images, self.channels), self.resize_to)
+            return self.normalize(center_crop(unit, self.size))
 
 
 class MirroredView(nn.Module):
     """(B, C, H, W) -> (B, 2, C, size, size): x̄ and x̄ flipped left-right (the two crops ten-crop has at the
     centre, without the corners)."""
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], resize_to: int | None = None):
         super().__init__()
-        self.center = EvalView(size, mean, std)
+        self.center = EvalView(size, mean, std, resize_to)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x_bar = self.center(images)
@@ -76,8 +83,8 @@ class EvalTransform:
     """x̄ of ONE image: PIL.Image, or uint8 tensor (C, H, W) / (H, W) -> float32 (C, size, size), normalised.
     PIL images are converted to 'L' or 'RGB' to match len(mean). Picklable (usable in DataLoader workers)."""
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
-        self.view = EvalView(size, mean, std)
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], resize_to: int | None = None):
+        self.view = EvalView(size, mean, std, resize_to)
 
     def __call__(self, image: Union[Image.Image, torch.Tensor]) -> torch.Tensor:
         return self.view(self.as_tensor(image)[None])[0]
@@ -94,9 +101,9 @@ class EvalTransform:
                         f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}")
 
 
-def build_eval_view(size: int, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+def build_eval_view(size: int, mean: Sequence[float], std: Sequence[float], resize_to: int | None = None) -> nn.Module:
     """x̄ for batches on the device, see ``EvalView``."""
-    return EvalView(size, mean, std)
+    return EvalView(size, mean, std, resize_to)
 
 
 def build_ten_crop_view(size: int, mean: Sequence[float], std: Sequence[float],
@@ -105,24 +112,26 @@ def build_ten_crop_view(size: int, mean: Sequence[float], std: Sequence[float],
     return TenCropView(size, mean, std, resize_ratio)
 
 
-def build_feature_view(size: int, mean: Sequence[float], std: Sequence[float], mirror: bool = False) -> nn.Module:
+def build_feature_view(size: int, mean: Sequence[float], std: Sequence[float], mirror: bool = False,
+                       resize_to: int | None = None) -> nn.Module:
     """The view the linear head trains and validates on: x̄ (B, C, s, s), or with ``mirror`` x̄ and its mirror
     image (B, 2, C, s, s)."""
-    return MirroredView(size, mean, std) if mirror else EvalView(size, mean, std)
+    return MirroredView(size, mean, std, resize_to) if mirror else EvalView(size, mean, std, resize_to)
 
 
 def build_test_view(size: int, mean: Sequence[float], std: Sequence[float],
-                    ten_crop: bool = True, mirror: bool = False) -> tuple[nn.Module, str]:
+                    ten_crop: bool = True, mirror: bool = False, resize_to: int | None = None) -> tuple[nn.Module, str]:
     """(view, description) for test images: ten crops when asked and ``size >= TEN_CROP_MIN_SIZE``, else x̄ and
     its mirror image with ``mirror``, else x̄."""
     if ten_crop and size >= TEN_CROP_MIN_SIZE:
         return TenCropView(size, mean, std), "ten-crop"
     reason = f", ten-crop needs size >= {TEN_CROP_MIN_SIZE}" if ten_crop else ""
     if mirror:
-        return MirroredView(size, mean, std), f"center + mirror{reason}"
-    return EvalView(size, mean, std), f"center{reason}"
+        return MirroredView(size, mean, std, resize_to), f"center + mirror{reason}"
+    return EvalView(size, mean, std, resize_to), f"center{reason}"
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> EvalTransform:
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float],
+                   resize_to: int | None = None) -> EvalTransform:
     """x̄ of one image (PIL or uint8 tensor), the same maths as ``build_eval_view``."""
-    return EvalTransform(size, mean, std)
+    return EvalTransform(size, mean, std, resize_to)

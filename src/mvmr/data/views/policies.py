@@ -155,13 +155,41 @@ class TrainView(nn.Module):
         return self.normalize(self.augment(to_unit_float(images, self.channels)).clamp(0.0, 1.0))
 
 
+@dataclass(frozen=True)
+class LoaderCrops:
+    """The geometric part of a view policy, done by the data loader's workers on the whole decoded image:
+    ``count`` random resized crops per image (area fraction ~ U(``scale``), log aspect ~ U(log ``ratio``), as
+    torchvision's RandomResizedCrop), each mirrored with probability ``p_flip`` and resized to ``size`` x ``size``
+    (antialiased bilinear). The first crop is x'; the others feed the augmented copies of ``augmented_pixels``."""
+
+    size: int
+    scale: Tuple[float, float]
+    ratio: Tuple[float, float]
+    p_flip: float
+    count: int = 1
+
+
+def split_geometry(augment: nn.Module) -> tuple[Optional[ResizedCropFlip], nn.Module]:
+    """(the leading random resized crop + flip, the rest) of a policy's module; (None, augment) when the policy does
+    not start with one (cifar's padded crop; cifar20 crops after its colour ops)."""
+    if isinstance(augment, ResizedCropFlip):
+        return augment, nn.Identity()
+    if isinstance(augment, nn.Sequential) and len(augment) and isinstance(augment[0], ResizedCropFlip):
+        return augment[0], nn.Sequential(*list(augment)[1:])
+    return None, augment
+
+
 def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
                      strength: float = 1.0, crop_scale: Optional[Sequence[float]] = None,
-                     erase_p: float = 0.0, compile_ops: bool = True) -> nn.Module:
+                     erase_p: float = 0.0, compile_ops: bool = True, crops_in_loader: bool = False) -> nn.Module:
     """The training view x' of ``policy`` (custom | cifar | crop | randaugment | autoaugment | authors | cifar20),
     see ``TrainView``; ``crop_scale`` overrides the policy's random-resized-crop area range; ``erase_p`` > 0
     appends :class:`RandomErasing` (filled with ``mean``); ``compile_ops``: the colour ops' elementwise formulas
-    run fused by torch.compile (the ``compiled`` switch of jitter, grayscale and solarize)."""
+    run fused by torch.compile (the ``compiled`` switch of jitter, grayscale and solarize).
+
+    ``crops_in_loader``: the policy's leading resized crop + flip is left to the data loader, which crops the whole
+    decoded image (``LoaderCrops``, in the returned view's ``loader_crops``); the view then runs the rest of the
+    policy on those size x size crops. A policy that does not start with a resized crop is a ConfigError."""
     check_size(size)
     check_normalisation(mean, std, channels)
     if strength < 0:
@@ -172,17 +200,33 @@ def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequenc
             raise ConfigError(f"dataset.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1; got {list(crop_scale)}")
     factory = VIEW_POLICIES.get(policy, key="dataset.aug_policy")
     augment = factory(size, channels, strength, crop_scale)
+    loader_crops = None
+    if crops_in_loader:
+        crop, augment = split_geometry(augment)
+        if crop is None:
+            raise ConfigError(f"dataset.aug_policy={policy} does not start with a random resized crop, so the loader "
+                              "cannot crop for it; set dataset.crops_in_loader=false or use custom / authors / crop")
+        loader_crops = LoaderCrops(size, crop.scale, crop.ratio, crop.p_flip)
     if erase_p > 0:
         augment = nn.Sequential(augment, RandomErasing(erase_p, mean))
     for module in augment.modules():
         if isinstance(module, COMPILABLE_OPS):
             module.compiled = compile_ops
-    return TrainView(augment, mean, std, size)
+    view = TrainView(augment, mean, std, size)
+    view.loader_crops = loader_crops
+    return view
 
 
-def train_view_from_config(cfg, mean: Sequence[float], std: Sequence[float], channels: int) -> nn.Module:
+def can_crop_in_loader(policy: str) -> bool:
+    """Whether ``policy`` starts with a random resized crop (the part ``crops_in_loader`` moves to the loader)."""
+    return split_geometry(VIEW_POLICIES.get(policy, key="dataset.aug_policy")(32, 3, 1.0, None))[0] is not None
+
+
+def train_view_from_config(cfg, mean: Sequence[float], std: Sequence[float], channels: int,
+                           crops_in_loader: bool = False) -> nn.Module:
     """``build_train_view`` from a trainer config: its ``dataset`` section (policy, size, strength, crop range,
     erasing) and ``compile_view_ops``."""
     data = cfg.dataset
     return build_train_view(data.aug_policy, data.size, mean, std, channels, strength=data.aug_strength,
-                            crop_scale=data.crop_scale, erase_p=data.erase_p, compile_ops=cfg.compile_view_ops)
+                            crop_scale=data.crop_scale, erase_p=data.erase_p, compile_ops=cfg.compile_view_ops,
+                            crops_in_loader=crops_in_loader)

@@ -1,0 +1,172 @@
+"""The seed-named STL10 and ImageNet configs on one GPU, on synthetic data in their real formats: step time, its
+ratio to the encoder-only floor, peak GPU memory and the loader's images/s, written to benchmarks/results/.
+
+    python benchmarks/gpu_check.py [--steps 200] [--out benchmarks/results]
+
+- STL10: configs/stl10_self_supervised.yaml as it is (ResNet-50 with the 3x3 stem, projector 8192-8192-8192,
+  batch 256, bf16 or fp16, the authors' five representations, the cache), on a synthetic STL10 binary tree.
+- ImageNet: configs/imagenet_self_supervised.yaml (224 px, the five computed every step, crops in the loader)
+  on synthetic JPEGs in train/<wnid>/ folders; accumulation is set to 1 so that each batch is a step.
+Each is run twice: as configured, and with no representation term (the floor). Step times are the median of the
+steps after the first ``--warmup``. ``--tiny`` shrinks everything (width-8 network, a few steps) so that the
+script runs on a CPU in the test suite; its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from mvmr.cli.common import RunDir, build_trainer, format_table, int_at_least, resolve_precision
+from mvmr.config import PretrainConfig, load_config
+from mvmr.data import MVMRDataModule
+from mvmr.methods.callbacks import build_callbacks
+from mvmr.methods.pretrain import MVMRPretrainModule
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["encoder.width=8", "encoder.out_dim=32-32-32", "batch_size=8", "n_workers=0", "fp16=false",
+        "compile_view_ops=false", "dataset.size=32", "scatnet.shape=[32, 32]"]
+
+
+class StepTimer(pl.Callback):
+    """Wall-clock seconds of every training batch (synchronised with the GPU)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._start = 0.0
+
+    @staticmethod
+    def _sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sync()
+        self.times.append(time.perf_counter() - self._start)
+
+
+def write_stl10(folder: Path, n: int, seed: int = 0) -> None:
+    """A synthetic ``stl10_binary`` tree: ``n`` unlabelled, n // 10 labelled train and test images (96 x 96)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("unlabeled", n), ("train", max(10, n // 10)), ("test", max(10, n // 10))):
+        images = rng.integers(0, 256, size=(count, 3, 96, 96), dtype=np.uint8)  # channel-major, column-major
+        (folder / f"{name}_X.bin").write_bytes(images.tobytes())
+        if name != "unlabeled":
+            (folder / f"{name}_y.bin").write_bytes((np.arange(count) % 10 + 1).astype(np.uint8).tobytes())
+
+
+def write_imagenet(folder: Path, n: int, classes: int = 10, seed: int = 0) -> None:
+    """Synthetic JPEGs (quality 90, ImageNet-like sizes) in train/<wnid>/ and val/<wnid>/."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n), ("val", max(classes, n // 10))):
+        for i in range(count):
+            width, height = (max(160, int(v)) for v in (rng.normal(400, 80), rng.normal(350, 70)))
+            coarse = rng.integers(0, 256, size=(height // 16 + 1, width // 16 + 1, 3)).astype(np.uint8)
+            path = folder / split / f"n{i % classes:08d}" / f"{split}_{i:06d}.JPEG"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(coarse).resize((width, height), Image.BICUBIC).save(path, quality=90)
+
+
+def loader_images_per_s(datamodule: MVMRDataModule, batches: int) -> float:
+    """Images/s of the training loader alone over ``batches`` batches (after its first)."""
+    iterator = iter(datamodule.train_dataloader())
+    next(iterator)
+    start, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            seen += len(next(iterator)[0])
+        except StopIteration:
+            break
+    return seen / max(time.perf_counter() - start, 1e-9)
+
+
+def fit_and_time(config: str, overrides: list[str], run_dir: Path, name: str, steps: int) -> dict:
+    """Train ``steps`` batches of ``config``; step times, peak GPU memory, the loader's images/s."""
+    cfg = load_config(config, overrides + [f"run_dir={run_dir}", f"name={name}", f"trainer.max_steps={steps}",
+                                           "trainer.limit_val_batches=0", "trainer.progress_bar=false",
+                                           "accumulate_grad_batches=1", "resume=false"], schema=PretrainConfig)
+    pl.seed_everything(cfg.seed, verbose=False)
+    datamodule = MVMRDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
+    datamodule.setup("fit")
+    module = MVMRPretrainModule(cfg, datamodule.info)
+    timer = StepTimer()
+    run = RunDir.for_config(cfg, None, name)
+    trainer = build_trainer(cfg, run, monitor=None, module=module,
+                            callbacks=[timer, *build_callbacks(cfg, module, datamodule, run)])
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.fit(module, datamodule=datamodule)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else float("nan")
+    return {"times": timer.times, "peak_gib": peak, "loader": loader_images_per_s(datamodule, 20),
+            "batch": cfg.batch_size, "precision": cfg.trainer.precision or resolve_precision(cfg.fp16, "gpu"
+                                                                                             if torch.cuda.is_available()
+                                                                                             else "cpu")}
+
+
+def summarise(label: str, full: dict, floor: dict, warmup: int) -> list:
+    step = statistics.median(full["times"][warmup:] or full["times"])
+    base = statistics.median(floor["times"][warmup:] or floor["times"])
+    return [label, full["batch"], full["precision"], 1000 * step, 1000 * base, step / base, full["batch"] / step,
+            full["loader"], full["peak_gib"]]
+
+
+def run(steps: int, warmup: int, out: Path | None, tiny: bool) -> str:
+    extra = TINY if tiny else []
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        n_stl = 64 if tiny else 2560
+        write_stl10(tmp / "stl10" / "stl10_binary", n_stl)
+        stl = str(ROOT / "configs" / "stl10_self_supervised.yaml")
+        common = extra + [f"dataset.path={tmp / 'stl10'}", f"cache.dir={tmp / 'cache'}"]
+        full = fit_and_time(stl, common, tmp / "runs", "stl10", steps)
+        floor = fit_and_time(stl, common + ["representations=[]"], tmp / "runs", "stl10_floor", steps)
+        rows.append(summarise("STL10 (cached representations)", full, floor, warmup))
+        write_imagenet(tmp / "imagenet", 24 if tiny else 2048)
+        imagenet = str(ROOT / "configs" / "imagenet_self_supervised.yaml")
+        common = extra + [f"dataset.path={tmp / 'imagenet'}", "dataset.n_classes=10", "dataset.val_fraction=0.05"]
+        full = fit_and_time(imagenet, common, tmp / "runs", "imagenet", steps)
+        floor = fit_and_time(imagenet, common + ["representations=[]"], tmp / "runs", "imagenet_floor", steps)
+        rows.append(summarise("ImageNet (representations every step)", full, floor, warmup))
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
+    table = format_table(["config", "batch", "precision", "step ms", "floor ms", "step / floor", "images/s",
+                          "loader images/s", "peak GiB"], rows)
+    text = (f"# GPU check, {datetime.date.today()}\n\n`python benchmarks/gpu_check.py --steps {steps}` on {device}, "
+            f"torch {torch.__version__}; medians over steps {warmup + 1}-{steps}"
+            f"{' (TINY: sizes shrunk, numbers meaningless)' if tiny else ''}.\n\n{table}\n")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"gpu_check_{datetime.date.today()}{'_tiny' if tiny else ''}.md").write_text(text)
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int_at_least(2), default=200, help="training batches per run")
+    parser.add_argument("--warmup", type=int_at_least(0), default=20, help="first steps left out of the medians")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder of the record")
+    parser.add_argument("--tiny", action="store_true", help="shrunk sizes for a CPU smoke run (numbers meaningless)")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    print(run(args.steps, min(args.warmup, args.steps - 1), args.out, args.tiny))
+
+
+if __name__ == "__main__":
+    main()
