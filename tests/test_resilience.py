@@ -30,7 +30,7 @@ def backbone_state(path):
 
 
 def bf16_cpu() -> bool:
-    from mvmr.cli.common import cpu_supports_bf16
+    from mvmr.hardware import cpu_supports_bf16
 
     return cpu_supports_bf16()
 
@@ -42,19 +42,20 @@ def bf16_cpu() -> bool:
 ])
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys, precision):
     import mvmr.cli.pretrain as cli
+    import mvmr.protocols.pretrain as protocol
 
     settings = DETERMINISTIC + precision
     straight = cli.pretrain(tiny_args(tmp_path, "straight", settings))
 
-    original = cli.extra_callbacks
-    monkeypatch.setattr(cli, "extra_callbacks",
+    original = protocol.extra_callbacks
+    monkeypatch.setattr(protocol, "extra_callbacks",
                         lambda *a: original(*a) + [InterruptAfterValidation(epoch=1)])
     sigint = signal.getsignal(signal.SIGINT)
     with pytest.raises((SystemExit, KeyboardInterrupt)):
         cli.pretrain(tiny_args(tmp_path, "interrupted", settings))
     signal.signal(signal.SIGINT, sigint)  # Lightning ignores further Ctrl-C while shutting down
     assert "interrupted at epoch 1" in capsys.readouterr().err
-    monkeypatch.setattr(cli, "extra_callbacks", original)
+    monkeypatch.setattr(protocol, "extra_callbacks", original)
 
     resumed = cli.pretrain(tiny_args(tmp_path, "interrupted", settings))
     assert "Resuming from" in capsys.readouterr().out
@@ -71,15 +72,16 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, mon
 def test_periodic_checkpoint_resumes_mid_epoch_with_the_same_result(tmp_path, monkeypatch, capsys, crash, every,
                                                                      saved_step):
     import mvmr.cli.pretrain as cli
+    import mvmr.protocols.pretrain as protocol
 
     settings = DETERMINISTIC + [f"trainer.checkpoint_every_n_steps={every}"]
     straight = cli.pretrain(tiny_args(tmp_path, "straight", settings))
 
-    original = cli.extra_callbacks
-    monkeypatch.setattr(cli, "extra_callbacks", lambda *a: original(*a) + [crash])
+    original = protocol.extra_callbacks
+    monkeypatch.setattr(protocol, "extra_callbacks", lambda *a: original(*a) + [crash])
     with pytest.raises(RuntimeError, match="simulated kill -9"):
         cli.pretrain(tiny_args(tmp_path, "killed", settings))
-    monkeypatch.setattr(cli, "extra_callbacks", original)
+    monkeypatch.setattr(protocol, "extra_callbacks", original)
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == saved_step
 
@@ -117,10 +119,11 @@ RECORDING_ENTRY = """
 import sys
 sys.path.insert(0, {tests!r})
 import mvmr.cli.pretrain as cli
+import mvmr.protocols.pretrain as protocol
 from entry_callbacks import RecordGenerator
 
-original = cli.extra_callbacks
-cli.extra_callbacks = lambda *a: original(*a) + [RecordGenerator({out!r})]
+original = protocol.extra_callbacks
+protocol.extra_callbacks = lambda *a: original(*a) + [RecordGenerator({out!r})]
 if __name__ == "__main__":
     sys.exit(cli.main())
 """
@@ -137,6 +140,7 @@ def test_two_process_ddp_run_on_the_cpu_completes_with_its_own_views_per_rank(tm
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "online probe (test)" in proc.stdout
+    assert proc.stdout.count("DDP loss traffic: loss collectives per rank and step (2 ranks x 32)") == 1  # rank 0 says it
     rank0, rank1 = (torch.load(tmp_path / f"rng_rank{r}.pt") for r in (0, 1))
     assert not torch.equal(rank0, rank1)
     from mvmr.methods.resilience import RNG_KEY, RNG_PER_RANK_KEY
@@ -201,8 +205,9 @@ sys.path.insert(0, {tests!r})
 import mvmr.cli.pretrain as cli
 from entry_callbacks import Crash
 
-original = cli.extra_callbacks
-cli.extra_callbacks = lambda *a: original(*a) + [Crash(before_step={step})]
+import mvmr.protocols.pretrain as protocol
+original = protocol.extra_callbacks
+protocol.extra_callbacks = lambda *a: original(*a) + [Crash(before_step={step})]
 if __name__ == "__main__":
     sys.exit(cli.main())
 """

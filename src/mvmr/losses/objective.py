@@ -11,7 +11,9 @@ from torch import nn
 from mvmr.errors import ConfigError
 from mvmr.losses.dcor import (autocast_disabled, centred_distances, compute_dtype, correlation_from_centred,
                               covariance_from_centred)
-from mvmr.losses.distributed import gather_with_grad
+from mvmr.losses.distributed import distributed_world_size, gather_with_grad
+from mvmr.losses.sketch import CountSketch, global_column_moments, sketch_seed
+from mvmr.losses.traffic import LossTraffic, gathered_bytes_per_step
 
 STD_EPS = 1e-4
 COLUMN_STD_FLOOR = 1e-6
@@ -63,6 +65,14 @@ class MVMRObjective(nn.Module):
     ``normalize_z=True`` L2-normalises z and z̄ along dim 1 first (the authors' option).
     ``gather=True`` computes every term on the global batch under DDP (z̄, z and every φ_k are
     gathered from all ranks with :func:`gather_with_grad`); ``gather=False`` uses the local batch.
+    ``gather_dim=k`` (with ``gather`` and world size > 1): each rank first maps its own rows of every φ_k
+    with d_k > k (after the signed power and the standardisation, both on the global batch) through a
+    count sketch to k dims, the same map on every rank (:class:`~mvmr.losses.sketch.CountSketch`, seeded
+    by ``sketch_seed`` and the representation's name), and gathers the (B, k) sketch instead of φ_k: the
+    representation terms are then computed on the global batch's sketches, which approximate the exact
+    terms (Johnson–Lindenstrauss; tests/test_gather_sketch.py). φ_k with d_k <= k, z̄, z and every other
+    term are unchanged and exact. ``gather_dim=None`` gathers every φ_k exactly. One process (no DDP)
+    never sketches: there is nothing to gather.
 
     A negative w_k reproduces the authors' public code, which adds +dCor(φ_k, z) for the hand-crafted
     representations (minimising the dependence): w_k(1 − dCor) differs from |w_k|·dCor by a constant.
@@ -74,8 +84,15 @@ class MVMRObjective(nn.Module):
     def __init__(self, mse_weight: float = 1.0, std_weight: float = 1.0, dcor_weight: float = 1.0,
                  std_margin: float = 1.0, unbiased: bool = False, normalize_z: bool = False,
                  gather: bool = True, standardized: Iterable[str] = (), powers: Mapping[str, float] | None = None,
-                 statistic: str = "dcor", statistics: Mapping[str, Optional[str]] | None = None):
+                 statistic: str = "dcor", statistics: Mapping[str, Optional[str]] | None = None,
+                 gather_dim: Optional[int] = None, sketch_seed: int = 0):
         super().__init__()
+        if gather_dim is not None and (isinstance(gather_dim, bool) or not isinstance(gather_dim, int)
+                                       or gather_dim < 1):
+            raise ValueError(f"gather_dim must be a positive integer or None, got {gather_dim!r}")
+        self.gather_dim = gather_dim
+        self.sketch_seed = int(sketch_seed)
+        self._sketches: Dict[Tuple[str, int], CountSketch] = {}
         if statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {list(STATISTICS)}, got {statistic!r}")
         self.statistic = statistic
@@ -100,7 +117,7 @@ class MVMRObjective(nn.Module):
         return (f"mse_weight={self.mse_weight}, std_weight={self.std_weight}, dcor_weight={self.dcor_weight}, "
                 f"std_margin={self.std_margin}, unbiased={self.unbiased}, normalize_z={self.normalize_z}, "
                 f"gather={self.gather}, standardized={sorted(self.standardized)}, powers={self.powers}, "
-                f"statistic={self.statistic!r}, statistics={self.statistics}")
+                f"statistic={self.statistic!r}, statistics={self.statistics}, gather_dim={self.gather_dim}")
 
     def forward(self, z_bar: torch.Tensor, z: torch.Tensor, representations: Mapping[str, torch.Tensor],
                 representation_weights: Mapping[str, float]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -117,8 +134,11 @@ class MVMRObjective(nn.Module):
             if self.normalize_z:
                 z_bar, z = F.normalize(z_bar, dim=1), F.normalize(z, dim=1)
             reps = {name: rep.detach() for name, rep in representations.items()}
+            sketched: frozenset = frozenset()  # already powered, standardised (globally) and sketched
             if self.gather:
                 z_bar, z = gather_with_grad(z_bar), gather_with_grad(z)
+                if self.gather_dim is not None and distributed_world_size() > 1:
+                    reps, sketched = self._sketch_local(reps, z.shape[0], dtype)
                 reps = {name: gather_with_grad(rep) for name, rep in reps.items()}
             if z.shape[0] < 2:
                 raise ConfigError(f"the MV-MR loss needs at least 2 samples per batch, got {z.shape[0]}; "
@@ -134,9 +154,9 @@ class MVMRObjective(nn.Module):
             loss = (self.mse_weight * terms["mse"] + self.std_weight * terms["std"]
                     + self.dcor_weight * terms[zz_key])
             for name, rep in reps.items():
-                if name in self.powers:
+                if name in self.powers and name not in sketched:
                     rep = signed_power(rep.to(dtype), self.powers[name])
-                if name in self.standardized:
+                if name in self.standardized and name not in sketched:
                     rep = standardize_columns(rep.to(dtype))
                 statistic = self.statistics.get(name, self.statistic)
                 term = self._dependence(statistic, centred_distances(rep, self.unbiased, dtype=dtype), centred_z)
@@ -144,6 +164,53 @@ class MVMRObjective(nn.Module):
                 loss = loss + float(representation_weights[name]) * term
         terms["loss"] = loss
         return loss, {key: value.detach() for key, value in terms.items()}
+
+    def sketch(self, name: str, dim: int) -> Optional[CountSketch]:
+        """The count sketch of representation ``name`` of width ``dim`` (None when gathered exactly:
+        ``gather_dim`` None or dim <= gather_dim). Built once, from ``sketch_seed(name, self.sketch_seed)``."""
+        if self.gather_dim is None or dim <= self.gather_dim:
+            return None
+        key = (name, dim)
+        if key not in self._sketches:
+            self._sketches[key] = CountSketch(dim, self.gather_dim, sketch_seed(name, self.sketch_seed))
+        return self._sketches[key]
+
+    def _sketch_local(self, reps: Mapping[str, torch.Tensor], global_batch: int,
+                      dtype: torch.dtype) -> Tuple[Dict[str, torch.Tensor], frozenset]:
+        """This rank's rows of every φ_k wider than ``gather_dim`` -> (B_r, gather_dim) sketches in ``dtype``,
+        after the signed power and the standardisation with the global batch's column moments (all-reduced;
+        the same on every rank). Returns (representations, names sketched); the others are unchanged."""
+        out, sketched = dict(reps), set()
+        for name, rep in reps.items():
+            flat = rep.reshape(rep.shape[0], -1)
+            sketch = self.sketch(name, flat.shape[1])
+            if sketch is None:
+                continue
+            power = self.powers.get(name)
+            powered = (lambda block, p=power: signed_power(block, p)) if power is not None else None
+            if name in self.standardized:
+                mean, std = global_column_moments(flat, global_batch, dtype, powered)
+                std.clamp_min_(COLUMN_STD_FLOOR)
+
+                def transform(block, columns, mean=mean, std=std, powered=powered):
+                    block = block if powered is None else powered(block)
+                    return (block - mean[columns]) / std[columns]
+            else:
+                transform = None if powered is None else (lambda block, columns, fn=powered: fn(block))
+            out[name] = sketch(flat, dtype, transform)
+            sketched.add(name)
+        return out, frozenset(sketched)
+
+    def traffic(self, world_size: int, batch_per_rank: int, embedding_dim: int,
+                representation_dims: Mapping[str, int],
+                representation_dtypes: torch.dtype | Mapping[str, torch.dtype] = torch.float32,
+                compute_dtype: torch.dtype = torch.float32) -> LossTraffic:
+        """Bytes this objective's collectives move per rank and step:
+        :func:`~mvmr.losses.traffic.gathered_bytes_per_step` with this objective's ``gather``, ``gather_dim`` and
+        ``standardized``."""
+        return gathered_bytes_per_step(world_size, batch_per_rank, embedding_dim, representation_dims,
+                                       representation_dtypes, gather=self.gather, gather_dim=self.gather_dim,
+                                       standardized=self.standardized, compute_dtype=compute_dtype)
 
     def _dependence(self, statistic: str, centred_a: torch.Tensor, centred_b: torch.Tensor) -> torch.Tensor:
         """The term to minimise: 1 − dCor (``"dcor"``) or −dCov² (``"dcov"``) of two centred matrices."""

@@ -25,7 +25,7 @@ from mvmr.errors import ConfigError, MVMRError
 from mvmr.losses import MVMRObjective
 from mvmr.methods.optim import build_optimizer, param_groups
 from mvmr.methods.topk import TopKEvaluation, topk_correct
-from mvmr.models import backbone_from_config, build_projector, use_channels_last
+from mvmr.models import backbone_from_config, build_projector, parse_widths, use_channels_last
 from mvmr.models.ema import ema_decay_at, make_ema_copy, update_ema
 from mvmr.representations import build_representation
 
@@ -113,12 +113,13 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         self.objective = MVMRObjective(
             mse_weight=cfg.loss.mse_weight, std_weight=cfg.loss.std_weight, dcor_weight=cfg.loss.dcor_weight,
             std_margin=cfg.std_margin, unbiased=cfg.loss.unbiased, normalize_z=cfg.normalize_z,
-            gather=cfg.loss.gather, statistic=cfg.loss.statistic,
+            gather=cfg.loss.gather, gather_dim=cfg.loss.gather_dim, sketch_seed=cfg.seed, statistic=cfg.loss.statistic,
             statistics={key: rep.statistic for key, rep in zip(keys, terms)},
             standardized=[key for key, rep in zip(keys, terms) if rep.standardize],
             powers={key: rep.power for key, rep in zip(keys, terms)})
         self.n_classes = cfg.dataset.n_classes or info.n_classes
-        self.probe = nn.Linear(self.feature_dim, self.n_classes) if cfg.probe.enabled else None
+        # unlabelled data (a folder of images without class folders): nothing for a probe to learn
+        self.probe = nn.Linear(self.feature_dim, self.n_classes) if cfg.probe.enabled and self.n_classes else None
         self.representation_cache = None  # set by the cache callback: key -> (N, d_k) tensor-like, by index
         if self.train_view.loader_crops is not None:  # x' and each augmented copy: one crop each, from the loader
             n_copies = sum(rep.needs_augment and getattr(rep, "draws_from_training_view", True)
@@ -168,10 +169,26 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
-        """With crops in the loader, tell the datamodule what to cut (before Lightning asks for the loaders)."""
+        """With crops in the loader, tell the datamodule what to cut (before Lightning asks for the loaders); under
+        DDP, say what the loss's collectives move per step (the cache callback has run: its widths are known)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage == "fit" and datamodule is not None and hasattr(datamodule, "train_crops"):
             datamodule.train_crops = self.train_view.loader_crops
+        if stage == "fit" and self._trainer is not None and self.trainer.world_size > 1 and self.trainer.is_global_zero:
+            print(f"DDP loss traffic: {self.loss_traffic(self.trainer.world_size).summary()}")
+
+    def loss_traffic(self, world_size: int):
+        """What the objective's collectives move per rank and step (``mvmr.losses.traffic.LossTraffic``)."""
+        cache = self.representation_cache or {}
+        dims, dtypes = {}, {}
+        for key, rep in self.representations.items():
+            if key in cache:
+                dims[key] = cache.dims[key]
+                dtypes[key] = torch.float16 if self.cfg.cache.dtype == "float16" else torch.float32
+            else:
+                dims[key], dtypes[key] = rep.output_dim(), torch.float32
+        width = parse_widths(self.cfg.encoder.out_dim)[-1]
+        return self.objective.traffic(world_size, self.cfg.batch_size, width, dims, dtypes)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels, index = batch[:3]
