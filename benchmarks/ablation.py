@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from mvmr.cli.common import format_table, int_at_least
+from mvmr.cli.flags import int_at_least
+from mvmr.tables import format_table
 from mvmr.cli.evaluate import evaluate
 from mvmr.cli.pretrain import pretrain
 from mvmr.config import PretrainConfig, load_config, to_dict

@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from mvmr.cli.common import cpu_supports_bf16, format_table
+from mvmr.hardware import cpu_supports_bf16
+from mvmr.tables import format_table
 from mvmr.config import load_config
 from mvmr.data import DatasetInfo
 from mvmr.methods.pretrain import MVMRPretrainModule

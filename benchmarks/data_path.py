@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mvmr.cli.common import format_table, int_at_least
+from mvmr.cli.flags import int_at_least
+from mvmr.tables import format_table
 from mvmr.data.datasets.base import load_image
 from mvmr.data.loader_crops import decode_with_crops
 from mvmr.data.views import LoaderCrops

@@ -26,7 +26,10 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from mvmr.cli.common import RunDir, build_trainer, format_table, int_at_least, resolve_precision
+from mvmr.cli.flags import int_at_least
+from mvmr.hardware import resolve_precision
+from mvmr.tables import format_table
+from mvmr.training import RunDir, build_trainer
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
 from mvmr.methods.callbacks import build_callbacks

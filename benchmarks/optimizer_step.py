@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from mvmr.cli.common import format_table
+from mvmr.tables import format_table
 from mvmr.config import load_config
 from mvmr.methods.optim import OPTIMIZERS, fused_supported, param_groups
 from mvmr.models import backbone_from_config, build_projector

@@ -26,7 +26,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from mvmr.cli.common import cpu_supports_bf16, format_table
+from mvmr.hardware import cpu_supports_bf16
+from mvmr.tables import format_table
 from mvmr.config import PretrainConfig, load_config
 from mvmr.errors import MVMRError
 from mvmr.models.small_map_conv import conv2d_as_matmul, use_small_map_matmul

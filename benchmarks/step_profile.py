@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mvmr.cli.common import cpu_supports_bf16, format_table, int_at_least
+from mvmr.cli.flags import int_at_least
+from mvmr.hardware import cpu_supports_bf16
+from mvmr.tables import format_table
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import DatasetInfo
 from mvmr.errors import MVMRError

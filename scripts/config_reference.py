@@ -3,6 +3,7 @@
 
     python scripts/config_reference.py [--check]
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -39,8 +40,11 @@ def render() -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="Write docs/CONFIG.md, the config reference, from the schema")
+    parser.add_argument("--check", action="store_true", help="only check that docs/CONFIG.md is current (exit 1 if not)")
+    args = parser.parse_args()
     text = render()
-    if "--check" in sys.argv:
+    if args.check:
         current = TARGET.read_text() if TARGET.is_file() else ""
         if current != text:
             print("docs/CONFIG.md is out of date: run python scripts/config_reference.py", file=sys.stderr)

@@ -6,6 +6,7 @@ Equivalent to
     python evaluate_self_supervised.py --config configs/digits_self_supervised.yaml \
         --ckpt runs/<run>/checkpoints/best.ckpt --retrain
 """
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -15,8 +16,10 @@ CONFIG = str(ROOT / "configs" / "digits_self_supervised.yaml")
 
 
 def main() -> int:
-    from mvmr.cli.common import run_main
+    argparse.ArgumentParser(description="The make demo job: MV-MR pretraining on scikit-learn's digits, then linear "
+                                        "and k-NN evaluation (a few minutes on a laptop CPU); no arguments").parse_args()
     from mvmr.cli.evaluate import evaluate
+    from mvmr.cli.flags import run_main
     from mvmr.cli.pretrain import pretrain
 
     start = time.time()

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Plot a run: python scripts/plot_run.py runs/<name> [--out DIR] [--ckpt CKPT] [--tsne_points N]
 
-Writes loss_terms.png, probe_accuracy.png (from metrics.csv) and tsne.png (test-set backbone features).
+Writes <run>/plots/run.png (loss terms, learning rate, online probe, from metrics.csv) and tsne.png (backbone
+features of test images, or of the training images of an unlabelled folder).
 """
 import sys
 
-from mvmr.cli.common import run_main
+from mvmr.cli.flags import run_main
 from mvmr.cli.plots import main
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def test_small_map_conv_interleaved_alternates_order_and_drops_warmup():
 
 def test_int_at_least_gives_usage_errors():
     """The benchmarks' argparse type (step_time's --rounds needs 2 for quartiles; ablation's epoch counts need 1)."""
-    from mvmr.cli.common import int_at_least
+    from mvmr.cli.flags import int_at_least
 
     assert int_at_least(2)("2") == 2 and int_at_least(0)("0") == 0
     for low, bad in ((2, "1"), (0, "-1"), (1, "two"), (1, "1.5")):

@@ -336,7 +336,7 @@ FILL_SCRIPT = textwrap.dedent("""
     import errno, os, sys
     import torch
     from torch.utils.data import DataLoader, TensorDataset
-    from mvmr.cli.common import run_main
+    from mvmr.cli.flags import run_main
     from mvmr.representations import cache
     from mvmr.representations.registry import build_representation
 

@@ -88,3 +88,33 @@ def test_config_reference_document_is_current():
     proc = subprocess.run([sys.executable, "scripts/config_reference.py", "--check"], cwd=root,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["batch_size=1"], r"batch_size must be >= 2 for the MV-MR loss"),
+    (["batch_size=3", "loss.unbiased=true"], r"batch_size must be >= 4 for the bias-corrected dCor"),
+    (["trainer.max_epochs=3"], r"trainer.max_epochs: this project's key is 'epochs'"),
+    (["trainer.log_every_n_steps=3"], r"this project's key is 'log_every'"),
+    (["trainer.callbacks=[]"], r"trainer.callbacks is set by mvmr"),
+    (["trainer.benchmrk=true"], r"unknown config key 'trainer.benchmrk'; did you mean 'benchmark'\?"),
+    (["dataset.sise=3"], r"unknown config key 'dataset.sise'; did you mean 'size'\?"),
+    (["trainer.args={precision: 32-true}"], r"trainer.args.precision: use trainer.precision"),
+])
+def test_mistakes_are_refused_when_the_config_is_read(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(Path(__file__).resolve().parents[1] / "configs" / "digits_self_supervised.yaml", overrides)
+
+
+def test_lightning_trainer_arguments_pass_through():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "digits_self_supervised.yaml",
+                      ["trainer.benchmark=true", "trainer.args={gradient_clip_algorithm: value}"])
+    assert cfg.trainer.args == {"gradient_clip_algorithm": "value", "benchmark": True}
+
+
+def test_trainer_args_reach_the_lightning_trainer(tmp_path):
+    from mvmr.training import RunDir, build_trainer
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "digits_self_supervised.yaml",
+                      ["trainer.val_check_interval=0.5", f"run_dir={tmp_path}"])
+    trainer = build_trainer(cfg, RunDir.for_config(cfg, None, "args"), monitor=None)
+    assert trainer.val_check_interval == 0.5

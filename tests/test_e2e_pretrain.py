@@ -133,7 +133,7 @@ def test_plot_run_writes_curves_and_tsne(pretrained_run, tmp_path):
     series = read_epoch_metrics(run.path / "metrics.csv")
     assert [e for e, _ in series["train/loss"]][:2] == [0, 1] and "val/top1" in series and "train/dcor/hog" in series
     written = main([str(run.path), "--out", str(tmp_path), "--tsne_points", "40", "--no_progress"])
-    assert sorted(p.name for p in written) == ["loss_terms.png", "probe_accuracy.png", "tsne.png"]
+    assert sorted(p.name for p in written) == ["run.png", "tsne.png"]
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 

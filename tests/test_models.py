@@ -155,7 +155,7 @@ def test_strided_convs_on_single_pixels_finds_layer4_at_16px():
 
 
 def test_bf16_on_cpu_with_single_pixel_strided_conv_is_a_config_error():
-    from mvmr.cli.common import check_precision_fits_model
+    from mvmr.hardware import check_precision_fits_model
     from mvmr.errors import ConfigError
     from mvmr.models import build_backbone
 

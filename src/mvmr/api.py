@@ -6,8 +6,10 @@ Checkpoints of this project and the authors' files (vkinakh/mv-mr: their Lightni
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,7 +18,8 @@ from mvmr.checkpoint import copy_backbone_weights, encoder_config_of, read_check
 from mvmr.checkpoint_formats import (AUTHORS_IMAGE_SIZE, AUTHORS_MEAN, AUTHORS_STD, CheckpointWeights,
                                      infer_encoder_config, read_weights)
 from mvmr.data.datasets import DatasetInfo
-from mvmr.data.views import EvalTransform, eval_transform
+from mvmr.data.datasets.base import load_image
+from mvmr.data.views import EvalTransform, build_eval_view, eval_transform
 from mvmr.errors import CheckpointError
 from mvmr.models import backbone_from_config
 
@@ -117,3 +120,38 @@ def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu", weig
     frozen = load_frozen_backbone(ckpt_path, device, weights=weights, encoder=encoder, info=info,
                                   image_size=image_size)
     return frozen.backbone, eval_transform(frozen.image_size, frozen.info.mean, frozen.info.std, frozen.info.eval_resize)
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decode image files as the training data were: shorter side to ``load_size``, centre square, uint8."""
+
+    def __init__(self, paths: Sequence[str | Path], mode: str, load_size: int):
+        self.paths, self.mode, self.load_size = [str(p) for p in paths], mode, load_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        array = torch.from_numpy(np.array(load_image(self.paths[index], self.mode, self.load_size)))
+        return array.unsqueeze(0) if array.ndim == 2 else array.permute(2, 0, 1)
+
+
+def embed_images(ckpt_path: str | Path, paths: Sequence[str | Path], device: str | torch.device = "cpu",
+                 batch_size: int = 64, workers: int = 0, weights: str = "auto", progress: bool = True) -> np.ndarray:
+    """Backbone features (N, D) float32 of the image files ``paths`` (in that order), with a checkpoint's frozen
+    backbone and its evaluation view x̄ (Resize + CenterCrop of the run's size, normalised with the run's
+    statistics). Files are decoded in ``workers`` processes."""
+    from tqdm.auto import tqdm
+
+    frozen = load_frozen_backbone(ckpt_path, device, weights=weights)
+    info, size = frozen.info, frozen.image_size
+    view = build_eval_view(size, info.mean, info.std, info.eval_resize).to(device)
+    files = _ImageFiles(paths, "L" if info.channels == 1 else "RGB", info.eval_resize or size)
+    loader = torch.utils.data.DataLoader(files, batch_size=batch_size, num_workers=workers)
+    out = []
+    with torch.no_grad():
+        for images in tqdm(loader, desc="embedding", disable=not progress, leave=False):
+            out.append(frozen.backbone(view(images.to(device))).float().cpu())
+    if not out:
+        return np.zeros((0, frozen.backbone.feature_dim), dtype=np.float32)
+    return torch.cat(out).numpy()

@@ -11,6 +11,7 @@ that ``describe_schema`` turns into the README's config reference.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,6 +100,58 @@ class TrainerConfig:
     precision: Optional[str] = option(None, "Lightning precision (None: from fp16; 16-mixed: fp16 with loss scaling, "
                                             "as the authors' runs)", choices=(None, "32-true", "16-mixed", "bf16-mixed"))
     progress_bar: bool = option(True, "show a progress bar")
+    args: Dict[str, Any] = option(help="any other pytorch_lightning.Trainer argument, passed as it is (e.g. "
+                                       "benchmark: true); other Trainer arguments written directly under trainer: "
+                                       "land here; checked against the Trainer's signature", factory=dict)
+
+
+# Trainer arguments this project sets from keys of its own (a Lightning user's spelling gets the project's key)
+TRAINER_SPELLINGS = {"max_epochs": "epochs", "accumulate_grad_batches": "accumulate_grad_batches",
+                     "gradient_clip_val": "gradient_clip_val", "log_every_n_steps": "log_every",
+                     "check_val_every_n_epoch": "eval_every", "deterministic": "deterministic",
+                     "enable_progress_bar": "trainer.progress_bar"}
+TRAINER_MANAGED = ("callbacks", "logger", "plugins", "default_root_dir", "enable_checkpointing")
+
+
+def lightning_trainer_arguments() -> list[str]:
+    """The keyword arguments of pytorch_lightning.Trainer (imports Lightning: only when a config needs it)."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    return [name for name in inspect.signature(pl.Trainer.__init__).parameters if name != "self"]
+
+
+def route_trainer_keys(data: dict, prefix: str) -> dict:
+    """The ``trainer:`` mapping with every pytorch_lightning.Trainer argument that is not a key of
+    :class:`TrainerConfig` moved under ``args``; a Lightning spelling of a key this project names otherwise, a
+    managed argument or an unknown name is a one-line ConfigError (with a "did you mean")."""
+    own = {f.name for f in dataclasses.fields(TrainerConfig)}
+    args = dict(data.get("args") or {})
+    args.update({key: value for key, value in data.items() if key not in own})
+    if not args:
+        return data
+    known = lightning_trainer_arguments()
+    for key in args:
+        if key in TRAINER_SPELLINGS:
+            raise ConfigError(f"{prefix}{key}: this project's key is '{TRAINER_SPELLINGS[key]}', e.g. "
+                              f"--set {TRAINER_SPELLINGS[key]}=...")
+        if key in TRAINER_MANAGED:
+            raise ConfigError(f"{prefix}{key} is set by mvmr (logging, checkpoints and resilience callbacks); "
+                              "it cannot be configured")
+        if key in own:
+            raise ConfigError(f"{prefix}args.{key}: use {prefix}{key}, a key of its own")
+        if key not in known:
+            raise ConfigError(f"unknown config key '{prefix}{key}'{did_you_mean(key, sorted(own) + known)}; "
+                              f"allowed under '{prefix.rstrip('.')}': {', '.join(sorted(own))} and the arguments "
+                              "of pytorch_lightning.Trainer")
+    return {**{key: value for key, value in data.items() if key in own}, "args": args}
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """"; did you mean 'X'?" for the closest of ``choices``, or ""."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 @dataclass
@@ -388,11 +441,13 @@ def build_dataclass(cls: type, data: dict, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and checking every value."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is TrainerConfig:
+        data = route_trainer_keys(data, prefix)
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; allowed under '{prefix.rstrip('.') or 'top level'}': "
-            f"{', '.join(sorted(fields))}"
+            f"unknown config key '{prefix}{unknown[0]}'{did_you_mean(unknown[0], list(fields))}; allowed under "
+            f"'{prefix.rstrip('.') or 'top level'}': {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, f in fields.items():
@@ -510,6 +565,12 @@ def check_consistency(cfg: Any) -> None:
     for i, rep in enumerate(getattr(cfg, "representations", []) or []):
         if not rep.name:
             raise ConfigError(f"representations[{i}].name is required")
+    if isinstance(cfg, PretrainConfig):
+        needed = 4 if cfg.loss.unbiased else 2
+        if cfg.batch_size < needed:
+            why = "the bias-corrected dCor (loss.unbiased)" if cfg.loss.unbiased else "the MV-MR loss (its variance " \
+                  "hinge and distance terms)"
+            raise ConfigError(f"batch_size must be >= {needed} for {why}; got {cfg.batch_size}")
     scatnet, dataset = getattr(cfg, "scatnet", None), getattr(cfg, "dataset", None)
     if scatnet is not None and scatnet.shape is not None and list(scatnet.shape) != [dataset.size, dataset.size]:
         raise ConfigError(f"scatnet.shape {list(scatnet.shape)} must be [dataset.size, dataset.size] = "

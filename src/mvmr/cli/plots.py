@@ -1,5 +1,6 @@
-"""``scripts/plot_run.py <run dir>``: PNG curves of every loss term and the online probe, and a t-SNE of
-test-set backbone features coloured by class."""
+"""``scripts/plot_run.py <run dir>``: one figure of the run (every loss term as the quantity it measures, the
+learning rate, the online probe) and a t-SNE of backbone features (test images coloured by class; the training
+images of an unlabelled folder)."""
 from __future__ import annotations
 
 import argparse
@@ -14,68 +15,107 @@ import numpy as np
 from mvmr.errors import DataError
 
 TRAIN_PREFIX, EPOCH_SUFFIX = "train/", "_epoch"
+LR_PREFIX = "lr-"  # LearningRateMonitor's columns: lr-Adam, lr-Adam/pg1, ...
 
 
 def read_epoch_metrics(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
     """{metric: [(epoch, value), ...]} of the epoch-level columns of a Lightning ``metrics.csv``
     (``train/*_epoch`` and ``val/*``), the last value per epoch."""
+    series, _ = read_metrics(metrics_csv)
+    return series
+
+
+def read_metrics(metrics_csv: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
+    """(epoch-level series as :func:`read_epoch_metrics`, step-level learning rates {lr-*: [(step, value)]})."""
     if not metrics_csv.is_file():
         raise DataError(f"'{metrics_csv}' not found; pass a run directory written by the trainers (runs/<name>)")
     series: dict[str, dict[int, float]] = defaultdict(dict)
+    rates: dict[str, dict[int, float]] = defaultdict(dict)
     with metrics_csv.open() as f:
         for row in csv.DictReader(f):
-            epoch = row.get("epoch")
-            if not epoch:
-                continue
+            epoch, step = row.get("epoch"), row.get("step")
             for key, value in row.items():
+                if not value:
+                    continue
+                if key.startswith(LR_PREFIX) and step:
+                    rates[key][int(step)] = float(value)
                 epoch_level = (key.startswith(TRAIN_PREFIX) and key.endswith(EPOCH_SUFFIX)) or key.startswith("val/")
-                if value and epoch_level:
+                if epoch and epoch_level:
                     series[key.removesuffix(EPOCH_SUFFIX)][int(epoch)] = float(value)
-    return {key: sorted(values.items()) for key, values in sorted(series.items())}
+    ordered = lambda table: {key: sorted(values.items()) for key, values in sorted(table.items())}
+    return ordered(series), ordered(rates)
 
 
-def plot_curves(series: dict[str, list[tuple[int, float]]], out_dir: Path) -> list[Path]:
-    """loss_terms.png (one panel per training term) and probe_accuracy.png (val top-1/top-5)."""
+def term_curve(key: str, points: list[tuple[int, float]]) -> tuple[str, list[int], list[float]]:
+    """(label, epochs, values) of a logged loss term, as the quantity it measures: the dependence terms are
+    logged as 1 - dCor and -dCov² (what the loss minimises) and shown as dCor and dCov² (higher: more dependent)."""
+    name = key.removeprefix(TRAIN_PREFIX)
+    epochs, values = (list(v) for v in zip(*points))
+    if name == "dcor_zz" or name.startswith("dcor/"):
+        label = "dCor(z̄, z)" if name == "dcor_zz" else f"dCor({name.split('/', 1)[1]}(x̄), z)"
+        return label, epochs, [1 - v for v in values]
+    if name == "dcov_zz" or name.startswith("dcov/"):
+        label = "dCov²(z̄, z)" if name == "dcov_zz" else f"dCov²({name.split('/', 1)[1]}(x̄), z)"
+        return label, epochs, [-v for v in values]
+    labels = {"mse": "MSE(z̄, z)", "std": "variance hinge (z and z̄)", "loss": "total loss",
+              "probe_loss": "probe cross-entropy", "probe_top1": "probe top-1 (train batches)"}
+    return labels.get(name, name), epochs, values
+
+
+def spans_decades(values: Sequence[float]) -> bool:
+    """Positive values whose largest is more than 10 times the smallest: drawn on a log axis."""
+    positive = [v for v in values if v > 0]
+    return len(positive) == len(values) and len(values) > 1 and max(positive) > 10 * min(positive)
+
+
+def plot_curves(series: dict[str, list[tuple[int, float]]], out_dir: Path,
+                rates: dict[str, list[tuple[int, float]]] | None = None) -> list[Path]:
+    """One figure, ``run.png``: the total loss, the invariance / variance terms, the dependence terms (dCor or
+    dCov² with each representation, higher = more dependent), the learning rate and the online probe's accuracy,
+    each panel with a legend; an axis is logarithmic where its curves span more than a decade."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    terms = [k for k in series if k.startswith(TRAIN_PREFIX) and "probe" not in k]
-    if terms:
-        cols = min(4, len(terms))
-        rows = math.ceil(len(terms) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-        for ax, key in zip(axes.flat, terms):
-            epochs, values = zip(*series[key])
-            ax.plot(epochs, values, marker="o", ms=3)
-            ax.set_title(key.removeprefix(TRAIN_PREFIX), fontsize=9)
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(terms):]:
-            ax.axis("off")
-        fig.suptitle("MV-MR loss terms (epoch means)")
-        fig.tight_layout()
-        written.append(out_dir / "loss_terms.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+    terms = {key: term_curve(key, points) for key, points in series.items() if key.startswith(TRAIN_PREFIX)}
+    groups = [("total loss", [k for k in terms if k.endswith("/loss")], "loss"),
+              ("invariance and variance terms", [k for k in terms if k.endswith(("/mse", "/std"))], "term"),
+              ("dependence with z (higher: more dependent)",
+               [k for k in terms if "/dcor" in k or "/dcov" in k], "statistic"),
+              ("online probe (train batches)", [k for k in terms if "probe" in k], "value")]
+    panels = [(title, [terms[k] for k in keys], ylabel) for title, keys, ylabel in groups if keys]
+    if rates:
+        panels.append(("learning rate", [(key.removeprefix(LR_PREFIX), *map(list, zip(*points)))
+                                         for key, points in rates.items()], "lr"))
     accuracy = [k for k in series if k.startswith("val/top")]
     if accuracy:
-        fig, ax = plt.subplots(figsize=(5, 3.4))
-        for key in accuracy:
-            epochs, values = zip(*series[key])
-            ax.plot(epochs, values, marker="o", ms=3, label=key)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy %")
-        ax.set_title("online linear probe (validation split)")
+        panels.append(("online probe (validation split)",
+                       [(k, *map(list, zip(*series[k]))) for k in accuracy], "accuracy %"))
+    if not panels:
+        return []
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, (title, curves, ylabel) in zip(axes.flat, panels):
+        for label, xs, ys in curves:
+            ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, ms=3, label=label)
+        if all(spans_decades(ys) for _, _, ys in curves) or (ylabel == "lr" and all(min(ys) > 0 for *_, ys in curves)):
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step" if ylabel == "lr" else "epoch", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        written.append(out_dir / "probe_accuracy.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    return written
+        ax.legend(fontsize=7, frameon=False)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"run {out_dir.parent.name if out_dir.name == 'plots' else out_dir.name}")
+    fig.tight_layout()
+    path = out_dir / "run.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -126,14 +166,18 @@ def tsne_of_run(run_dir: Path, ckpt: Path, n_points: int, out_dir: Path, progres
     cfg = load_config(run_dir / "config.yaml", schema=PretrainConfig)
     backbone, transform = load_encoder(ckpt)
     dm = MVMRDataModule(cfg.dataset, 256, 0, seed=cfg.seed)
-    dm.setup("test")
+    dm.setup("fit")
     view = transform.view  # x̄ of the run, for batches
-    loader = dm.test_dataloader()
-    keep = np.linspace(0, len(loader.dataset) - 1, min(n_points, len(loader.dataset))).astype(int)
-    subset = torch.utils.data.Subset(loader.dataset, keep.tolist())
+    labelled = bool(dm.info.n_classes) and len(dm.test_dataset) > 0
+    dataset = dm.test_dataset if labelled else dm.pretrain_dataset  # unlabelled folders: the training images
+    keep = np.linspace(0, len(dataset) - 1, min(n_points, len(dataset))).astype(int)
+    subset = torch.utils.data.Subset(dataset, keep.tolist())
     sub_loader = torch.utils.data.DataLoader(subset, batch_size=256, shuffle=False)
     feats, labels = extract_features(backbone, sub_loader, view, "cpu", "t-SNE features", progress)
     points = tsne_embedding(feats.numpy(), cfg.seed)
+    if not labelled:
+        title = f"t-SNE of {cfg.dataset.name} training features ({len(keep)} images, no labels, {ckpt.name})"
+        return plot_tsne(points, np.zeros(len(keep), dtype=int), ["images"], out_dir / "tsne.png", title)
     names = dm.info.class_names or [str(k) for k in range(int(labels.max()) + 1)]
     title = f"t-SNE of {cfg.dataset.name} test features ({len(keep)} images, {ckpt.name})"
     return plot_tsne(points, labels.numpy(), names, out_dir / "tsne.png", title)
@@ -150,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     run_dir = Path(args.run_dir)
     out_dir = Path(args.out) if args.out else run_dir / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = plot_curves(read_epoch_metrics(run_dir / "metrics.csv"), out_dir)
+    series, rates = read_metrics(run_dir / "metrics.csv")
+    written = plot_curves(series, out_dir, rates)
     if args.tsne_points > 0:
         ckpt = Path(args.ckpt) if args.ckpt else run_dir / "checkpoints" / "best.ckpt"
         if not ckpt.is_file():

@@ -1,97 +1,50 @@
-"""``main_self_supervised.py`` / ``main_clip_self_supervised.py``: MV-MR pretraining."""
+"""``main_self_supervised.py`` / ``main_clip_self_supervised.py``: parse the command line, then run
+:mod:`mvmr.protocols.pretrain` (imported after parsing, so that ``--help`` answers before torch loads)."""
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Any, Sequence
 
-import pytorch_lightning as pl
+from mvmr.cli.flags import add_common_flags, run_main
 
-from mvmr.checkpoint import copy_backbone_weights, read_checkpoint
-from mvmr.checkpoint_formats import read_weights
-from mvmr.cli.common import (RunDir, add_common_flags, build_trainer, configure_runtime, format_table, print_config,
-                             resume_checkpoint, run_main, tune, write_run_config)
-from mvmr.config import PretrainConfig, load_config
-from mvmr.data import MVMRDataModule
-from mvmr.errors import ConfigError
-from mvmr.methods.callbacks import build_callbacks
-from mvmr.methods.pretrain import MVMRPretrainModule
+EXAMPLES = {
+    "main_self_supervised.py": ("python main_self_supervised.py --config configs/digits_self_supervised.yaml\n"
+                                "  python main_self_supervised.py -c configs/stl10_self_supervised.yaml "
+                                "--set dataset.path=/data/stl10 --print_config"),
+    "main_clip_self_supervised.py": ("python main_clip_self_supervised.py --config configs/digits_clip_self_supervised.yaml\n"
+                                     "  python main_clip_self_supervised.py -c configs/stl10_clip_self_supervised.yaml "
+                                     "--set clip.pretrained=/path/open_clip_model.bin"),
+}
 
 
-def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+def build_parser(description: str, script: str = "main_self_supervised.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, epilog=f"examples:\n  {EXAMPLES[script]}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", required=True,
                         help="YAML config, e.g. configs/digits_self_supervised.yaml (the authors' config files "
                              "work as they are)")
     add_common_flags(parser)
-    return parser.parse_args(argv)
-
-
-def load_encoder_weights(module: MVMRPretrainModule, path: str) -> None:
-    """``fine_tune_from``: copy the backbone (and the projector when its shapes match) of a checkpoint of this
-    project or of the authors' code; a one-line CheckpointError when the backbone differs from the config's."""
-    found = read_weights(read_checkpoint(path), path, weights="online")
-    copy_backbone_weights(module.backbone, found.backbone, path, found.where)
-    own = module.projector.state_dict()
-    theirs = found.projector or {}
-    if theirs and set(theirs) == set(own) and all(theirs[k].shape == own[k].shape for k in own):
-        module.projector.load_state_dict(theirs)
-    elif theirs:
-        print(f"fine_tune_from: the projector of '{path}' differs from encoder.out_dim; it starts afresh")
+    return parser
 
 
 def pretrain(argv: Sequence[str] | None = None, description: str = "MV-MR self-supervised pretraining",
-             require_teacher: bool = False) -> RunDir | None:
-    args = parse_args(argv, description)
+             require_teacher: bool = False) -> Any:
+    """Parse ``argv``, load and check the config, then pretrain; with --print_config print it and stop."""
+    script = "main_clip_self_supervised.py" if require_teacher else "main_self_supervised.py"
+    args = build_parser(description, script).parse_args(argv)
+    from mvmr.config import PretrainConfig, config_yaml, load_config
+
     cfg = load_config(args.config, args.set, schema=PretrainConfig,
                       protocol="distillation" if require_teacher else "self_supervised")
     if args.print_config:
-        print_config(cfg)
+        print(config_yaml(cfg), end="")
         return None
-    configure_runtime()
-    if require_teacher and not any(r.name == "teacher" for r in cfg.representations or []):
-        raise ConfigError("distillation needs a teacher: add to representations e.g. "
-                          "{name: teacher, weight: 1.0, params: {kind: open_clip, model_name: ViT-B-16, pretrained: /path/to/weights.bin}}")
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = MVMRDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
-    datamodule.setup("fit")
-    module = MVMRPretrainModule(cfg, datamodule.info)
-    if cfg.fine_tune_from:
-        load_encoder_weights(module, cfg.fine_tune_from)
-    run = RunDir.for_config(cfg, args.config, "self_supervised")
-    print(f"Run directory: {run.path}")
-    monitor = "val/top1" if module.probe is not None and cfg.dataset.val_fraction > 0 else None
-    trainer = build_trainer(cfg, run, monitor=monitor, callbacks=extra_callbacks(cfg, module, datamodule, run),
-                            module=module)
-    ckpt_path = resume_checkpoint(cfg, run, args.resume)
-    if ckpt_path is None:
-        tune(cfg, trainer, module, datamodule, args.auto_bs, args.auto_lr)
-    write_run_config(cfg, run)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    report(trainer, module, datamodule, run)
-    return run
+    from mvmr.protocols.pretrain import run_pretraining
+
+    return run_pretraining(args, cfg, require_teacher)
 
 
-def extra_callbacks(cfg, module, datamodule, run) -> list:
-    """Callbacks beyond logging/checkpointing (the representation cache)."""
-    return build_callbacks(cfg, module, datamodule, run)
-
-
-def report(trainer: pl.Trainer, module: MVMRPretrainModule, datamodule, run: RunDir) -> None:
-    """Online-probe accuracy of the best checkpoint on the test split, as a table."""
-    if module.probe is None:
-        print(f"Run directory: {run.path}")
-        return
-    ckpt = str(run.best) if run.best.is_file() else None
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)  # every rank takes part
-    if not trainer.is_global_zero:
-        return
-    rows = [["online probe (test)", results[0].get("test/top1", float("nan")), results[0].get("test/top5", float("nan"))]]
-    print(format_table(["evaluation", "top-1 %", "top-5 %"], rows))
-    print(f"Checkpoints: {run.checkpoints}  (best by val/top1, last)")
-    print(f"Run directory: {run.path}")
-
-
-def distill(argv: Sequence[str] | None = None) -> RunDir | None:
+def distill(argv: Sequence[str] | None = None) -> Any:
     """MV-MR distillation of a frozen teacher: pretraining whose representations include a ``teacher`` term."""
     return pretrain(argv, "MV-MR knowledge distillation of a frozen teacher (e.g. CLIP's image tower)",
                     require_teacher=True)

@@ -1,98 +1,72 @@
-"""``main_semi_supervised.py`` and ``evaluate_semi_supervised.py``."""
+"""``main_semi_supervised.py`` and ``evaluate_semi_supervised.py``: parse the command line, then run
+:mod:`mvmr.protocols.semi` (imported after parsing, so that ``--help`` answers before torch loads)."""
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Any, Sequence
 
-import pytorch_lightning as pl
+from mvmr.cli.flags import add_common_flags, run_main
 
-from mvmr.cli.common import (RunDir, add_common_flags, build_trainer, configure_runtime, default_device, format_table,
-                             print_config, resume_checkpoint, run_main, tune, write_run_config)
-from mvmr.config import SemiSupervisedConfig, load_config
-from mvmr.data import MVMRDataModule
-from mvmr.data.views import build_test_view
-from mvmr.errors import ConfigError
-from mvmr.evaluation.features import extract_features
-from mvmr.evaluation.metrics import topk_accuracy
-from mvmr.methods.semi_supervised import SemiSupervisedModule
+TRAIN_EXAMPLE = ("python main_semi_supervised.py --config configs/digits_semi_supervised.yaml "
+                 "--ckpt runs/digits_demo/checkpoints/best.ckpt")
+EVAL_EXAMPLE = ("python evaluate_semi_supervised.py --config configs/digits_semi_supervised.yaml "
+                "--ckpt runs/digits_semi_supervised/checkpoints/best.ckpt")
 
 
-class LabelledDataModule(MVMRDataModule):
-    """The shared DataModule, training on the labelled (sub)set instead of the pretraining set."""
-
-    def train_dataloader(self):
-        n = len(self.labelled_train_dataloader(shuffle=False, drop_last=False).dataset)
-        return self.labelled_train_dataloader(shuffle=True, drop_last=n > self.batch_size)
-
-
-def train(argv: Sequence[str] | None = None) -> RunDir | None:
-    parser = argparse.ArgumentParser(description="Semi-supervised fine-tuning of a pretrained MV-MR encoder")
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Semi-supervised fine-tuning of a pretrained MV-MR encoder",
+                                     epilog=f"example:\n  {TRAIN_EXAMPLE}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", required=True,
                         help="semi-supervised config, e.g. configs/digits_semi_supervised.yaml")
-    parser.add_argument("--path_ckpt", "-p", "--ckpt", dest="path_ckpt", default=None,
+    parser.add_argument("--ckpt", "--path_ckpt", "-p", dest="ckpt", default=None,
                         help="pretrained checkpoint: a run's .ckpt, or a .ckpt / .pth saved by the authors' code "
                              "(default: fine_tune_from of the config)")
     add_common_flags(parser)
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set, schema=SemiSupervisedConfig)
-    if args.print_config:
-        print_config(cfg)
-        return None
-    configure_runtime()
-    path = args.path_ckpt or cfg.fine_tune_from
-    if not path:
-        raise ConfigError("no pretrained checkpoint: pass --path_ckpt runs/<name>/checkpoints/best.ckpt or set fine_tune_from")
-    cfg.fine_tune_from = path
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = LabelledDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
-    dm.setup("fit")
-    module = SemiSupervisedModule.from_pretrained(cfg, dm.info, path)
-    if cfg.num_features is not None and cfg.num_features != module.feature_dim:
-        raise ConfigError(f"num_features is {cfg.num_features} but the backbone of '{path}' gives "
-                          f"{module.feature_dim} features; fix num_features or remove it")
-    n_labelled = len(dm.labelled_train_dataloader(shuffle=False, drop_last=False).dataset)
-    run = RunDir.for_config(cfg, args.config, "semi_supervised")
-    print(f"Run directory: {run.path}  ({n_labelled} labelled training images)")
-    monitor = "val/top1" if cfg.dataset.val_fraction > 0 else None
-    trainer = build_trainer(cfg, run, monitor=monitor, module=module)
-    ckpt_path = resume_checkpoint(cfg, run, args.resume)
-    if ckpt_path is None:
-        tune(cfg, trainer, module, dm, args.auto_bs, args.auto_lr)
-    write_run_config(cfg, run)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    results = trainer.test(module, datamodule=dm, ckpt_path=str(run.best) if run.best.is_file() else None,
-                           verbose=False)[0]  # every rank takes part under DDP
-    if trainer.is_global_zero:
-        print(format_table(["evaluation", "top-1 %", "top-5 %"],
-                           [[f"fine-tuned, {n_labelled} labels (test, center crop)", results["test/top1"], results["test/top5"]]]))
-    print(f"Run directory: {run.path}")
-    return run
+    return parser
 
 
-def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description="Evaluate a semi-supervised checkpoint on the test split")
+def eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Evaluate a semi-supervised checkpoint on the test split",
+                                     epilog=f"example:\n  {EVAL_EXAMPLE}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", required=True, help="the semi-supervised config the model was trained with")
     parser.add_argument("--ckpt", "-p", required=True, help="checkpoint written by main_semi_supervised.py")
     parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
     add_common_flags(parser, tuning=False)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _config(args):
+    from mvmr.config import SemiSupervisedConfig, config_yaml, load_config
+
     cfg = load_config(args.config, args.set, schema=SemiSupervisedConfig)
     if args.print_config:
-        print_config(cfg)
+        print(config_yaml(cfg), end="")
+        return None
+    return cfg
+
+
+def train(argv: Sequence[str] | None = None) -> Any:
+    """Parse ``argv`` and fine-tune; with --print_config print the config and stop."""
+    args = train_parser().parse_args(argv)
+    cfg = _config(args)
+    if cfg is None:
+        return None
+    from mvmr.protocols.semi import run_fine_tuning
+
+    return run_fine_tuning(args, cfg)
+
+
+def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Parse ``argv`` and evaluate; with --print_config print the config and stop."""
+    args = eval_parser().parse_args(argv)
+    cfg = _config(args)
+    if cfg is None:
         return {}
-    configure_runtime()
-    device = default_device()
-    module = SemiSupervisedModule.from_checkpoint(args.ckpt).to(device).eval()
-    dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
-    dm.setup("test")
-    info, size = module.info, module.cfg.dataset.size
-    view, crops = build_test_view(size, info.mean, info.std, cfg.eval.ten_crop, resize_to=info.eval_resize)
-    view = view.to(device)
-    logits, labels = extract_features(module, dm.test_dataloader(), view, device, "test", not args.no_progress)
-    logits = logits.mean(1) if logits.ndim == 3 else logits
-    acc = topk_accuracy(logits, labels)
-    print(format_table(["evaluation", "top-1 %", "top-5 %"], [[f"semi-supervised ({crops}), {labels.numel()} test images", acc[1], acc[5]]]))
-    return {"top1": acc[1], "top5": acc[5]}
+    from mvmr.protocols.semi import run_evaluation
+
+    return run_evaluation(args, cfg)
 
 
 train_main = run_main(train)

@@ -1,131 +1,75 @@
-"""``main_voc.py`` and ``evaluate_voc.py``: VOC07 multi-label classification on frozen features."""
+"""``main_voc.py`` and ``evaluate_voc.py``: parse the command line, then run :mod:`mvmr.protocols.voc` (imported
+after parsing, so that ``--help`` answers before torch loads)."""
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Any, Sequence
 
-import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader
+from mvmr.cli.flags import add_common_flags, run_main
 
-from mvmr.api import load_frozen_backbone
-from mvmr.cli.common import (RunDir, add_common_flags, configure_runtime, default_device, format_table, print_config,
-                             run_main, write_run_config)
-from mvmr.config import PretrainConfig, VOCConfig, load_config
-from mvmr.data.views import build_eval_view
-from mvmr.data.voc import VOC_CLASSES, VOCMultiLabel, resolve_eval_split
-from mvmr.errors import CheckpointError, ConfigError
-from mvmr.evaluation.features import extract_features
-from mvmr.evaluation.voc import fit_linear_svms, mean_average_precision
-from mvmr.methods.voc import fit_bce_head, load_voc_checkpoint, save_voc_checkpoint, svm_head
+TRAIN_EXAMPLE = ("python main_voc.py --config_voc configs/imagenet_voc.yaml --config_self "
+                 "configs/imagenet_self_supervised.yaml --ckpt runs/imagenet_self_supervised/checkpoints/last.ckpt\n"
+                 "  python main_voc.py -c configs/imagenet_voc.yaml -p their_checkpoint.pth")
+EVAL_EXAMPLE = "python evaluate_voc.py --config configs/imagenet_voc.yaml --ckpt runs/imagenet_voc/checkpoints/best.ckpt"
 
 
-def voc_features(backbone, root: str, split: str, cfg: VOCConfig, info, device, progress: bool):
-    """Frozen features (N, D), targets (N, 20) float and the difficult-only mask (N, 20) of one VOC split."""
-    load_size = cfg.dataset.load_size or round(cfg.dataset.size * 256 / 224)
-    ds = VOCMultiLabel(root, split, load_size)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.n_workers)
-    view = build_eval_view(cfg.dataset.size, info.mean, info.std, resize_to=load_size).to(device)  # Resize + CenterCrop
-    feats, _ = extract_features(backbone, loader, view, device, f"VOC {split} features", progress)
-    return feats, torch.as_tensor(ds.targets, dtype=torch.float32), torch.as_tensor(ds.difficult_only, dtype=torch.bool)
-
-
-def check_rgb(info, source: str) -> None:
-    if info.channels != 3:
-        raise CheckpointError(f"'{source}' was trained on {info.channels}-channel images; VOC07 is RGB: "
-                              "pretrain with 3 channels (dataset.to_rgb=true for grayscale data)")
-
-
-def voc_normalisation(self_cfg: PretrainConfig):
-    """For a checkpoint without run settings (the authors'): the pretraining config's normalisation when it sets
-    dataset.mean / dataset.std, else None (the loader's default)."""
-    from mvmr.data import DatasetInfo
-
-    data = self_cfg.dataset
-    if data.mean is None:
-        return None
-    return DatasetInfo(n_classes=0, channels=len(data.mean), mean=tuple(data.mean), std=tuple(data.std))
-
-
-def train(argv: Sequence[str] | None = None) -> RunDir | None:
-    parser = argparse.ArgumentParser(description="VOC07 multi-label linear classification on frozen features")
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="VOC07 multi-label linear classification on frozen features",
+                                     epilog=f"examples:\n  {TRAIN_EXAMPLE}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config_voc", "--config", "-c", dest="config_voc", required=True,
                         help="VOC config, e.g. configs/imagenet_voc.yaml")
     parser.add_argument("--config_self", default=None,
                         help="the self-supervised config of the pretrained model (checked; for a checkpoint saved by "
                              "the authors' code it gives the architecture and normalisation)")
-    parser.add_argument("--path_self", "--path_ckpt", "-p", "--ckpt", dest="path_self", required=True,
+    parser.add_argument("--ckpt", "--path_self", "--path_ckpt", "-p", dest="path_self", required=True,
                         help="pretrained self-supervised checkpoint (a run's .ckpt, or the authors' .ckpt / .pth)")
     parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
     add_common_flags(parser)
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config_voc, args.set, schema=VOCConfig)
-    if args.print_config:
-        print_config(cfg)
-        return None
-    configure_runtime()
-    self_cfg = load_config(args.config_self, schema=PretrainConfig) if args.config_self else None
-    if not cfg.dataset.path:
-        raise ConfigError("dataset.path of the VOC config must be the folder that holds VOCdevkit/")
-    if args.auto_bs or args.auto_lr:
-        print("--auto_bs/--auto_lr: the VOC head trains on pre-extracted features (batch size only sets the "
-              "extraction batch); the learning rate is chosen on the held-out split instead")
-    pl.seed_everything(cfg.seed, verbose=False)
-    device = default_device()
-    # the backbone alone: a distilled checkpoint needs no teacher weights here
-    encoder = self_cfg.encoder if self_cfg is not None else cfg.encoder
-    info = voc_normalisation(self_cfg) if self_cfg is not None else None
-    pretrained = load_frozen_backbone(args.path_self, device, encoder=encoder, info=info)
-    check_rgb(pretrained.info, args.path_self)
-    run = RunDir.for_config(cfg, args.config_voc, "voc")
-    write_run_config(cfg, run)
-    print(f"Run directory: {run.path}")
-    x, y, ignore = voc_features(pretrained.backbone, cfg.dataset.path, "trainval", cfg, pretrained.info, device,
-                                not args.no_progress)
-    if cfg.protocol == "svm":
-        svms = fit_linear_svms(x.numpy(), y.numpy(), ignore.numpy(), costs=tuple(cfg.svm_costs), seed=cfg.seed)
-        head, extra = svm_head(svms, x.shape[1]), {"svm_costs": [float(c) for c in svms.costs]}
-        print(f"SVM costs chosen by 3-fold CV on trainval: {sorted(set(extra['svm_costs']))}")
-    else:
-        g = torch.Generator().manual_seed(cfg.seed)
-        perm = torch.randperm(x.shape[0], generator=g)
-        n_val = max(1, int(round(cfg.dataset.val_fraction * x.shape[0])))
-        val, tr = perm[:n_val], perm[n_val:]
-        head, epoch, val_map = fit_bce_head(x[tr], y[tr], ignore[tr], x[val], y[val], ignore[val], cfg)
-        extra = {"best_epoch": epoch, "val_map": val_map}
-        print(f"linear head: best epoch {epoch} (val mAP {100 * val_map:.2f} on {n_val} held-out trainval images)")
-    path = run.checkpoints / "best.ckpt"
-    save_voc_checkpoint(path, pretrained.backbone, head, cfg, pretrained.encoder, pretrained.info, extra)
-    print(f"Checkpoint: {path}")
-    return run
+    return parser
 
 
-def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description="VOC07 per-class AP and mAP of a main_voc.py checkpoint")
+def eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="VOC07 per-class AP and mAP of a main_voc.py checkpoint",
+                                     epilog=f"example:\n  {EVAL_EXAMPLE}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", required=True, help="VOC config")
     parser.add_argument("--ckpt", "-p", required=True, help="checkpoint written by main_voc.py")
     parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
     add_common_flags(parser, tuning=False)
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set, schema=VOCConfig)
-    if args.print_config:
-        print_config(cfg)
+    return parser
+
+
+def _config(path: str, overrides: list[str], print_only: bool):
+    from mvmr.config import VOCConfig, config_yaml, load_config
+
+    cfg = load_config(path, overrides, schema=VOCConfig)
+    if print_only:
+        print(config_yaml(cfg), end="")
+        return None
+    return cfg
+
+
+def train(argv: Sequence[str] | None = None) -> Any:
+    """Parse ``argv`` and train the VOC head; with --print_config print the config and stop."""
+    args = train_parser().parse_args(argv)
+    cfg = _config(args.config_voc, args.set, args.print_config)
+    if cfg is None:
+        return None
+    from mvmr.protocols.voc import run_training
+
+    return run_training(args, cfg)
+
+
+def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Parse ``argv`` and evaluate; with --print_config print the config and stop."""
+    args = eval_parser().parse_args(argv)
+    cfg = _config(args.config, args.set, args.print_config)
+    if cfg is None:
         return {}
-    configure_runtime()
-    device = default_device()
-    backbone, head, hp = load_voc_checkpoint(args.ckpt)
-    backbone.to(device)
-    split, note = resolve_eval_split(cfg.dataset.path)
-    if note:
-        print(note)
-    x, y, ignore = voc_features(backbone, cfg.dataset.path, split, cfg, hp["info_obj"], device, not args.no_progress)
-    with torch.no_grad():
-        scores = head(x).numpy()
-    mean_ap, per_class = mean_average_precision(scores, y.numpy(), ignore.numpy())
-    rows = [[name, 100 * ap] for name, ap in zip(VOC_CLASSES, per_class)] + [["mAP", 100 * mean_ap]]
-    print(f"VOC2007 {split}: {x.shape[0]} images, protocol {hp['config']['protocol']}")
-    print(format_table(["class", "AP %"], rows))
-    return {"mAP": 100 * mean_ap}
+    from mvmr.protocols.voc import run_evaluation
+
+    return run_evaluation(args, cfg)
 
 
 train_main = run_main(train)
