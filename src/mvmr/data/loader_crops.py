@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mvmr.data.datasets.base import square_of
 from mvmr.data.views.geometric import sample_resized_crop_boxes
 from mvmr.data.views.policies import LoaderCrops
 from mvmr.errors import DataError
@@ -35,19 +36,6 @@ def draft_target(width: int, height: int, load_size: int, boxes: torch.Tensor, s
         reduction = min(reduction, float(boxes[:, 2:].min()) / size)
     reduction = max(reduction, 1.0)
     return math.ceil(width / reduction), math.ceil(height / reduction)
-
-
-def square_of(image: Image.Image, load_size: int) -> Image.Image:
-    """Shorter side resized to ``load_size`` (bilinear), then the centred ``load_size`` square, as
-    ``mvmr.data.datasets.base.load_image``."""
-    width, height = image.size
-    short, long = min(width, height), max(width, height)
-    if short != load_size:
-        new_long = int(load_size * long / short)
-        image = image.resize((load_size, new_long) if width <= height else (new_long, load_size), Image.BILINEAR)
-        width, height = image.size
-    top, left = int(round((height - load_size) / 2.0)), int(round((width - load_size) / 2.0))
-    return image.crop((left, top, left + load_size, top + load_size))
 
 
 def decode_with_crops(path: str | Path, mode: str, load_size: int, crops: LoaderCrops

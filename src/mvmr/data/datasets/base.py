@@ -208,6 +208,12 @@ def load_image(path: str | Path, mode: str, size: int) -> Image.Image:
             image = file.convert(mode)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot decode image '{path}' ({err}); remove or replace the file") from None
+    return square_of(image, size)
+
+
+def square_of(image: Image.Image, size: int) -> Image.Image:
+    """Shorter side resized to ``size`` (PIL bilinear, antialiased), then the centred ``size`` square: how file
+    datasets store an image (x̄ is then its centre crop)."""
     width, height = image.size
     short, long = min(width, height), max(width, height)
     if short != size:

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mvmr.data.datasets.base import square_of
 from mvmr.data.views.resample import center_crop, resize_shorter_side
 from mvmr.data.views.tensors import Normalize, check_normalisation, check_size, to_unit_float, view_mode
 from mvmr.errors import ConfigError, DataError
@@ -90,9 +91,13 @@ class EvalTransform:
         return self.view(self.as_tensor(image)[None])[0]
 
     def as_tensor(self, image: Union[Image.Image, torch.Tensor]) -> torch.Tensor:
-        """uint8 (C, H, W) of a PIL image or tensor."""
+        """uint8 (C, H, W) of a PIL image or tensor. A PIL image of a run on image files is first brought to the
+        square its loader stores (``square_of``, PIL's resize), so that x̄ is the one the run trained with."""
         if isinstance(image, Image.Image):
-            array = np.asarray(image.convert("L" if self.view.channels == 1 else "RGB"))
+            image = image.convert("L" if self.view.channels == 1 else "RGB")
+            if self.view.resize_to != self.view.size:
+                image = square_of(image, self.view.resize_to)
+            array = np.asarray(image)
             tensor = torch.from_numpy(array.copy())
             return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         if isinstance(image, torch.Tensor) and image.ndim in (2, 3):
