@@ -15,7 +15,7 @@ TINY = ["epochs=2", "warmup_epochs=0", "batch_size=32", "dataset.size=16", "enco
         "encoder.width=16",  # 0.7M parameters instead of 11M: small checkpoints instead of 135 MB ones
         "trainer.limit_train_batches=3", "trainer.progress_bar=false", "eval.epochs=3", "eval.lrs=[0.01]",
         "eval.wds=[0.0]", "log_every=1", "dataset.to_rgb=true",
-        "fp16=false"]  # 16 px leaves 1x1 maps at layer4, where CPU bf16 convolution gradients are wrong (README)
+        "fp16=false"]  # 16 px leaves 1x1 maps at layer4, where CPU bf16 convolution gradients are wrong (mvmr.hardware)
 
 
 def load_benchmark(name: str):

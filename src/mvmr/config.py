@@ -81,8 +81,8 @@ class EncoderConfig:
                                "wider (1: global average pooling, the standard ResNet; 2 keeps the coarse layout "
                                "of aligned images such as Fashion-MNIST)", ge=1)
     small_map_matmul: bool = option(True, "on the CPU, run the 3x3 convolutions whose input map has at most 4 positions "
-                                          "(2x2, 1x1) as one matrix product: the same function, 1.09-1.20x faster "
-                                          "Fashion-MNIST steps (false: always nn.Conv2d)")
+                                          "(2x2, 1x1) as one matrix product: the same function with at most half the "
+                                          "multiply-adds, faster there (false: always nn.Conv2d)")
 
 
 @dataclass

@@ -65,10 +65,9 @@ def conv2d_as_matmul(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, i
 class SmallMapConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state dict) that runs as ``conv2d_as_matmul`` on the CPU when the input
     map has at most kh * kw / 2 positions, i.e. when the dense form does at most half the direct form's
-    multiply-adds (P_in * P_out * C * O against P_out * kh * kw * C * O). Measured with bf16 autocast, forward +
-    backward: 1.4-1.8x faster on 2x2 maps and about 2x on 1x1 maps, but 1.4-3.5x slower on 3x3 maps, where the
-    counts are equal (benchmarks/small_map_conv.py). Everything else (larger maps, CUDA, groups, dilation, bias, other
-    padding modes) takes ``nn.Conv2d``'s path."""
+    multiply-adds (P_in * P_out * C * O against P_out * kh * kw * C * O): faster there, slower on 3x3 maps, where
+    the counts are equal (benchmarks/small_map_conv.py measures both). Everything else (larger maps, CUDA, groups,
+    dilation, bias, other padding modes) takes ``nn.Conv2d``'s path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_matmul(x):

@@ -195,8 +195,8 @@ class CachedRows:
         """
         unique, inverse = np.unique(_index_array(index), return_inverse=True)  # sorted: sequential reads
         # fancy indexing copies into RAM, then back to request order; both copies in numpy, whose large arrays
-        # get transparent huge pages (torch.index_select's fresh output page-faults 4 KiB at a time: 7 ms
-        # against under 1 ms for 96-px ScatNet rows, B=64, on a 2-core CPU)
+        # get transparent huge pages (torch.index_select's fresh output page-faults 4 KiB at a time;
+        # benchmarks/results/speed.md)
         out = torch.from_numpy(np.take(self.array()[unique], inverse.reshape(-1), axis=0))
         if isinstance(index, torch.Tensor) and index.device.type != "cpu":
             out = out.to(index.device, non_blocking=True)

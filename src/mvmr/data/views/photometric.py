@@ -54,8 +54,8 @@ def _shift_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of (B, 3, H, W) RGB in [0, 1] by ``shift`` (B,) turns, keeping HSV's value and saturation
     (torchvision's ``adjust_hue``) without building the HSV image: with M = max, C = max - min and the hue in
     sixths h6 in [0, 6) (red, then green, wins ties of the max), channel n of (R, G, B) is
-    M - C clamp(min(k, 4 - k), 0, 1), k = (n' + h6 + 6 shift) mod 6, n' = 5, 3, 1. About 1.5x faster on the CPU
-    than the round trip through an HSV tensor (fewer full-size temporaries)."""
+    M - C clamp(min(k, 4 - k), 0, 1), k = (n' + h6 + 6 shift) mod 6, n' = 5, 3, 1: fewer full-size temporaries than
+    the round trip through an HSV tensor."""
     r, g, b = images.unbind(1)
     top = torch.maximum(torch.maximum(r, g), b)
     chroma = top - torch.minimum(torch.minimum(r, g), b)
@@ -91,8 +91,8 @@ def _saturate(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 JITTER_STEPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "brightness": _brighten, "contrast": _contrast, "saturation": _saturate, "hue": _shift_hue}
 # The same formulas, each fused by torch.compile into one or two kernels instead of one pass over the batch per
-# elementwise op (the hue step: about 25 passes -> 1; 15.7 -> 0.9 ms for 64 images of 96x96x3, one-off timing,
-# 2026-12-01). Compiled lazily, once per step for all shapes; eager if compiling fails (``CompiledOrEager``).
+# elementwise op (the hue step: about 25 passes -> 1). Compiled lazily, once per step for all shapes; eager if
+# compiling fails (``CompiledOrEager``).
 COMPILED_JITTER_STEPS = {name: CompiledOrEager(step) for name, step in JITTER_STEPS.items()}
 
 
@@ -229,9 +229,8 @@ class GaussianBlur(nn.Module):
     """Per sample with probability ``p``: a separable Gaussian blur, ``kernel`` taps (odd), sigma ~ U(``sigma``),
     reflect padding (torchvision's ``GaussianBlur`` on each image). (B, C, H, W) -> same.
 
-    One depthwise convolution per axis over the gated samples, every channel of a sample with its own sigma;
-    1.3-1.8x faster on the CPU than kornia's ``RandomGaussianBlur`` at 32 and 96 px, 3 channels
-    (``benchmarks/views_throughput.py``); about the same at 28 px, 1 channel."""
+    One depthwise convolution per axis over the gated samples, every channel of a sample with its own sigma
+    (``benchmarks/views_throughput.py`` times it against kornia's ``RandomGaussianBlur``)."""
 
     def __init__(self, kernel: int, sigma: tuple[float, float] = BLUR_SIGMA, p: float = 0.5):
         super().__init__()
@@ -294,7 +293,7 @@ def colour_ops(size: int, channels: int, strength: float = 1.0, p_jitter: float 
     ``Solarize``: the same formulas as torchvision, tested against it, faster than kornia's on the CPU).
     Jitter, grayscale and solarize run fused by torch.compile by default (their ``compiled`` switch, set by
     ``build_train_view``'s ``compile_ops``; eager if compiling fails); the blur is a depthwise convolution (a
-    compiled shifted-sum blur was 1.27x faster at 96 px but 0.59-0.96x at 64 px and from 128 px up: not kept).
+    compiled shifted-sum blur was not faster at every size: benchmarks/results/speed.md).
     """
     ops = jitter_grayscale_ops(channels, [m * strength for m in JITTER], p_jitter, p_grayscale)
     kernel = blur_kernel_size(size)

@@ -116,9 +116,8 @@ def cifar20_policy(size: int, channels: int, strength: float = 1.0,
 
 
 # On the CPU a view runs in chunks of about this many bytes of float32 output: each elementwise op then works on
-# data that stays in cache instead of streaming the whole batch through memory once per op. Measured on this
-# 2-core CPU (2 MiB L2 per core), `python benchmarks/views_throughput.py`: the custom view 1.26-1.39x faster from 64 px
-# up (96 px, 128 images: 75-image chunks); at 32 px a 256-image batch is one chunk. 4 and 8 MiB were within noise.
+# data that stays in cache instead of streaming the whole batch through memory once per op (96 px, 128 images:
+# 75-image chunks; at 32 px a 256-image batch is one chunk). `python benchmarks/views_throughput.py` measures it.
 CPU_CHUNK_BYTES = 8 * 2 ** 20
 
 
