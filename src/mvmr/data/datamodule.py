@@ -19,6 +19,7 @@ from mvmr.data.datasets import (DatasetInfo, FileImageDataset, ImageDataset, bal
                                 stratified_split)
 from mvmr.data.loader_crops import decode_with_crops
 from mvmr.data.views import LoaderCrops
+from mvmr.parallel import distributed_world
 from mvmr.errors import ConfigError, DataError
 
 
@@ -200,13 +201,6 @@ class MVMRDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The test split (empty when the dataset has none, e.g. a flat image folder)."""
         return self._loader(self.test_dataset, self.eval_batch_size or self.batch_size, False, False)
-
-
-def distributed_world() -> tuple[int, int]:
-    """(number of processes, this process's rank) of the initialised process group, else (1, 0)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
 
 
 class EpochSeededSampler(DistributedSampler):

@@ -10,10 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-
-def distributed_world_size() -> int:
-    """World size of the default process group, or 1 when torch.distributed is not initialised."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from mvmr.parallel import distributed_world_size
 
 
 class _GatherWithGrad(torch.autograd.Function):
