@@ -55,7 +55,7 @@ def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Te
 
     On the CPU a fresh 16 MiB tensor per Gram chunk is page-faulted in anew when the allocator has returned the
     previous one to the system: with 96-px ScatNet rows (140k columns, B=64) that churn cost more than the
-    Gram products themselves (README, Speed). Holds the largest chunk asked for (with the auto chunk size,
+    Gram products themselves (benchmarks/results/speed.md). Holds the largest chunk asked for (with the auto chunk size,
     about max(B², 4 Mi) elements).
     """
     buffers = getattr(_WORKSPACES, "buffers", None)
@@ -78,8 +78,12 @@ def _centred_chunks(x: torch.Tensor, dtype: torch.dtype, chunk_size: int) -> Ite
     batch = x.shape[0]
     workspace = _workspace(batch * min(chunk_size, x.shape[1]), dtype, x.device)
     for chunk in x.split(chunk_size, dim=1):
-        centred = workspace[:chunk.numel()].view(chunk.shape).copy_(chunk)  # the upcast, without an allocation
-        yield centred.sub_(centred.mean(dim=0, keepdim=True))
+        centred = workspace[:chunk.numel()].view(chunk.shape)
+        if chunk.dtype == dtype:  # no upcast: centre straight into the workspace (one pass fewer over the chunk)
+            yield torch.sub(chunk, chunk.mean(dim=0, keepdim=True), out=centred)
+        else:  # upcast first (a mixed-dtype subtraction is slower than the copy), then centre in place
+            centred.copy_(chunk)
+            yield centred.sub_(centred.mean(dim=0, keepdim=True))
 
 
 class _SquaredDistances(torch.autograd.Function):

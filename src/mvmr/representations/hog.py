@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mvmr.representations.base import Param, Representation, int_param
-from mvmr.representations.binning import linear_bins, scatter_two_bins
+from mvmr.representations.binning import scatter_two_bins
 from mvmr.representations.registry import register_representation
 
 VARIANTS = ("mvmr", "authors")
@@ -19,10 +19,10 @@ SOBEL = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))  # the authors' k
 class HOG(Representation):
     """Per-channel HOG: (B, C, H, W) -> (B, C·nbins·(H//pool)·(W//pool)), laid out (C, nbins, H//pool, W//pool).
 
-    Per pixel: gx = x[i, j+1] − x[i, j−1], gy = x[i+1, j] − x[i−1, j] (the [-1, 0, 1] kernels as a
-    depthwise conv2d, replicate padding), magnitude m = √(gx² + gy²), unsigned orientation
-    θ = atan2(gy, gx) mod π in [0, π) (rows point down; a vertical edge has θ = 0). Bin k is centred
-    at k·π/nbins; θ at t = θ·nbins/π bins gives m·(1 − (t − ⌊t⌋)) to bin ⌊t⌋ and m·(t − ⌊t⌋) to bin
+    Per pixel: gx = x[i, j+1] − x[i, j−1], gy = x[i+1, j] − x[i−1, j] (the [-1, 0, 1] kernels as two
+    shifted subtractions, replicate padding, over the pixels the cells cover), magnitude m = √(gx² + gy²),
+    unsigned orientation θ = atan2(gy, gx) mod π in [0, π) (rows point down; a vertical edge has θ = 0). Bin k
+    is centred at k·π/nbins; θ at t = θ·nbins/π bins gives m·(1 − (t − ⌊t⌋)) to bin ⌊t⌋ and m·(t − ⌊t⌋) to bin
     ⌊t⌋ + 1, wrapping from the last bin to bin 0 (θ near π is near 0). The per-pixel histograms are then
     averaged over non-overlapping pool×pool cells (the H mod pool last rows / columns are dropped).
 
@@ -47,11 +47,11 @@ class HOG(Representation):
         super().__init__(in_channels, image_size, **params)
         if self.pool > image_size:
             raise self.invalid("pool", f"<= the image size {image_size}")
-        central = torch.tensor([-1.0, 0.0, 1.0])
-        kernels = torch.zeros(2, 1, 3, 3)
-        kernels[0, 0, 1, :] = central  # d/dx along columns
-        kernels[1, 0, :, 1] = central  # d/dy along rows
-        self.register_buffer("gradient_kernels", kernels, persistent=False)
+        covered = self.cells * self.pool
+        position = torch.arange(covered) // self.pool
+        # the cell of each covered pixel (row-major cell index), as float: bin·cells² + cell stays exact in float32
+        self.register_buffer("cell_index", (position[:, None] * self.cells + position[None, :]).float(),
+                             persistent=False)
         sobel = torch.tensor(SOBEL)
         self.register_buffer("sobel_kernels", torch.stack([sobel, sobel.t()])[:, None], persistent=False)
 
@@ -63,28 +63,38 @@ class HOG(Representation):
     def output_dim(self) -> int:
         return self.in_channels * self.nbins * self.cells ** 2
 
-    def gradients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) -> gx, gy (B·C, H, W) by central differences."""
-        planes = F.pad(x.reshape(-1, 1, *x.shape[-2:]), (1, 1, 1, 1), mode="replicate")
-        grad = F.conv2d(planes, self.gradient_kernels)
-        return grad[:, 0], grad[:, 1]
+    def gradients(self, x: torch.Tensor, covered: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> gx, gy (B·C, h, w) by central differences on the replicate-padded planes, over the
+        top-left ``covered``² pixels (default: all). Two shifted subtractions: x[j+1] − x[j−1] is exactly what the
+        [-1, 0, 1] kernels' cross-correlation computes (its other taps are zero)."""
+        rows, cols = x.shape[-2:] if covered is None else (covered, covered)
+        planes = F.pad(x.reshape(-1, 1, *x.shape[-2:]), (1, 1, 1, 1), mode="replicate")[:, 0]
+        gx = planes[:, 1:rows + 1, 2:cols + 2] - planes[:, 1:rows + 1, :cols]
+        gy = planes[:, 2:rows + 2, 1:cols + 1] - planes[:, :rows, 1:cols + 1]
+        return gx, gy
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         if self.variant == "authors":
             return self.compute_authors(x)
         batch, channels = x.shape[:2]
-        gx, gy = self.gradients(x)
         covered = self.cells * self.pool
-        gx, gy = gx[:, :covered, :covered], gy[:, :covered, :covered]
+        gx, gy = self.gradients(x, covered)
         magnitude = torch.hypot(gx, gy)
-        orientation = torch.atan2(gy, gx).remainder(math.pi)
-        lower, upper, upper_share = linear_bins(orientation * (self.nbins / math.pi), self.nbins, circular=True)
-        position = torch.arange(covered, device=x.device) // self.pool
-        cell = (position[:, None] * self.cells + position[None, :]).expand_as(lower)  # (B·C, h, w)
+        position = torch.atan2(gy, gx).remainder_(math.pi).mul_(self.nbins / math.pi)  # θ in bin units, [0, nbins]
+        # linear_bins(position, nbins, circular=True) in float32: the bins are small integers (exact), wrapped
+        # from nbins to 0 with a comparison instead of an int64 remainder
+        lower = position.floor()
+        upper_share = position.sub_(lower)
+        lower = torch.where(lower >= self.nbins, lower - self.nbins, lower)
+        upper = lower + 1
+        upper = torch.where(upper >= self.nbins, upper - self.nbins, upper)
         n_cells = self.cells ** 2
-        hist = scatter_two_bins((lower * n_cells + cell).flatten(1), (upper * n_cells + cell).flatten(1),
-                                (magnitude * (1 - upper_share)).flatten(1), (magnitude * upper_share).flatten(1),
-                                self.nbins * n_cells)
+        cell = self.cell_index.to(lower.dtype)
+        lower_mass = magnitude * (1 - upper_share)
+        upper_mass = magnitude.mul_(upper_share)
+        hist = scatter_two_bins(lower.mul_(n_cells).add_(cell).long().flatten(1),
+                                upper.mul_(n_cells).add_(cell).long().flatten(1),
+                                lower_mass.flatten(1), upper_mass.flatten(1), self.nbins * n_cells)
         return hist.div_(self.pool ** 2).reshape(batch, channels, self.nbins, self.cells, self.cells)
 
     def compute_authors(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,10 +37,13 @@ class LocalStd(Representation):
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
         sum_d = torch.zeros_like(x)
         sum_d2 = torch.zeros_like(x)
+        d = torch.empty_like(x)
         for dy in range(3):
             for dx in range(3):
-                d = padded[..., dy:dy + size, dx:dx + size] - x
+                if dy == dx == 1:
+                    continue  # the centre: d = 0 adds nothing to either sum
+                torch.sub(padded[..., dy:dy + size, dx:dx + size], x, out=d)
                 sum_d += d
-                sum_d2 += d * d
-        mean_d = sum_d / 9
-        return (sum_d2 / 9 - mean_d * mean_d).clamp_(min=0).sqrt_()
+                sum_d2.addcmul_(d, d)
+        mean_d = sum_d.div_(9)
+        return sum_d2.div_(9).addcmul_(mean_d, mean_d, value=-1).clamp_(min=0).sqrt_()
