@@ -161,3 +161,28 @@ def test_trainer_optimiser_uses_fused_kernels_on_cpu(pretrained_run):
     run, _ = pretrained_run
     groups = torch.load(run.last, weights_only=False)["optimizer_states"][0]["param_groups"]
     assert groups and all(group["fused"] is True for group in groups)
+
+
+def test_run_figure_shows_the_dependence_as_dcor_and_uses_log_axes_across_decades():
+    from mvmr.cli.plots import spans_decades, term_curve
+
+    assert term_curve("train/dcor/hog", [(0, 0.25), (1, 0.1)]) == ("dCor(hog(x̄), z)", [0, 1], [0.75, 0.9])
+    assert term_curve("train/dcor_zz", [(0, 0.5)])[0] == "dCor(z̄, z)"
+    assert term_curve("train/dcov/pixels", [(0, -2.0)])[2] == [2.0]
+    assert term_curve("train/std", [(0, 1.0)])[0] == "variance hinge (z and z̄)"
+    assert spans_decades([1.0, 0.05]) and not spans_decades([1.0, 0.5]) and not spans_decades([1.0, 0.0])
+
+
+def test_lightnings_banners_are_filtered_but_its_other_lines_kept(caplog):
+    import logging
+
+    from mvmr.training import configure_runtime
+
+    configure_runtime()
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning.utilities.rank_zero"):
+        logger.info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        logger.info("GPU available: False, used: False")
+        logger.info("`Trainer(limit_val_batches=1.0)` was configured so 100% of the batches will be used..")
+        logger.info("`Trainer.fit` stopped: `max_epochs=1` reached.")
+    assert [r.getMessage() for r in caplog.records] == ["`Trainer.fit` stopped: `max_epochs=1` reached."]
