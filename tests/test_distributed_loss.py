@@ -1,15 +1,11 @@
 """Global-batch loss under DDP (2 CPU processes, gloo) equals one process on the full batch."""
-import datetime
-import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from gloo import init_gloo, run_gloo, save_rank_results
 from mvmr.losses import MVMRObjective, gather_with_grad
 
 WORLD = 2
@@ -43,9 +39,8 @@ def loss_and_grads(model, wrapped, x_bar, x_aug, reps, gather: bool):
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    init_gloo(rank, port, WORLD, timeout_s=60)
     try:
         x_bar, x_aug, reps = full_batch()
         mine = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
@@ -61,38 +56,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         coefficients = torch.arange(gathered.numel(), dtype=torch.float64).reshape(gathered.shape)
         (gathered * coefficients).sum().backward()
         results["uneven"] = (gathered.detach(), local.grad.clone(), coefficients)
-        path = os.path.join(out_dir, f"rank{rank}.pt")
-        torch.save(results, path + ".tmp")
-        os.replace(path + ".tmp", path)  # the file exists only once complete
+        save_rank_results(out_dir, rank, results)
     finally:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_workers(out_dir: str, timeout_s: float = 60.0) -> None:
-    context = mp.spawn(_worker, args=(free_port(), out_dir), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.terminate()
-                pytest.fail("DDP workers did not finish in time")
-    except mp.ProcessExitedException:
-        # gloo's teardown (destroy_process_group) occasionally aborts a worker *after* it wrote its results
-        # ("terminate called without an active exception"); accept that only when every rank's file is complete
-        if not all(os.path.exists(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)):
-            raise
-
-
 def test_ddp_global_batch_matches_single_process(tmp_path):
-    run_workers(str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_gloo(_worker, WORLD, tmp_path)
 
     model = tiny_model()
     x_bar, x_aug, reps = full_batch()

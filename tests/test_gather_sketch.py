@@ -4,16 +4,12 @@ The gloo run computes the loss with gather_dim = None (exact), SMALL_K (every wi
 recommended k (only the 30k-d φ sketched) and BIG_K (>= every d_k: nothing sketched), counting the bytes
 all_gather returns and all_reduce reduces; the tests compare it with one process on the whole batch.
 """
-import datetime
-import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from gloo import init_gloo, run_gloo, save_rank_results
 from mvmr.losses import MVMRObjective, distance_correlation
 from mvmr.losses import objective as objective_module
 from mvmr.losses import sketch as sketch_module
@@ -93,9 +89,8 @@ class _Counter:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    init_gloo(rank, port, WORLD, timeout_s=120)
     try:
         z_bar, z, reps = full_batch()
         mine = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
@@ -116,36 +111,15 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 sketch = obj.sketch("plain", DIMS["plain"])
                 results["sketch"] = {"source": sketch.source, "signs": sketch.signs,
                                      "of_common_rows": sketch(reps["plain"][:4])}  # the same rows on both ranks
-        path = os.path.join(out_dir, f"rank{rank}.pt")
-        torch.save(results, path + ".tmp")
-        os.replace(path + ".tmp", path)  # the file exists only once complete
+        save_rank_results(out_dir, rank, results)
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Each rank's results of the gloo run."""
-    out_dir = tmp_path_factory.mktemp("gather_sketch")
-    context = mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 180
-    try:
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.terminate()
-                pytest.fail("DDP workers did not finish in time")
-    except mp.ProcessExitedException:
-        # gloo's teardown occasionally aborts a worker after it wrote its results (tests/test_distributed_loss.py)
-        if not all(os.path.exists(out_dir / f"rank{r}.pt") for r in range(WORLD)):
-            raise
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_gloo(_worker, WORLD, tmp_path_factory.mktemp("gather_sketch"), timeout_s=180)
 
 
 def sketched_reference(k: int):
