@@ -11,7 +11,7 @@ restores their behaviour.
 from __future__ import annotations
 
 import copy
-import sys
+from mvmr import messages
 from typing import Any
 
 PROTOCOLS = ("self_supervised", "distillation", "semi_supervised", "voc")
@@ -145,7 +145,7 @@ def fill_authors_defaults(data: dict, protocol: str, source: str = "the config")
         what = {"self_supervised": "their five representations with their sign (weight -1)",
                 "distillation": "the CLIP teacher from 'clip:' and their CLIP schedule",
                 "semi_supervised": "their fine-tuning schedule and augmentation", "voc": "their encoder section"}
-        print(f"note: {source} is in the authors' format (vkinakh/mv-mr): added {what[protocol]} and what their "
-              f"code fixes ({', '.join(applied)})" + "".join(f"; {r}" for r in renamed) + "; see docs/authors.md",
-              file=sys.stderr)
+        messages.warn(f"note: {source} is in the authors' format (vkinakh/mv-mr): added {what[protocol]} and what "
+                      f"their code fixes ({', '.join(applied)})" + "".join(f"; {r}" for r in renamed)
+                      + "; see docs/authors.md")
     return data

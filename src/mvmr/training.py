@@ -18,6 +18,7 @@ from mvmr.checkpoint import AtomicCheckpointIO
 from mvmr.config import config_yaml, save_config
 from mvmr.errors import ConfigError
 from mvmr.hardware import check_precision_fits_model, resolve_accelerator, resolve_precision
+from mvmr import messages
 
 
 # Lightning's info lines that say nothing about this run: advertisements, the accelerators it did not find, and
@@ -84,10 +85,10 @@ def resume_checkpoint(cfg: Any, run: RunDir, explicit: str | None) -> str | None
     if explicit:
         if not Path(explicit).is_file():
             raise ConfigError(f"--resume: checkpoint '{explicit}' not found")
-        print(f"Resuming from {explicit}")
+        messages.info(f"Resuming from {explicit}")
         return explicit
     if cfg.resume and run.last.is_file():
-        print(f"Resuming from {run.last} (pass --set resume=false to start a fresh run)")
+        messages.info(f"Resuming from {run.last} (pass --set resume=false to start a fresh run)")
         return str(run.last)
     return None
 
@@ -154,7 +155,7 @@ def tune(cfg: Any, trainer: pl.Trainer, module: pl.LightningModule, datamodule: 
         found = tuner.scale_batch_size(module, datamodule=datamodule, mode="binsearch", max_trials=8)
         cfg.batch_size = cfg.batch_size_suggested = int(found or cfg.batch_size)
         datamodule.batch_size = cfg.batch_size
-        print(f"--auto_bs: batch_size = {cfg.batch_size}")
+        messages.info(f"--auto_bs: batch_size = {cfg.batch_size}")
     if auto_lr:
         max_epochs = trainer.fit_loop.max_epochs
         trainer.fit_loop.max_epochs = 10**6  # small datasets: the 60 finder steps may span several epochs
@@ -167,9 +168,9 @@ def tune(cfg: Any, trainer: pl.Trainer, module: pl.LightningModule, datamodule: 
         if suggestion:
             cfg.lr = cfg.lr_suggested = float(suggestion)
             module.lr = cfg.lr
-            print(f"--auto_lr: lr = {cfg.lr:.3g}")
+            messages.info(f"--auto_lr: lr = {cfg.lr:.3g}")
         else:
-            print(f"--auto_lr: the LR finder gave no suggestion; keeping lr = {cfg.lr:.3g}")
+            messages.info(f"--auto_lr: the LR finder gave no suggestion; keeping lr = {cfg.lr:.3g}")
 
 
 def write_run_config(cfg: Any, run: RunDir) -> None:

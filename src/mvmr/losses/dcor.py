@@ -10,23 +10,16 @@ huge D (flattened images: D ~ 10⁵) costs O(B²) extra memory, never a (B, B, D
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 from typing import Iterator, Optional, Tuple
 
 import torch
 
 from mvmr.errors import ConfigError
+from mvmr.numerics import autocast_disabled
 
 # Auto chunk: about max(B², 4 Mi) elements per chunk of columns (16 MiB in float32 for B <= 2048).
 _MIN_CHUNK_ELEMENTS = 1 << 22
-
-
-@contextlib.contextmanager
-def autocast_disabled(device: torch.device) -> Iterator[None]:
-    """Turn autocast off for ``device``'s type inside the block (a no-op when it is already off)."""
-    with torch.autocast(device_type=device.type, enabled=False):
-        yield
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvmr.errors import ConfigError
-from mvmr.losses.dcor import (autocast_disabled, centred_distances, compute_dtype, correlation_from_centred,
+from mvmr.numerics import autocast_disabled
+from mvmr.losses.dcor import (centred_distances, compute_dtype, correlation_from_centred,
                               covariance_from_centred)
 from mvmr.losses.distributed import distributed_world_size, gather_with_grad
 from mvmr.losses.sketch import CountSketch, global_column_moments, sketch_seed

@@ -28,6 +28,7 @@ from mvmr.methods.topk import TopKEvaluation, topk_correct
 from mvmr.models import backbone_from_config, build_projector, parse_widths, use_channels_last
 from mvmr.models.ema import ema_decay_at, make_ema_copy, update_ema
 from mvmr.representations import build_representation
+from mvmr import messages
 
 SEED_SECTIONS = {"hog": ("nbins", "pool"), "scatnet": ("J", "L")}
 
@@ -175,7 +176,7 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         if stage == "fit" and datamodule is not None and hasattr(datamodule, "train_crops"):
             datamodule.train_crops = self.train_view.loader_crops
         if stage == "fit" and self._trainer is not None and self.trainer.world_size > 1 and self.trainer.is_global_zero:
-            print(f"DDP loss traffic: {self.loss_traffic(self.trainer.world_size).summary()}")
+            messages.info(f"DDP loss traffic: {self.loss_traffic(self.trainer.world_size).summary()}")
 
     def loss_traffic(self, world_size: int):
         """What the objective's collectives move per rank and step (``mvmr.losses.traffic.LossTraffic``)."""
@@ -227,11 +228,11 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         has_ema = any(k.startswith("ema_backbone.") for k in state)
         if self.ema_backbone is not None and not has_ema:
             state.update({"ema_" + k: v.clone() for k, v in state.items() if k.startswith("backbone.")})
-            print("ema_decay > 0 but the checkpoint has no moving average: it starts from the resumed weights")
+            messages.info("ema_decay > 0 but the checkpoint has no moving average: it starts from the resumed weights")
         elif self.ema_backbone is None and has_ema:
             for key in [k for k in state if k.startswith("ema_backbone.")]:
                 del state[key]
-            print("ema_decay is 0: the checkpoint's moving average is not kept")
+            messages.info("ema_decay is 0: the checkpoint's moving average is not kept")
 
     def on_train_start(self) -> None:
         self._ema_step = self.global_step  # the average moves only when an optimiser step has happened since

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import csv
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from mvmr import messages
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
@@ -104,8 +104,8 @@ class RNGStateCallback(pl.Callback):
         elif trainer.global_rank == 0 and RNG_KEY in checkpoint:
             set_rng_state(checkpoint[RNG_KEY])
             if trainer.world_size > 1:
-                print(f"the checkpoint's generators are from {len(per_rank or [0])} process(es), this run has "
-                      f"{trainer.world_size}: ranks > 0 continue with fresh per-rank seeds")
+                messages.info(f"the checkpoint's generators are from {len(per_rank or [0])} process(es), this run has "
+                              f"{trainer.world_size}: ranks > 0 continue with fresh per-rank seeds")
 
 
 class SaveOnInterrupt(pl.Callback):
@@ -119,8 +119,8 @@ class SaveOnInterrupt(pl.Callback):
         if not interrupted or trainer.world_size > 1 or trainer.global_step == 0:
             return
         trainer.save_checkpoint(self.last_path)
-        print(f"\ninterrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.last_path}; "
-              "re-run the same command to resume", file=sys.stderr)
+        messages.warn(f"\ninterrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved "
+                      f"{self.last_path}; re-run the same command to resume")
 
 
 class PeriodicCheckpoint(pl.Callback):

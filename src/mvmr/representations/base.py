@@ -1,15 +1,15 @@
 """The base class of the non-learnable representations φ_k and their declared, validated parameters."""
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, ContextManager, Dict, Mapping, Optional
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional
 
 import torch
 from torch import nn
 
 from mvmr.errors import ConfigError
+from mvmr.numerics import autocast_disabled
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,6 @@ def unknown_params(specs: Mapping[str, Param], params: Mapping[str, Any]) -> lis
 def unknown_param_message(where: str, specs: Mapping[str, Param], name: str) -> str:
     allowed = ", ".join(specs) if specs else "(none)"
     return f"{where}: unknown parameter {name!r}; allowed: {allowed}"
-
-
-def autocast_disabled(device: torch.device) -> ContextManager:
-    """A context that turns autocast off on ``device`` (a no-op where autocast does not exist, e.g. meta)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 class Representation(nn.Module):

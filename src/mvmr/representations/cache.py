@@ -40,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mvmr.errors import ConfigError, DataError, MVMRError
+from mvmr import messages
 
 CACHE_FORMAT = 1
 FLOAT16_LIMIT = 6e4  # |x| above this is stored as float32 (float16 overflows at 65504)
@@ -477,8 +478,8 @@ class EntryBuilder:
         finally:
             old.close()
             old.path.unlink(missing_ok=True)
-        print(f"representation cache: '{self.key}' exceeds the float16 range (|x| > {FLOAT16_LIMIT:g}); "
-              "storing float32")
+        messages.info(f"representation cache: '{self.key}' exceeds the float16 range (|x| > {FLOAT16_LIMIT:g}); "
+                      "storing float32")
 
     def add(self, index: np.ndarray, output: torch.Tensor) -> None:
         """Store ``output`` (B, ...) as the rows ``index`` (B,)."""
@@ -625,7 +626,7 @@ class RepresentationCache:
             stem = root / f"{_safe_file_key(key)}-{digest(material)}"
             reader = open_complete(stem, n_rows)
             if reader is not None:
-                print(f"representation cache: reusing {reader.path}")
+                messages.info(f"representation cache: reusing {reader.path}")
                 readers[key] = reader
             else:
                 source_dim = output_size(module, lambda m: _probe_output_size(m, loader, eval_view, device))
