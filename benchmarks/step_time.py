@@ -132,7 +132,7 @@ def isolated_extra_work(stepper: Stepper, images: torch.Tensor, index: torch.Ten
     module = stepper.module
     cache = module.representation_cache
     batch = images.shape[0]
-    weights = dict(module.representation_weights)
+    weights = dict(module.objective.representation_weights)
     with torch.no_grad():
         width = module.embed(module.eval_view(images[:2]))[1].shape[1]
         copy = module.representations["augmented_pixels"].from_augmented(module.train_view(images))
@@ -165,7 +165,7 @@ def isolated_uncached_work(stepper: Stepper, images: torch.Tensor, rounds: int) 
     backward with that representation, minus without any). ``stepper`` holds a module without a cache."""
     module = stepper.module
     batch = images.shape[0]
-    weights = dict(module.representation_weights)
+    weights = dict(module.objective.representation_weights)
     with torch.no_grad():
         x_bar = module.eval_view(images)
         width = module.embed(x_bar[:2])[1].shape[1]

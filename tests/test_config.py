@@ -118,3 +118,30 @@ def test_trainer_args_reach_the_lightning_trainer(tmp_path):
                       ["trainer.val_check_interval=0.5", f"run_dir={tmp_path}"])
     trainer = build_trainer(cfg, RunDir.for_config(cfg, None, "args"), monitor=None)
     assert trainer.val_check_interval == 0.5
+
+
+def test_the_seeds_top_level_loss_keys_read_as_loss_keys(tmp_path):
+    path = tmp_path / "seed.yaml"
+    path.write_text("std_margin: 2.5\nnormalize_z: true\nrepresentations: []\n")
+    cfg = load_config(path)
+    assert cfg.loss.std_margin == 2.5 and cfg.loss.normalize_z is True
+    path.write_text("std_margin: 2.5\nloss: {std_margin: 1.0}\nrepresentations: []\n")
+    with pytest.raises(ConfigError, match=r"std_margin \(2.5\) and loss.std_margin \(1.0\) disagree"):
+        load_config(path)
+
+
+def test_representation_terms_are_resolved_in_one_place_with_every_default():
+    from mvmr.data import DatasetInfo
+    from mvmr.representations.terms import resolve_terms
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "stl10_clip_self_supervised.yaml",
+                      ["representations=[{name: hog, weight: -1.0}, {name: hog, params: {pool: 4}, power: 0.5}, "
+                       "{name: teacher, params: {kind: open_clip}, standardize: true, statistic: dcov}]",
+                       "hog.nbins=12"])
+    specs = resolve_terms(cfg, DatasetInfo(10, 3, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)))
+    assert [s.key for s in specs] == ["hog_0", "hog_1", "teacher"]
+    assert specs[0].params == {"nbins": 12, "pool": 8} and specs[0].weight == -1.0
+    assert specs[1].params == {"nbins": 12, "pool": 4} and specs[1].power == 0.5
+    assert specs[2].params == {"kind": "open_clip", "model_name": "ViT-B-16", "pretrained": "laion400m_e32",
+                               "dataset_mean": [0.1, 0.2, 0.3], "dataset_std": [0.4, 0.5, 0.6]}
+    assert specs[2].standardize and specs[2].statistic == "dcov"

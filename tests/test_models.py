@@ -179,7 +179,7 @@ def test_representation_standardize_and_power_options_reach_the_objective_by_key
                              "representations=[{name: pixels, weight: 1.0, standardize: true}, "
                              "{name: pixels, weight: 1.0, power: 0.5}, {name: local_std, weight: 1.0, standardize: true}]"])
     module = MVMRPretrainModule(cfg, info)
-    keys = list(module.representation_weights)
+    keys = list(module.objective.representation_weights)
     assert module.objective.standardized == {keys[0], keys[2]}
     assert keys[1] not in module.objective.standardized
     assert module.objective.powers == {keys[1]: 0.5}  # power 1 (the default) is no transform

@@ -196,3 +196,18 @@ def test_power_then_standardize_in_dcor_matches_numpy():
     torch.testing.assert_close(plain["dcor/pixels"], terms["dcor/pixels"])
     with pytest.raises(ValueError, match="powers must be > 0"):
         MVMRObjective(powers={"hog": 0.0})
+
+
+def test_weights_given_to_the_constructor_are_the_ones_used():
+    torch.manual_seed(0)
+    z_bar, z = torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    reps = {"a": torch.randn(8, 3, dtype=torch.float64), "b": torch.randn(8, 7, dtype=torch.float64)}
+    weights = {"a": 2.0, "b": -0.5}
+    built = MVMRObjective(representation_weights=weights)
+    loss, terms = built(z_bar, z, reps)
+    explicit, _ = MVMRObjective()(z_bar, z, reps, weights)
+    assert loss.item() == pytest.approx(explicit.item(), rel=1e-12)
+    assert loss.item() == pytest.approx((terms["mse"] + terms["std"] + terms["dcor_zz"] + 2.0 * terms["dcor/a"]
+                                         - 0.5 * terms["dcor/b"]).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="no weight for"):
+        MVMRObjective()(z_bar, z, reps)

@@ -148,6 +148,7 @@ def expected_values(name: str) -> dict:
             continue
         if key in ("lr", "wd"):
             value = float(value)
+        key = {"std_margin": "loss.std_margin", "normalize_z": "loss.normalize_z"}.get(key, key)  # seed spellings
         if key == "dataset.aug_policy":
             value = {"custom": "authors"}.get(value, value)  # their 'custom' transform is the `authors` policy
         values[key] = (value, f"{REPO} {file}")

@@ -35,7 +35,7 @@ def reference_loss(module, images: torch.Tensor, seed: int) -> float:
         z_bar = module.projector(module.backbone(x_bar)).double().numpy()
         z = module.projector(module.backbone(x_aug)).double().numpy()
         phi = {key: rep(x_bar).double().numpy() for key, rep in module.representations.items()}
-    std = lambda a: np.maximum(0, cfg.std_margin - np.sqrt(a.var(axis=0, ddof=1) + 1e-4)).mean()
+    std = lambda a: np.maximum(0, cfg.loss.std_margin - np.sqrt(a.var(axis=0, ddof=1) + 1e-4)).mean()
     loss = (cfg.loss.mse_weight * ((z_bar - z) ** 2).mean() + cfg.loss.std_weight * (std(z) + std(z_bar))
             + cfg.loss.dcor_weight * (1 - dcor.distance_correlation(z_bar, z)))
     for rep_cfg, (key, value) in zip(cfg.representations, phi.items()):

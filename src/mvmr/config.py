@@ -190,6 +190,10 @@ class EvalConfig:
 @dataclass
 class LossConfig:
     mse_weight: float = option(1.0, "weight of MSE(z̄, z)")
+    std_margin: float = option(1.0, "γ of the variance hinge relu(γ - std_j) (the seed's top-level std_margin)",
+                               ge=0.0)
+    normalize_z: bool = option(False, "L2-normalise z and z̄ before the loss (the authors' option; the seed's "
+                                      "top-level normalize_z)")
     std_weight: float = option(1.0, "weight of the variance hinge on z and z̄")
     dcor_weight: float = option(1.0, "weight of 1 - dCor(z̄, z) (of -dCov²(z̄, z) with statistic dcov)")
     statistic: str = option("dcor", "dependence statistic of the z̄-z and representation terms: dcor (1 - dCor) or "
@@ -302,8 +306,6 @@ class PretrainConfig(BaseTrainConfig):
     encoder_type: str = option("resnet", "encoder family (seed key)", choices=("resnet",))
     clip: ClipConfig = option(factory=ClipConfig, help="defaults for a 'teacher' representation of kind open_clip (seed key)")
 
-    std_margin: float = option(1.0, "γ of the variance hinge relu(γ - std_j)", ge=0.0)
-    normalize_z: bool = option(False, "L2-normalise z and z̄ before the loss (as the authors' option)")
     fine_tune_from: Optional[str] = option(None, "checkpoint whose weights initialise the encoder")
     encoder: EncoderConfig = option(factory=EncoderConfig, help="encoder / projector section")
     loss: LossConfig = option(factory=LossConfig, help="loss-term weights")
@@ -508,6 +510,24 @@ def _list_index(node: list, part: str, parts: list[str]) -> int:
     return int(part)
 
 
+SEED_LOSS_KEYS = ("std_margin", "normalize_z")  # top-level in the seed's and the authors' files, loss.* here
+
+
+def move_seed_loss_keys(data: dict) -> None:
+    """The seed's top-level loss keys read as their ``loss:`` names (in place); both given and different is an
+    error."""
+    for key in SEED_LOSS_KEYS:
+        if key not in data:
+            continue
+        value = data.pop(key)
+        loss = data.get("loss")
+        if not isinstance(loss, dict):
+            loss = data["loss"] = {}
+        if key in loss and loss[key] != value:
+            raise ConfigError(f"{key} ({value!r}) and loss.{key} ({loss[key]!r}) disagree; keep loss.{key}")
+        loss[key] = value
+
+
 SCHEMA_PROTOCOLS = {"PretrainConfig": "self_supervised", "SemiSupervisedConfig": "semi_supervised",
                     "VOCConfig": "voc"}
 
@@ -537,6 +557,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, sch
             raise ConfigError(f"config file '{path}' must be a mapping of keys")
     authors = path is not None and protocol is not None and is_authors_format(data, protocol)
     data = apply_overrides(data, list(overrides or []))
+    if schema is PretrainConfig:
+        move_seed_loss_keys(data)
     if authors:
         fill_authors_defaults(data, protocol, source=f"'{path}'")
     cfg = build_dataclass(schema, data)

@@ -1,6 +1,8 @@
 """A tiny name -> factory registry used for datasets, views, representations, methods."""
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Callable, Dict, Generic, Iterator, TypeVar
 
 from mvmr.errors import ConfigError
@@ -45,3 +47,16 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
+
+
+def import_submodules(package_name: str, package_path: list[str]) -> list[str]:
+    """Import every module of a package so that their ``@register`` decorators run.
+
+    Adding a dataset or a representation is then one new file: no import list to edit.
+    Call as ``import_submodules(__name__, __path__)`` from the package's ``__init__``.
+    Returns the imported module names (sorted, for a deterministic registration order).
+    """
+    names = sorted(info.name for info in pkgutil.iter_modules(package_path) if not info.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package_name}.{name}")
+    return names

@@ -86,8 +86,10 @@ class MVMRObjective(nn.Module):
                  std_margin: float = 1.0, unbiased: bool = False, normalize_z: bool = False,
                  gather: bool = True, standardized: Iterable[str] = (), powers: Mapping[str, float] | None = None,
                  statistic: str = "dcor", statistics: Mapping[str, Optional[str]] | None = None,
-                 gather_dim: Optional[int] = None, sketch_seed: int = 0):
+                 gather_dim: Optional[int] = None, sketch_seed: int = 0,
+                 representation_weights: Mapping[str, float] | None = None):
         super().__init__()
+        self.representation_weights = {name: float(w) for name, w in (representation_weights or {}).items()}
         if gather_dim is not None and (isinstance(gather_dim, bool) or not isinstance(gather_dim, int)
                                        or gather_dim < 1):
             raise ValueError(f"gather_dim must be a positive integer or None, got {gather_dim!r}")
@@ -118,16 +120,21 @@ class MVMRObjective(nn.Module):
         return (f"mse_weight={self.mse_weight}, std_weight={self.std_weight}, dcor_weight={self.dcor_weight}, "
                 f"std_margin={self.std_margin}, unbiased={self.unbiased}, normalize_z={self.normalize_z}, "
                 f"gather={self.gather}, standardized={sorted(self.standardized)}, powers={self.powers}, "
-                f"statistic={self.statistic!r}, statistics={self.statistics}, gather_dim={self.gather_dim}")
+                f"statistic={self.statistic!r}, statistics={self.statistics}, gather_dim={self.gather_dim}, "
+                f"representation_weights={self.representation_weights}")
 
     def forward(self, z_bar: torch.Tensor, z: torch.Tensor, representations: Mapping[str, torch.Tensor],
-                representation_weights: Mapping[str, float]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """z_bar, z: (B, D); representations: name -> (B, d_k); weights: name -> w_k.
+                representation_weights: Mapping[str, float] | None = None
+                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """z_bar, z: (B, D); representations: name -> (B, d_k); weights: name -> w_k (None: the weights given to
+        the constructor).
 
         Returns (loss, terms): the weighted scalar loss and the detached UNWEIGHTED terms "mse",
         "std", "dcor_zz" (= 1 − dCor(z̄, z)), "dcor/<name>" (= 1 − dCor(φ_k, z)) and "loss"; a term
         computed with dCov² is logged as "dcov_zz" (= −dCov²(z̄, z)) or "dcov/<name>" (= −dCov²(φ_k, z)).
         """
+        if representation_weights is None:
+            representation_weights = self.representation_weights
         self._check_inputs(z_bar, z, representations, representation_weights)
         dtype = compute_dtype(z_bar, z)
         with autocast_disabled(z.device):

@@ -28,18 +28,26 @@ from mvmr.methods.topk import TopKEvaluation, topk_correct
 from mvmr.models import backbone_from_config, build_projector, parse_widths, use_channels_last
 from mvmr.models.ema import ema_decay_at, make_ema_copy, update_ema
 from mvmr.representations import build_representation
+from mvmr.representations.terms import TermSpec, resolve_terms
 from mvmr import messages
 
-SEED_SECTIONS = {"hog": ("nbins", "pool"), "scatnet": ("J", "L")}
 
 
 class NonFiniteLossError(MVMRError):
     """The loss became NaN or inf; the message names the term and the step."""
 
 
-def representation_keys(names: list[str]) -> list[str]:
-    """Unique module keys: the name itself, or ``name_i`` when a name is used twice."""
-    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+def build_objective(cfg: PretrainConfig, specs: list[TermSpec]) -> MVMRObjective:
+    """The MV-MR objective with every weight and option of the config's ``loss:`` section and of each term."""
+    loss = cfg.loss
+    return MVMRObjective(
+        mse_weight=loss.mse_weight, std_weight=loss.std_weight, dcor_weight=loss.dcor_weight,
+        std_margin=loss.std_margin, unbiased=loss.unbiased, normalize_z=loss.normalize_z, gather=loss.gather,
+        gather_dim=loss.gather_dim, sketch_seed=cfg.seed, statistic=loss.statistic,
+        representation_weights={spec.key: spec.weight for spec in specs},
+        statistics={spec.key: spec.statistic for spec in specs},
+        standardized=[spec.key for spec in specs if spec.standardize],
+        powers={spec.key: spec.power for spec in specs})
 
 
 def crops_in_loader(cfg: PretrainConfig, info: Any) -> bool:
@@ -87,37 +95,18 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         self.register_buffer("_mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
 
-        terms = list(cfg.representations or [])
-        names = [r.name for r in terms]
-        keys = representation_keys(names)
+        specs = resolve_terms(cfg, info)  # which φ_k, their parameters with every default, how the loss uses them
         self.representations = nn.ModuleDict()
-        self.representation_weights: Dict[str, float] = {}
         self.copy_views = nn.ModuleDict()  # augmented_pixels terms whose copy has a policy of its own
-        for i, (key, rep) in enumerate(zip(keys, terms)):
-            params = dict(rep.params)
-            for seed_key in SEED_SECTIONS.get(rep.name, ()):  # seed configs keep hog/scatnet params top-level
-                params.setdefault(seed_key, getattr(getattr(cfg, rep.name), seed_key))
-            if rep.name == "teacher":
-                if params.get("kind", "open_clip") == "open_clip":  # the seed's `clip:` section gives defaults
-                    params.setdefault("model_name", cfg.clip.model_name)
-                    params.setdefault("pretrained", cfg.clip.pretrained)
-                params.setdefault("dataset_mean", list(info.mean))
-                params.setdefault("dataset_std", list(info.std))
+        for index, spec in enumerate(specs):
             augment = self._augment_normalised
-            if rep.name == "augmented_pixels" and params.get("policy") not in (None, cfg.dataset.aug_policy):
-                self.copy_views[key] = build_train_view(params["policy"], size, info.mean, info.std, channels,
-                                                        compile_ops=cfg.compile_view_ops)
-                augment = functools.partial(self._augment_normalised, view=self.copy_views[key])
-            self.representations[key] = build_representation(
-                rep.name, params, in_channels=channels, image_size=size, augment=augment, index=i)
-            self.representation_weights[key] = rep.weight
-        self.objective = MVMRObjective(
-            mse_weight=cfg.loss.mse_weight, std_weight=cfg.loss.std_weight, dcor_weight=cfg.loss.dcor_weight,
-            std_margin=cfg.std_margin, unbiased=cfg.loss.unbiased, normalize_z=cfg.normalize_z,
-            gather=cfg.loss.gather, gather_dim=cfg.loss.gather_dim, sketch_seed=cfg.seed, statistic=cfg.loss.statistic,
-            statistics={key: rep.statistic for key, rep in zip(keys, terms)},
-            standardized=[key for key, rep in zip(keys, terms) if rep.standardize],
-            powers={key: rep.power for key, rep in zip(keys, terms)})
+            if spec.name == "augmented_pixels" and spec.params.get("policy") not in (None, cfg.dataset.aug_policy):
+                self.copy_views[spec.key] = build_train_view(spec.params["policy"], size, info.mean, info.std,
+                                                             channels, compile_ops=cfg.compile_view_ops)
+                augment = functools.partial(self._augment_normalised, view=self.copy_views[spec.key])
+            self.representations[spec.key] = build_representation(
+                spec.name, spec.params, in_channels=channels, image_size=size, augment=augment, index=index)
+        self.objective = build_objective(cfg, specs)
         self.n_classes = cfg.dataset.n_classes or info.n_classes
         # unlabelled data (a folder of images without class folders): nothing for a probe to learn
         self.probe = nn.Linear(self.feature_dim, self.n_classes) if cfg.probe.enabled and self.n_classes else None
@@ -207,7 +196,7 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         h_bar, z_bar = self.embed(x_bar)
         _, z = self.embed(x_aug)
         reps = self.compute_representations(x_bar, index, dict(zip(copies, copy_batches)))
-        loss, terms = self.objective(z_bar, z, reps, self.representation_weights)
+        loss, terms = self.objective(z_bar, z, reps)
         self._check_finite(loss, terms)
         log = {f"train/{k}": v for k, v in terms.items()}
         if self.probe is not None:

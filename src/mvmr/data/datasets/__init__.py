@@ -1,6 +1,7 @@
 """Dataset registry: ``build_dataset(cfg, split)`` -> :class:`ImageDataset` or None.
 
-Builders (one module per family) register themselves in ``DATASETS`` on import:
+Builders (one module per family) register themselves in ``DATASETS``; every module of this
+package is imported here, so a new dataset is one new file with ``@DATASETS.register(name)``:
 digits (default, embedded), mnist, fashion_mnist, cifar10, cifar100, cifar20, stl10, imagenet,
 image_folder. Splits: "train", "test", "extra_unlabeled" (only stl10's unlabelled part).
 """
@@ -9,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mvmr.data.datasets import cifar, digits, folders, idx, stl10  # noqa: F401  (registration)
 from mvmr.data.datasets.base import (DATASETS, SPLITS, UNLABELLED, ArrayImageDataset, DatasetInfo, FileImageDataset,
                                      ImageDataset, load_image, pixel_stats)
 from mvmr.data.datasets.splits import balanced_subset, stratified_split
 from mvmr.errors import ConfigError
+from mvmr.registry import import_submodules
+
+import_submodules(__name__, __path__)  # each module registers its builders: a new dataset is one new file
 
 __all__ = ["DATASETS", "SPLITS", "UNLABELLED", "ArrayImageDataset", "DatasetInfo", "FileImageDataset",
            "ImageDataset", "balanced_subset", "build_dataset", "load_image", "pixel_stats", "stratified_split"]
