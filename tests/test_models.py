@@ -254,7 +254,7 @@ def test_pool_grid_survives_a_checkpoint_round_trip(tmp_path):
 @pytest.mark.parametrize("size", [8, 16, 28, 32, 33, 96])
 def test_last_map_side_matches_a_forward_pass(size, small_kernel, maxpool):
     from mvmr.models import build_backbone
-    from mvmr.models.encoder import last_map_side
+    from mvmr.config import last_map_side
 
     net, _ = build_backbone("resnet18", in_channels=1, small_kernel=small_kernel, maxpool=maxpool, width=8)
     net.eval()

@@ -11,8 +11,9 @@ restores their behaviour.
 from __future__ import annotations
 
 import copy
-from mvmr import messages
 from typing import Any
+
+from mvmr import messages
 
 PROTOCOLS = ("self_supervised", "distillation", "semi_supervised", "voc")
 

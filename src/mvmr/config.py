@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from mvmr.authors_config import fill_authors_defaults, is_authors_format
 from mvmr.errors import ConfigError
 
 
@@ -539,8 +540,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, sch
     A file in the authors' format is completed with what their code fixes (:mod:`mvmr.authors_config`);
     ``protocol`` (self_supervised, distillation, semi_supervised, voc; default: the schema's) says which of
     their modules the file was written for."""
-    from mvmr.authors_config import fill_authors_defaults, is_authors_format
-
     protocol = protocol or SCHEMA_PROTOCOLS.get(schema.__name__)
     data: dict = {}
     if path is not None:
@@ -566,19 +565,38 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, sch
     return cfg
 
 
+# Architecture arithmetic the checks below need (here, below the models, which import them)
+def parse_widths(spec: str, key: str = "encoder.out_dim") -> list[int]:
+    """``"2048-2048"`` -> [2048, 2048]; a one-line ConfigError for anything else."""
+    parts = str(spec).split("-")
+    try:
+        widths = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{key} must be positive integers joined by '-', e.g. 8192-8192-8192, got {spec!r}") from None
+    if not widths or any(w < 1 for w in widths):
+        raise ConfigError(f"{key} must be positive integers joined by '-', e.g. 8192-8192-8192, got {spec!r}")
+    return widths
+
+
+def last_map_side(size: int, small_kernel: bool, maxpool: bool | None) -> int:
+    """Side of the last stage's feature map for ``size`` x ``size`` inputs: every stride-2 step (the 7x7 stem,
+    the max-pool, the first block of stages 2-4; all padded) maps n to ceil(n / 2)."""
+    keep_pool = (not small_kernel) if maxpool is None else maxpool
+    halvings = (0 if small_kernel else 1) + (1 if keep_pool else 0) + 3
+    for _ in range(halvings):
+        size = -(-size // 2)
+    return size
+
+
 def check_consistency(cfg: Any) -> None:
     """Cross-field checks that a per-field type cannot express."""
     if getattr(cfg, "warmup_epochs", 0) > getattr(cfg, "epochs", 1):
         raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be <= epochs ({cfg.epochs})")
     encoder = getattr(cfg, "encoder", None)
     if encoder is not None:
-        from mvmr.models.projector import parse_widths
-
         parse_widths(encoder.out_dim, key="encoder.out_dim")
         dataset = getattr(cfg, "dataset", None)
         if dataset is not None and encoder.pool_grid > 1:
-            from mvmr.models.encoder import last_map_side
-
             side = last_map_side(dataset.size, encoder.small_kernel, encoder.maxpool)
             if encoder.pool_grid > side:
                 raise ConfigError(f"encoder.pool_grid={encoder.pool_grid} is larger than the {side}x{side} last "

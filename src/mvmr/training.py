@@ -13,11 +13,16 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.tuner import Tuner
 
 from mvmr.checkpoint import AtomicCheckpointIO
 from mvmr.config import config_yaml, save_config
 from mvmr.errors import ConfigError
 from mvmr.hardware import check_precision_fits_model, resolve_accelerator, resolve_precision
+from mvmr.methods.resilience import (MidEpochResume, PeriodicCheckpoint, ResumableCSVLogger, RNGStateCallback,
+                                     SaveOnInterrupt)
 from mvmr import messages
 
 
@@ -102,12 +107,6 @@ def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list
                   max_epochs: int | None = None, module: Any = None) -> pl.Trainer:
     """A Lightning Trainer with the project's logging, atomic checkpoints and hardware settings. With ``module``
     (it has ``backbone`` and ``info``), first refuse a precision the backbone cannot train with at this size."""
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    from mvmr.methods.resilience import (MidEpochResume, PeriodicCheckpoint, ResumableCSVLogger, RNGStateCallback,
-                                         SaveOnInterrupt)
-
     accelerator = resolve_accelerator(cfg.trainer.accelerator)
     precision = cfg.trainer.precision or resolve_precision(cfg.fp16, accelerator)
     if module is not None:
@@ -148,7 +147,6 @@ def tune(cfg: Any, trainer: pl.Trainer, module: pl.LightningModule, datamodule: 
     if trainer.world_size > 1:
         raise ConfigError("--auto_bs/--auto_lr tune on one device: run once with --set trainer.devices=1 to get the "
                           "suggestions, then launch the multi-device run with --set batch_size=... lr=...")
-    from pytorch_lightning.tuner import Tuner
 
     tuner = Tuner(trainer)
     if auto_bs:

@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvmr import messages
+from mvmr.checkpoint import load_checkpoint
 from mvmr.config import PretrainConfig, build_dataclass, to_dict
+from mvmr.data import DatasetInfo
 from mvmr.data.views import build_eval_view, build_train_view, can_crop_in_loader, train_view_from_config
 from mvmr.errors import ConfigError, MVMRError
 from mvmr.losses import MVMRObjective
@@ -29,7 +32,6 @@ from mvmr.models import backbone_from_config, build_projector, parse_widths, use
 from mvmr.models.ema import ema_decay_at, make_ema_copy, update_ema
 from mvmr.representations import build_representation
 from mvmr.representations.terms import TermSpec, resolve_terms
-from mvmr import messages
 
 
 
@@ -289,9 +291,6 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str | torch.device = "cpu") -> "MVMRPretrainModule":
         """Rebuild the module from a checkpoint of this project (config and dataset info are inside)."""
-        from mvmr.checkpoint import load_checkpoint
-        from mvmr.data import DatasetInfo
-
         ckpt = load_checkpoint(path, map_location)
         hp = ckpt.get("hyper_parameters", {})
         cfg = build_dataclass(PretrainConfig, hp["config"])

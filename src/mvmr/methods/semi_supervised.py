@@ -13,6 +13,7 @@ from mvmr.checkpoint import (check_same_architecture, copy_backbone_weights, enc
                              read_checkpoint)
 from mvmr.checkpoint_formats import infer_encoder_config, read_weights
 from mvmr.config import EncoderConfig, SemiSupervisedConfig, build_dataclass, to_dict
+from mvmr.data import DatasetInfo
 from mvmr.data.views import build_eval_view, train_view_from_config
 from mvmr.errors import CheckpointError
 from mvmr.methods.optim import build_optimizer, param_groups
@@ -69,8 +70,6 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str) -> "SemiSupervisedModule":
-        from mvmr.data import DatasetInfo
-
         ckpt = load_checkpoint(path)
         hp = ckpt["hyper_parameters"]
         if "n_classes" not in hp:

@@ -14,6 +14,7 @@ from torch import nn
 
 from mvmr.checkpoint import atomic_torch_save, load_checkpoint
 from mvmr.config import EncoderConfig, VOCConfig, build_dataclass, to_dict
+from mvmr.data import DatasetInfo
 from mvmr.errors import CheckpointError
 from mvmr.evaluation.linear import fit_epochs
 from mvmr.evaluation.voc import mean_average_precision
@@ -80,8 +81,6 @@ def save_voc_checkpoint(path, backbone: nn.Module, head: MultiLabelHead, cfg: VO
 
 def load_voc_checkpoint(path) -> tuple[nn.Module, MultiLabelHead, dict]:
     """(backbone, head, hyper_parameters) of a checkpoint written by main_voc.py."""
-    from mvmr.data import DatasetInfo
-
     ckpt = load_checkpoint(path)
     hp = ckpt["hyper_parameters"]
     if "l2_normalize" not in hp:

@@ -104,16 +104,6 @@ def build_backbone(name: str, *, in_channels: int = 3, small_kernel: bool = Fals
     return use_small_map_matmul(net, small_map_matmul), net.out_dim
 
 
-def last_map_side(size: int, small_kernel: bool, maxpool: bool | None) -> int:
-    """Side of the last stage's feature map for ``size`` x ``size`` inputs: every stride-2 step (the 7x7 stem,
-    the max-pool, the first block of stages 2-4; all padded) maps n to ceil(n / 2)."""
-    keep_pool = (not small_kernel) if maxpool is None else maxpool
-    halvings = (0 if small_kernel else 1) + (1 if keep_pool else 0) + 3
-    for _ in range(halvings):
-        size = -(-size // 2)
-    return size
-
-
 def backbone_from_config(encoder, in_channels: int) -> tuple[nn.Module, int]:
     """``build_backbone`` with every architecture key of an ``EncoderConfig`` (the one place that maps them)."""
     return build_backbone(encoder.backbone, in_channels=in_channels, small_kernel=encoder.small_kernel,

@@ -3,19 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mvmr.errors import ConfigError
-
-
-def parse_widths(spec: str, key: str = "encoder.out_dim") -> list[int]:
-    """``"2048-2048"`` -> [2048, 2048]; a one-line ConfigError for anything else."""
-    parts = str(spec).split("-")
-    try:
-        widths = [int(p) for p in parts]
-    except ValueError:
-        raise ConfigError(f"{key} must be positive integers joined by '-', e.g. 8192-8192-8192, got {spec!r}") from None
-    if not widths or any(w < 1 for w in widths):
-        raise ConfigError(f"{key} must be positive integers joined by '-', e.g. 8192-8192-8192, got {spec!r}")
-    return widths
+from mvmr.config import parse_widths
 
 
 def build_projector(in_dim: int, spec: str, last_bias: bool = True) -> nn.Sequential:

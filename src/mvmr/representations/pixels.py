@@ -4,7 +4,9 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import torch
+from torchvision import transforms
 
+from mvmr.data.views import VIEW_POLICIES
 from mvmr.errors import ConfigError
 from mvmr.representations.base import Param, Representation
 from mvmr.representations.registry import register_representation
@@ -20,8 +22,6 @@ def authors_batch_transform(size: int) -> Callable[[torch.Tensor], torch.Tensor]
     colour ops clamp to [0, 1]. ``antialias=False``: their torchvision 0.13 resized tensors without
     antialiasing (today's default is True).
     """
-    from torchvision import transforms
-
     return transforms.Compose([
         transforms.RandomResizedCrop(size=size, antialias=False),
         transforms.RandomHorizontalFlip(),
@@ -32,8 +32,6 @@ def authors_batch_transform(size: int) -> Callable[[torch.Tensor], torch.Tensor]
 
 
 def _policy_name(value: Any) -> bool:
-    from mvmr.data.views import VIEW_POLICIES
-
     return value is None or (isinstance(value, str) and value in VIEW_POLICIES)
 
 

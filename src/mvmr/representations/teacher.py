@@ -20,9 +20,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from mvmr.errors import ConfigError, DataError, MVMRError
+from mvmr.frozen_backbone import load_frozen_backbone
 from mvmr.registry import Registry
 from mvmr.representations.base import Param, Representation, _is_number, int_param
 from mvmr.representations.registry import register_representation
@@ -113,7 +115,7 @@ class FrozenTeacher(nn.Module):
 # --------------------------------------------------------------------------------------------
 def safetensors_name(filename: str) -> Optional[str]:
     """The .safetensors twin open_clip prefers for a Hugging Face weights file name, if any."""
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME  # optional extra `clip`
 
     if filename == HF_WEIGHTS_NAME:
         return HF_SAFE_WEIGHTS_NAME
@@ -126,7 +128,7 @@ def cached_open_clip_file(tag_cfg: dict) -> Optional[Path]:
 
     Reads the disk only: the same places open_clip would download to, never the network.
     """
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # optional extra `clip` (open_clip's dependency)
     from open_clip.constants import HF_WEIGHTS_NAME
 
     if tag_cfg.get("file"):
@@ -151,7 +153,7 @@ def resolve_weights(kind: str, model_name: Optional[str], pretrained: str) -> tu
     if path.is_file():
         return path, None
     if kind == "open_clip":
-        import open_clip
+        import open_clip  # the optional extra `clip`: imported only for an open_clip teacher
 
         tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
         if tag_cfg:
@@ -186,7 +188,7 @@ TEACHER_LOADERS: Registry[TeacherLoader] = Registry("teacher kind")
 def load_open_clip(model_name: Optional[str], file: Path, tag: Optional[str],
                    input_size: Optional[int]) -> FrozenTeacher:
     """The image tower of open_clip ``model_name``; mean/std as the model declares (the tag's, if a tag)."""
-    import open_clip
+    import open_clip  # the optional extra `clip`: imported only for an open_clip teacher
 
     tag_cfg = open_clip.get_pretrained_cfg(model_name, tag) if tag else {}
     model = open_clip.create_model(
@@ -220,8 +222,6 @@ def remove_classifier(model: nn.Module) -> tuple[str, int]:
 def load_torchvision(model_name: Optional[str], file: Path, tag: Optional[str],
                      input_size: Optional[int]) -> FrozenTeacher:
     """torchvision ``model_name`` with a saved state dict, classifier removed (any class count), ImageNet stats."""
-    import torchvision
-
     model = torchvision.models.get_model(model_name, weights=None)
     classifier, dim = remove_classifier(model)
     state = {key: value for key, value in read_state_dict(file).items() if not key.startswith(classifier + ".")}
@@ -236,9 +236,7 @@ def load_mvmr(model_name: Optional[str], file: Path, tag: Optional[str],
     """The backbone of a checkpoint of this project (its trained, online weights, with its run's dataset
     mean/std and size) or of an authors' file (mvmr.checkpoint_formats: architecture inferred from the
     weights, 3 channels with ImageNet mean/std, 224 px unless ``input_size``), read by
-    :func:`mvmr.api.load_frozen_backbone` with ``torch.load(weights_only=True)``."""
-    from mvmr.api import load_frozen_backbone  # lazy: the API imports the models and the views
-
+    :func:`mvmr.frozen_backbone.load_frozen_backbone` with ``torch.load(weights_only=True)``."""
     frozen = load_frozen_backbone(file, weights="online", image_size=input_size)
     info = frozen.info
     return FrozenTeacher(frozen.backbone, channels=info.channels, size=input_size or frozen.image_size,
@@ -341,12 +339,10 @@ class Teacher(Representation):
             return None
         name = self.model_name or DEFAULT_MODEL_NAMES[self.kind]
         if self.kind == "open_clip":
-            import open_clip
+            import open_clip  # the optional extra `clip`: imported only for an open_clip teacher
 
             known, where = open_clip.list_models(), "an open_clip architecture (open_clip.list_models())"
         else:
-            import torchvision
-
             known, where = torchvision.models.list_models(module=torchvision.models), "a torchvision classifier"
         if name not in known:
             raise ConfigError(f"teacher.model_name must be {where} for kind {self.kind}, got {name!r}")

@@ -14,7 +14,7 @@ SPLIT_SEED = 0
 
 def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
     """All digits as uint8 images (1797, 8, 8, 1) with values 0..16 mapped to 0..255, and labels (1797,)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # here: scikit-learn's import is slow and only the digits need it
 
     bunch = load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
