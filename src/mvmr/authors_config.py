@@ -4,7 +4,7 @@ Their files leave out what their modules fix in code: the representations and th
 schedule's details, the normalisation. A file in their format is recognised by a missing ``representations``
 list (pretraining) or by their ``num_features`` key (fine-tuning); :func:`fill_authors_defaults` then completes
 the raw mapping, for every key the file (and ``--set``) leaves out, with what their code does, each cited below.
-The seed-named configs of this project spell the same values out (``tests/test_seed_configs.py`` pins both).
+The seed-named configs of this project spell the same values out (``tests/config/test_seed_configs.py`` pins both).
 What this project still does differently, on purpose, is listed in ``docs/authors.md`` with the switch that
 restores their behaviour.
 """

@@ -37,7 +37,7 @@ from mvmr.errors import CheckpointError
 #  - the authors' Lightning 1.5.10 files: ``dict(hparams)`` of int / float, string callback keys
 #    (Callback.state_key), scheduler ``__dict__`` numbers; their .pth exports: state dicts only.
 # Checked by loading a tiny pretraining run's best/last .ckpt, its resume, the tuner's restore, the DDP
-# resume and the semi-supervised run (tests/test_checkpoint_formats.py, test_resilience.py, test_e2e_*.py).
+# resume and the semi-supervised run (tests/config/test_checkpoint_formats.py, test_resilience.py, test_e2e_*.py).
 # A type that must be added goes here (never through torch.serialization.add_safe_globals, which would
 # widen every torch.load of the process).
 CHECKPOINT_SAFE_GLOBALS: tuple = ()

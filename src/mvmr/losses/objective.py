@@ -71,7 +71,7 @@ class MVMRObjective(nn.Module):
     count sketch to k dims, the same map on every rank (:class:`~mvmr.losses.sketch.CountSketch`, seeded
     by ``sketch_seed`` and the representation's name), and gathers the (B, k) sketch instead of φ_k: the
     representation terms are then computed on the global batch's sketches, which approximate the exact
-    terms (Johnson–Lindenstrauss; tests/test_gather_sketch.py). φ_k with d_k <= k, z̄, z and every other
+    terms (Johnson–Lindenstrauss; tests/losses/test_gather_sketch.py). φ_k with d_k <= k, z̄, z and every other
     term are unchanged and exact. ``gather_dim=None`` gathers every φ_k exactly. One process (no DDP)
     never sketches: there is nothing to gather.
 

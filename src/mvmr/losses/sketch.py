@@ -6,7 +6,7 @@ rows φ_k (B, d_k), d_k > k, through one fixed random linear map S_k (d_k -> k),
 and gathers the (B, k) sketch. S_k is linear, so the sketch of a global batch is the concatenation of the
 ranks' sketches, and the pairwise distances ‖S(x_i − x_j)‖ approximate ‖x_i − x_j‖
 (Johnson–Lindenstrauss): dCor(φ_k, z) on sketches approximates the exact term (the measured error is
-quoted at ``RECOMMENDED_GATHER_DIM``; tests/test_gather_sketch.py).
+quoted at ``RECOMMENDED_GATHER_DIM``; tests/losses/test_gather_sketch.py).
 
 S_k is a count sketch (Charikar, Chen & Farach-Colton 2002; as a JL map: Clarkson & Woodruff 2013):
 column i of φ goes, with a random sign s_i = ±1, into bucket h(i) of k. It is never a d×k matrix: it is

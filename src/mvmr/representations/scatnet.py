@@ -22,7 +22,7 @@ class ScatNet(Representation):
     Scattering2D (Morlet wavelets, J scales, L angles, reflect padding), computed by
     :class:`~mvmr.representations.scattering2d.Scattering2D`: the same filters, output order and sequence of
     linear maps and moduli as kymatio's torch frontend, equal to it to float32 rounding
-    (tests/test_representation_speed.py), with less memory traffic around the same FFTs. Its filters are
+    (tests/representations/test_representation_speed.py), with less memory traffic around the same FFTs. Its filters are
     non-persistent buffers of the ``scattering`` submodule, so ``.to(device)`` moves them and checkpoints omit them.
     ``subsample_second_order: true`` (default false) is an approximation that is not kymatio's transform: the
     second-order moduli are taken at the output resolution before the low-pass (see

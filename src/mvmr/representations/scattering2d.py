@@ -3,7 +3,7 @@
 :class:`Scattering2D` computes what ``kymatio.scattering2d.frontend.torch_frontend.ScatteringTorch2D`` computes,
 from the same filters (kymatio's ``filter_bank`` on its padded grid, its reflect padding, its output order), with
 the same sequence of linear maps and moduli; only the arithmetic is organised differently, so the outputs agree to
-float32 rounding (tests/test_representation_speed.py checks them against kymatio's frontend itself):
+float32 rounding (tests/representations/test_representation_speed.py checks them against kymatio's frontend itself):
 
 * every filter product is batched over the planes (B·C images) and the L angles, written once, and fused with the
   Fourier-domain subsampling (kymatio: ``subsample_fourier``, the mean of the k² aliased blocks, here accumulated
@@ -122,7 +122,7 @@ class Scattering2D(nn.Module):
     2^j2 and then subsampled by 2^(J−j2): the second-order FFTs, moduli and low-passes run on 4^(J−j2) times fewer
     samples. S0 and the first order are unchanged (bitwise). The second-order coefficients then differ from
     kymatio's by the aliasing of the modulus's high frequencies before the low-pass
-    (tests/test_representation_speed.py bounds the change and its effect on the dCor terms on natural images).
+    (tests/representations/test_representation_speed.py bounds the change and its effect on the dCor terms on natural images).
     """
 
     def __init__(self, J: int, shape: Tuple[int, int], L: int = 8, max_order: int = 2, chunk_bytes: int = 10 << 20,

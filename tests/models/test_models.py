@@ -30,7 +30,7 @@ def test_trunk_is_torchvision_resnet_at_width_64(name):
     torch.manual_seed(0)
     reference = getattr(torchvision.models, name)(weights=None)
     reference.fc = torch.nn.Identity()
-    ours, dim = build_backbone(name, small_map_matmul=False)  # bit-exact (tests/test_small_map_conv.py: with it)
+    ours, dim = build_backbone(name, small_map_matmul=False)  # bit-exact (tests/models/test_small_map_conv.py: with it)
     theirs = reference.state_dict()
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.items()}
     ours.load_state_dict(theirs)

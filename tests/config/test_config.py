@@ -6,7 +6,7 @@ import pytest
 from mvmr.config import PretrainConfig, describe_schema, load_config, save_config
 from mvmr.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*_self_supervised.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*_self_supervised.yaml"))
 
 
 def test_defaults_and_overrides_are_typed():
@@ -68,7 +68,7 @@ def test_shipped_configs_validate_and_round_trip(path, tmp_path):
 
 
 def test_paper_settings_in_stl10_config():
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "stl10_self_supervised.yaml")
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "stl10_self_supervised.yaml")
     assert (cfg.batch_size, cfg.lr, cfg.wd, cfg.warmup_epochs, cfg.epochs) == (256, 1e-4, 1e-6, 10, 1000)
     assert cfg.encoder.out_dim == "8192-8192-8192" and cfg.encoder.small_kernel and cfg.dataset.size == 96
     assert (cfg.hog.nbins, cfg.hog.pool, cfg.scatnet.J, cfg.scatnet.L) == (24, 8, 2, 8)
@@ -84,7 +84,7 @@ def test_config_reference_document_is_current():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "scripts/config_reference.py", "--check"], cwd=root,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -102,11 +102,11 @@ def test_config_reference_document_is_current():
 ])
 def test_mistakes_are_refused_when_the_config_is_read(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(Path(__file__).resolve().parents[1] / "configs" / "digits_self_supervised.yaml", overrides)
+        load_config(Path(__file__).resolve().parents[2] / "configs" / "digits_self_supervised.yaml", overrides)
 
 
 def test_lightning_trainer_arguments_pass_through():
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "digits_self_supervised.yaml",
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "digits_self_supervised.yaml",
                       ["trainer.benchmark=true", "trainer.args={gradient_clip_algorithm: value}"])
     assert cfg.trainer.args == {"gradient_clip_algorithm": "value", "benchmark": True}
 
@@ -114,7 +114,7 @@ def test_lightning_trainer_arguments_pass_through():
 def test_trainer_args_reach_the_lightning_trainer(tmp_path):
     from mvmr.training import RunDir, build_trainer
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "digits_self_supervised.yaml",
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "digits_self_supervised.yaml",
                       ["trainer.val_check_interval=0.5", f"run_dir={tmp_path}"])
     trainer = build_trainer(cfg, RunDir.for_config(cfg, None, "args"), monitor=None)
     assert trainer.val_check_interval == 0.5
@@ -134,7 +134,7 @@ def test_representation_terms_are_resolved_in_one_place_with_every_default():
     from mvmr.data import DatasetInfo
     from mvmr.representations.terms import resolve_terms
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "stl10_clip_self_supervised.yaml",
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "stl10_clip_self_supervised.yaml",
                       ["representations=[{name: hog, weight: -1.0}, {name: hog, params: {pool: 4}, power: 0.5}, "
                        "{name: teacher, params: {kind: open_clip}, standardize: true, statistic: dcov}]",
                        "hog.nbins=12"])

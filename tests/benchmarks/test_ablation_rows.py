@@ -4,7 +4,7 @@ from pathlib import Path
 from conftest import load_benchmark
 from mvmr.config import SemiSupervisedConfig, load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PRETRAIN = CONFIGS / "fashion_mnist_self_supervised.yaml"
 FINE_TUNE = CONFIGS / "fashion_mnist_semi_supervised.yaml"
 
