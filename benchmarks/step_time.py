@@ -40,7 +40,9 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mvmr.cli.common import cpu_supports_bf16, format_table, int_at_least
+from mvmr.cli.flags import int_at_least
+from mvmr.hardware import cpu_supports_bf16
+from mvmr.tables import format_table
 from mvmr.config import DatasetConfig, PretrainConfig, RepresentationConfig, load_config
 from mvmr.data import DatasetInfo, MVMRDataModule
 from mvmr.methods.optim import OPTIMIZERS, fused_supported

@@ -39,15 +39,6 @@ def test_step_profile_counts_must_be_positive():
             positive_int(bad)
 
 
-def test_small_map_conv_interleaved_alternates_order_and_drops_warmup():
-    bench = load_benchmark("small_map_conv")
-    calls = []
-    times = bench.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
-    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]  # rounds 0 (warm-up), 1, 2, 3
-    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
-    assert all(t >= 0 for v in times.values() for t in v)
-
-
 def test_int_at_least_gives_usage_errors():
     """The benchmarks' argparse type (step_time's --rounds needs 2 for quartiles; ablation's epoch counts need 1)."""
     from mvmr.cli.flags import int_at_least

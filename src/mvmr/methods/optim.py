@@ -52,8 +52,8 @@ class LARS(torch.optim.Optimizer):
 
 def fused_supported(groups: list[dict]) -> bool:
     """True when every parameter is a floating-point tensor on a device with torch's fused optimiser kernels
-    (CPU and CUDA among them). One fused kernel per step instead of a Python loop over tensors (measured by
-    ``benchmarks/optimizer_step.py``). A run resumed from a checkpoint of the per-tensor optimiser keeps it."""
+    (CPU and CUDA among them). One fused kernel per step instead of a Python loop over tensors (measured in
+    ``benchmarks/results/speed.md``). A run resumed from a checkpoint of the per-tensor optimiser keeps it."""
     try:  # private helper; the two devices below have had fused Adam/AdamW/SGD since torch 2.4
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
         devices = set(_get_fused_kernels_supported_devices())

@@ -116,7 +116,7 @@ def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
 
     Feeding channels_last inputs to weights kept in the default layout makes oneDNN reorder every weight on
     every call (forward and backward): 1.22x slower per pretraining step on the Fashion-MNIST config
-    (benchmarks/channels_last_weights.py).
+    (benchmarks/results/speed.md).
     """
     return module.to(memory_format=torch.channels_last) if enabled else module
 

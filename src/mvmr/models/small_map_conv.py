@@ -66,7 +66,7 @@ class SmallMapConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state dict) that runs as ``conv2d_as_matmul`` on the CPU when the input
     map has at most kh * kw / 2 positions, i.e. when the dense form does at most half the direct form's
     multiply-adds (P_in * P_out * C * O against P_out * kh * kw * C * O): faster there, slower on 3x3 maps, where
-    the counts are equal (benchmarks/small_map_conv.py measures both). Everything else (larger maps, CUDA, groups,
+    the counts are equal (benchmarks/results/speed.md records both). Everything else (larger maps, CUDA, groups,
     dilation, bias, other padding modes) takes ``nn.Conv2d``'s path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
