@@ -22,10 +22,12 @@ import yaml
 
 from mvmr.authors_config import fill_authors_defaults, is_authors_format
 from mvmr.errors import ConfigError
+from mvmr.registry import registered_names
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **bounds: Any):
-    """A dataclass field with a help string and validation bounds (ge, gt, le, choices)."""
+    """A dataclass field with a help string and validation bounds (ge, gt, le, choices, registry: the kind of a
+    :mod:`mvmr.registry` registry whose names are the allowed values)."""
     meta = {"help": help, **bounds}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -37,14 +39,13 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
 # --------------------------------------------------------------------------------------------
 @dataclass
 class DatasetConfig:
-    name: str = option("digits", "dataset name (registry): digits, mnist, fashion_mnist, cifar10, cifar100, "
-                                 "cifar20, stl10, imagenet, image_folder")
+    name: str = option("digits", "dataset name", registry="dataset")
     path: Optional[str] = option(None, "folder holding the dataset files (None: the dataset's default)")
     size: int = option(32, "training / evaluation image size (pixels)", ge=8)
     n_classes: Optional[int] = option(None, "number of classes (None: read from the data; checked if given)", ge=1)
     aug_policy: str = option("custom", "augmentation policy of the x' view (authors: the authors' 'custom' "
                                        "transform; cifar20: the authors' 'cifar20' transform)",
-                             choices=("custom", "authors", "cifar20", "cifar", "crop", "randaugment", "autoaugment"))
+                             registry="aug_policy")
     aug_strength: float = option(1.0, "scale of the colour-jitter magnitudes", ge=0.0)
     crop_scale: Optional[List[float]] = option(None, "area range [lo, hi] of the random resized crop (None: [0.2, 1] "
                                                      "for size <= 64, else [0.08, 1]; not used by cifar)")
@@ -70,7 +71,7 @@ class DatasetConfig:
 
 @dataclass
 class EncoderConfig:
-    backbone: str = option("resnet50", "torchvision ResNet", choices=("resnet18", "resnet34", "resnet50"))
+    backbone: str = option("resnet50", "torchvision ResNet", registry="backbone")
     out_dim: str = option("8192-8192-8192", "projector widths, e.g. 8192-8192-8192 (Linear-BN-ReLU, last Linear)")
     small_kernel: bool = option(False, "3x3 stride-1 first convolution for small images (no max-pool unless "
                                        "maxpool: true; the authors keep it)")
@@ -208,8 +209,7 @@ class LossConfig:
 
 @dataclass
 class RepresentationConfig:
-    name: str = option(help="representation (registry): pixels, augmented_pixels, hog, scatnet, local_std, dct, "
-                            "color_histogram, gabor, teacher")
+    name: str = option(help="representation φ_k", registry="representation")
     weight: float = option(1.0, "weight w_k of 1 - dCor(φ_k(x̄), z); negative = the authors' sign")
     statistic: Optional[str] = option(None, "dcor or dcov for this term (None: loss.statistic)",
                                       choices=(None, "dcor", "dcov"))
@@ -245,11 +245,11 @@ class BaseTrainConfig:
     warmup_epochs: int = option(10, "linear warm-up epochs before the cosine decay", ge=0)
     lr: float = option(1e-4, "learning rate", gt=0.0)
     wd: float = option(1e-6, "weight decay", ge=0.0)
-    optimizer: str = option("adam", "optimiser", choices=("adam", "adamw", "sgd", "lars"))
+    optimizer: str = option("adam", "optimiser", registry="optimizer")
     momentum: float = option(0.9, "momentum (sgd, lars)", ge=0.0, le=1.0)
     scheduler: str = option("warmup_cosine", "learning-rate schedule (authors_clip / authors_epoch_cosine: the "
                                              "authors' CLIP and semi-supervised schedules, see docs/authors.md)",
-                            choices=("warmup_cosine", "cosine", "multistep", "authors_clip", "authors_epoch_cosine"))
+                            registry="scheduler")
     min_lr: Optional[float] = option(None, "warmup_cosine: the lr it starts from and decays to (None: 1e-3 x lr, the "
                                            "warm-up starting near 0; the authors: 1e-6)", ge=0.0)
     schedule_epoch: str = option("run", "what one epoch is to the schedule's lengths: run (the run's optimiser steps "
@@ -335,8 +335,17 @@ class SemiSupervisedConfig(BaseTrainConfig):
 
 
 @dataclass
+class VOCDatasetConfig(DatasetConfig):
+    """The dataset section of a VOC run: Pascal VOC 2007 (read by :mod:`mvmr.data.voc`, not a registry dataset)."""
+
+    name: str = option("voc", "dataset name (the VOC protocol reads VOC2007 only)", choices=("voc",))
+
+
+@dataclass
 class VOCConfig(BaseTrainConfig):
     """VOC07 multi-label classification on frozen features (main_voc.py)."""
+
+    dataset: VOCDatasetConfig = option(factory=VOCDatasetConfig, help="the data (Pascal VOC 2007)")
 
     num_classes: int = option(20, "VOC07 classes (seed key; must be 20)", ge=20, le=20)
     protocol: str = option("linear", "linear: BCE linear head; svm: one linear SVM per class, cost by CV",
@@ -382,6 +391,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as err:
                 errors.append(err)
+        if len(errors) == 1:  # Optional[X]: X's own message says what is wrong (e.g. a nested key's)
+            raise errors[0]
         raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if value is None:
@@ -431,6 +442,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _check_bounds(value: Any, meta: dict, key: str) -> None:
     if value is None:
         return
+    if "registry" in meta:
+        names = registered_names(meta["registry"])
+        if value not in names:
+            raise ConfigError(f"{key}: unknown {meta['registry']} {value!r}{did_you_mean(str(value), names)}; "
+                              f"allowed: {', '.join(names)}")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, choices))}")
@@ -657,5 +673,7 @@ def describe_schema(cls: type = PretrainConfig, prefix: str = "") -> list[tuple[
         help_text = f.metadata.get("help", "")
         if "choices" in f.metadata:
             help_text += f" ({' / '.join(map(str, f.metadata['choices']))})"
+        if "registry" in f.metadata:
+            help_text += f" ({' / '.join(registered_names(f.metadata['registry']))})"
         rows.append((key, _type_name(tp), repr(default), help_text))
     return rows

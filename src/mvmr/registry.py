@@ -10,6 +10,20 @@ from mvmr.errors import ConfigError
 T = TypeVar("T")
 
 
+# Where each registry lives. The config schema sits below these packages, so it names a registry by its kind and
+# the registry is found here by the module's name (imported on first use, like a plugin): the schema's help and
+# checks then list whatever is registered, with no hard-coded copy of the names.
+REGISTRY_HOMES = {
+    "dataset": "mvmr.data.datasets",
+    "representation": "mvmr.representations",
+    "aug_policy": "mvmr.data.views.policies",
+    "backbone": "mvmr.models.encoder",
+    "optimizer": "mvmr.methods.optim",
+    "scheduler": "mvmr.methods.optim",
+}
+_BY_KIND: Dict[str, "Registry"] = {}
+
+
 class Registry(Generic[T]):
     """Maps names to factories; ``get`` fails with a one-line error listing the allowed names.
 
@@ -21,6 +35,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._items: Dict[str, T] = {}
+        _BY_KIND.setdefault(kind, self)
 
     def register(self, name: str) -> Callable[[T], T]:
         def wrap(obj: T) -> T:
@@ -47,6 +62,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
+
+
+def registered_names(kind: str) -> list[str]:
+    """The names registered under ``kind`` (a key of :data:`REGISTRY_HOMES`), importing the registry's module."""
+    importlib.import_module(REGISTRY_HOMES[kind])  # by name: the registries' packages sit above the config
+    return _BY_KIND[kind].names()
 
 
 def import_submodules(package_name: str, package_path: list[str]) -> list[str]:

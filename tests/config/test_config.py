@@ -34,14 +34,14 @@ def test_override_list_item_by_index(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("foo=1", "unknown config key 'foo'"),
     ("dataset.nme=x", "unknown config key 'dataset.nme'"),
-    ("optimizer=rmsprop", "optimizer: 'rmsprop' is not allowed; allowed: adam, adamw, sgd, lars"),
+    ("optimizer=rmsprop", "optimizer: unknown optimizer 'rmsprop'; allowed: adam, adamw, lars, sgd"),
     ("batch_size=0", "batch_size must be >= 1"),
     ("batch_size=1.5", "batch_size must be an integer"),
     ("lr=fast", "lr must be a number"),
     ("fp16=maybe", "fp16 must be true or false"),
     ("encoder.out_dim=12-a", "encoder.out_dim must be positive integers"),
     ("warmup_epochs=500", "warmup_epochs (500) must be <= epochs"),
-    ("dataset.aug_policy=mixup", "dataset.aug_policy: 'mixup' is not allowed"),
+    ("dataset.aug_policy=mixup", "dataset.aug_policy: unknown aug_policy 'mixup'"),
     ("noequals", "--set expects key=value"),
 ])
 def test_bad_values_give_one_line_errors(override, message):
@@ -145,3 +145,26 @@ def test_representation_terms_are_resolved_in_one_place_with_every_default():
     assert specs[2].params == {"kind": "open_clip", "model_name": "ViT-B-16", "pretrained": "laion400m_e32",
                                "dataset_mean": [0.1, 0.2, 0.3], "dataset_std": [0.4, 0.5, 0.6]}
     assert specs[2].standardize and specs[2].statistic == "dcov"
+
+
+def test_registry_names_are_the_schema_choices_with_no_copy_to_edit():
+    """A name registered in a registry is accepted by the config and listed in its help, with no list to edit in
+    config.py; an unknown one is refused before any work, with the registered names and the closest one."""
+    from mvmr.config import ConfigError
+    from mvmr.data.datasets import DATASETS
+    from mvmr.methods.optim import OPTIMIZERS
+
+    DATASETS.register("my_new_dataset")(lambda cfg, split: None)
+    try:
+        cfg = load_config(None, ["dataset.name=my_new_dataset"])
+        assert cfg.dataset.name == "my_new_dataset"
+        helps = {row[0]: row[3] for row in describe_schema(PretrainConfig)}
+        assert "my_new_dataset" in helps["dataset.name"]
+        assert all(name in helps["optimizer"] for name in OPTIMIZERS.names())
+    finally:
+        del DATASETS._items["my_new_dataset"]
+    with pytest.raises(ConfigError, match=r"dataset.name: unknown dataset 'my_new_datset'.*allowed: .*fashion_mnist"):
+        load_config(None, ["dataset.name=my_new_datset"])
+    with pytest.raises(ConfigError, match=r"representations\[0\].name: unknown representation 'scatnett'; "
+                                          r"did you mean 'scatnet'\?"):
+        load_config(None, ["representations=[{name: scatnett}]"])

@@ -75,7 +75,7 @@ def _run(args):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optimizer=rmsprop", "allowed: adam, adamw, sgd, lars"),
+    ("optimizer=rmsprop", "allowed: adam, adamw, lars, sgd"),
     ("dataset.name=nope", "unknown dataset 'nope'"),
     ("representations=[{name: sift}]", "unknown representation 'sift'"),
 ])
