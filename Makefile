@@ -31,6 +31,7 @@ test: $(STAMP).dev
 
 lint: $(STAMP).dev
 	$(BIN)/ruff check src tests benchmarks scripts *.py
+	$(BIN)/ruff format --check src tests benchmarks scripts *.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py

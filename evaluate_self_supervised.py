@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Linear evaluation: python evaluate_self_supervised.py --config <cfg> --ckpt <ckpt> [--epochs N] [--retrain]"""
+
 import sys
 
 from mvmr.cli.evaluate import main

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Evaluate a semi-supervised model: python evaluate_semi_supervised.py --config <cfg> --ckpt <ckpt>"""
+
 import sys
 
 from mvmr.cli.semi import evaluate_main

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """VOC07 evaluation: python evaluate_voc.py --config <voc cfg> --ckpt <ckpt from main_voc.py>"""
+
 import sys
 
 from mvmr.cli.voc import evaluate_main

@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""MV-MR self-supervised pretraining: python main_self_supervised.py --config <cfg> [--set k=v] [--auto_bs] [--auto_lr]"""
+"""MV-MR self-supervised pretraining.
+
+python main_self_supervised.py --config <cfg> [--set k=v] [--auto_bs] [--auto_lr]
+"""
+
 import sys
 
 from mvmr.cli.pretrain import main

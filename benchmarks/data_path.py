@@ -12,6 +12,7 @@ content with noise), then times, in this process (one core), round by round inte
 ``--step_images_per_s``: images/s one GPU's training step consumes, if you measured it (``benchmarks/step_time.py``
 on the GPU); otherwise an estimate from FLOPs is used and said so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,10 @@ import torch
 from PIL import Image
 
 from mvmr.cli.flags import int_at_least
-from mvmr.tables import format_table
 from mvmr.data.datasets.base import load_image
 from mvmr.data.loader_crops import decode_with_crops
 from mvmr.data.views import LoaderCrops
+from mvmr.tables import format_table
 
 SIZE, LOAD = 224, 256
 CROPS = LoaderCrops(SIZE, (0.08, 1.0), (3 / 4, 4 / 3), 0.5, count=2)
@@ -73,24 +74,33 @@ def run(images: int, rounds: int, step_images_per_s: float | None) -> str:
             rates["square"].append(time_pass(paths, False))
             rates["square + crops"].append(time_pass(paths, True))
     consumed = step_images_per_s or ESTIMATED_STEP_IMAGES_PER_S
-    source = "measured (--step_images_per_s)" if step_images_per_s else (
-        "ESTIMATED from FLOPs, not measured: 59 GFLOP per image at 64 TFLOPS (one A100, ResNet-50, 224 px)")
+    source = (
+        "measured (--step_images_per_s)"
+        if step_images_per_s
+        else ("ESTIMATED from FLOPs, not measured: 59 GFLOP per image at 64 TFLOPS (one A100, ResNet-50, 224 px)")
+    )
     rows = []
     for name, values in rates.items():
         median = statistics.median(values)
         rows.append([name, median, int(np.ceil(consumed / median))])
     table = format_table(["loader work per image", "images/s per worker core (median)", "workers per GPU"], rows)
-    return (f"{images} ImageNet-like JPEGs, {rounds} rounds, one core; one GPU's step consumes {consumed:.0f} "
-            f"images/s, {source}\n{table}\nSet n_workers to the 'square + crops' row's workers per GPU (per process "
-            "under DDP), within the node's cores.")
+    return (
+        f"{images} ImageNet-like JPEGs, {rounds} rounds, one core; one GPU's step consumes {consumed:.0f} "
+        f"images/s, {source}\n{table}\nSet n_workers to the 'square + crops' row's workers per GPU (per process "
+        "under DDP), within the node's cores."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int_at_least(1), default=200, help="JPEGs written and decoded per round")
     parser.add_argument("--rounds", type=int_at_least(1), default=3, help="interleaved rounds (the median is kept)")
-    parser.add_argument("--step_images_per_s", type=float, default=None,
-                        help="images/s one GPU's training step consumes, measured (default: a FLOP estimate)")
+    parser.add_argument(
+        "--step_images_per_s",
+        type=float,
+        default=None,
+        help="images/s one GPU's training step consumes, measured (default: a FLOP estimate)",
+    )
     return parser
 
 

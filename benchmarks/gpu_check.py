@@ -11,6 +11,7 @@ Each is run twice: as configured, and with no representation term (the floor). S
 steps after the first ``--warmup``. ``--tiny`` shrinks everything (width-8 network, a few steps) so that the
 script runs on a CPU in the test suite; its numbers mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,17 +28,25 @@ import torch
 from PIL import Image
 
 from mvmr.cli.flags import int_at_least
-from mvmr.hardware import resolve_precision
-from mvmr.tables import format_table
-from mvmr.training import RunDir, build_trainer
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
+from mvmr.hardware import resolve_precision
 from mvmr.methods.callbacks import build_callbacks
 from mvmr.methods.pretrain import MVMRPretrainModule
+from mvmr.tables import format_table
+from mvmr.training import RunDir, build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["encoder.width=8", "encoder.out_dim=32-32-32", "batch_size=8", "n_workers=0", "fp16=false",
-        "compile_view_ops=false", "dataset.size=32", "scatnet.shape=[32, 32]"]
+TINY = [
+    "encoder.width=8",
+    "encoder.out_dim=32-32-32",
+    "batch_size=8",
+    "n_workers=0",
+    "fp16=false",
+    "compile_view_ops=false",
+    "dataset.size=32",
+    "scatnet.shape=[32, 32]",
+]
 
 
 class StepTimer(pl.Callback):
@@ -99,32 +108,57 @@ def loader_images_per_s(datamodule: MVMRDataModule, batches: int) -> float:
 
 def fit_and_time(config: str, overrides: list[str], run_dir: Path, name: str, steps: int) -> dict:
     """Train ``steps`` batches of ``config``; step times, peak GPU memory, the loader's images/s."""
-    cfg = load_config(config, overrides + [f"run_dir={run_dir}", f"name={name}", f"trainer.max_steps={steps}",
-                                           "trainer.limit_val_batches=0", "trainer.progress_bar=false",
-                                           "accumulate_grad_batches=1", "resume=false"], schema=PretrainConfig)
+    cfg = load_config(
+        config,
+        overrides
+        + [
+            f"run_dir={run_dir}",
+            f"name={name}",
+            f"trainer.max_steps={steps}",
+            "trainer.limit_val_batches=0",
+            "trainer.progress_bar=false",
+            "accumulate_grad_batches=1",
+            "resume=false",
+        ],
+        schema=PretrainConfig,
+    )
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = MVMRDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
     datamodule.setup("fit")
     module = MVMRPretrainModule(cfg, datamodule.info)
     timer = StepTimer()
     run = RunDir.for_config(cfg, None, name)
-    trainer = build_trainer(cfg, run, monitor=None, module=module,
-                            callbacks=[timer, *build_callbacks(cfg, module, datamodule, run)])
+    trainer = build_trainer(
+        cfg, run, monitor=None, module=module, callbacks=[timer, *build_callbacks(cfg, module, datamodule, run)]
+    )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, datamodule=datamodule)
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_available() else float("nan")
-    return {"times": timer.times, "peak_gib": peak, "loader": loader_images_per_s(datamodule, 20),
-            "batch": cfg.batch_size, "precision": cfg.trainer.precision or resolve_precision(cfg.fp16, "gpu"
-                                                                                             if torch.cuda.is_available()
-                                                                                             else "cpu")}
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    return {
+        "times": timer.times,
+        "peak_gib": peak,
+        "loader": loader_images_per_s(datamodule, 20),
+        "batch": cfg.batch_size,
+        "precision": cfg.trainer.precision
+        or resolve_precision(cfg.fp16, "gpu" if torch.cuda.is_available() else "cpu"),
+    }
 
 
 def summarise(label: str, full: dict, floor: dict, warmup: int) -> list:
     step = statistics.median(full["times"][warmup:] or full["times"])
     base = statistics.median(floor["times"][warmup:] or floor["times"])
-    return [label, full["batch"], full["precision"], 1000 * step, 1000 * base, step / base, full["batch"] / step,
-            full["loader"], full["peak_gib"]]
+    return [
+        label,
+        full["batch"],
+        full["precision"],
+        1000 * step,
+        1000 * base,
+        step / base,
+        full["batch"] / step,
+        full["loader"],
+        full["peak_gib"],
+    ]
 
 
 def run(steps: int, warmup: int, out: Path | None, tiny: bool) -> str:
@@ -146,11 +180,25 @@ def run(steps: int, warmup: int, out: Path | None, tiny: bool) -> str:
         floor = fit_and_time(imagenet, common + ["representations=[]"], tmp / "runs", "imagenet_floor", steps)
         rows.append(summarise("ImageNet (representations every step)", full, floor, warmup))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
-    table = format_table(["config", "batch", "precision", "step ms", "floor ms", "step / floor", "images/s",
-                          "loader images/s", "peak GiB"], rows)
-    text = (f"# GPU check, {datetime.date.today()}\n\n`python benchmarks/gpu_check.py --steps {steps}` on {device}, "
-            f"torch {torch.__version__}; medians over steps {warmup + 1}-{steps}"
-            f"{' (TINY: sizes shrunk, numbers meaningless)' if tiny else ''}.\n\n{table}\n")
+    table = format_table(
+        [
+            "config",
+            "batch",
+            "precision",
+            "step ms",
+            "floor ms",
+            "step / floor",
+            "images/s",
+            "loader images/s",
+            "peak GiB",
+        ],
+        rows,
+    )
+    text = (
+        f"# GPU check, {datetime.date.today()}\n\n`python benchmarks/gpu_check.py --steps {steps}` on {device}, "
+        f"torch {torch.__version__}; medians over steps {warmup + 1}-{steps}"
+        f"{' (TINY: sizes shrunk, numbers meaningless)' if tiny else ''}.\n\n{table}\n"
+    )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"gpu_check_{datetime.date.today()}{'_tiny' if tiny else ''}.md").write_text(text)

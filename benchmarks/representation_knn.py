@@ -10,6 +10,7 @@ random images of the training split against ``--test`` other training images (ne
 after the signed power sign(φ)|φ|^p then z-scored, and the power followed by a ``--pca``-component projection.
 Prints a Markdown table. Labels are used only to score; no model is trained.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,12 @@ def knn_top1(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tensor, tes
     squared = (train * train).sum(1)
     correct = 0
     for start in range(0, len(test), 1000):
-        query = test[start:start + 1000]
+        query = test[start : start + 1000]
         nearest = (squared[None] - 2 * query @ train.T).topk(k, largest=False).indices  # |q|² is constant per row
-        votes = torch.zeros(len(query), int(train_y.max()) + 1).scatter_add_(1, train_y[nearest], torch.ones(nearest.shape))
-        correct += int((votes.argmax(1) == test_y[start:start + 1000]).sum())
+        votes = torch.zeros(len(query), int(train_y.max()) + 1).scatter_add_(
+            1, train_y[nearest], torch.ones(nearest.shape)
+        )
+        correct += int((votes.argmax(1) == test_y[start : start + 1000]).sum())
     return 100.0 * correct / len(test)
 
 
@@ -61,7 +64,7 @@ def main() -> None:
     torch.manual_seed(args.seed)  # torch.pca_lowrank draws a random starting matrix
     cfg = load_config(args.config, [], schema=PretrainConfig)
     dataset = build_dataset(cfg.dataset, "train")
-    order = np.random.default_rng(args.seed).permutation(len(dataset))[:args.train + args.test]
+    order = np.random.default_rng(args.seed).permutation(len(dataset))[: args.train + args.test]
     images = torch.stack([dataset[int(i)][0] for i in order])
     labels = torch.as_tensor(dataset.targets[order])
     size = cfg.dataset.size
@@ -69,7 +72,9 @@ def main() -> None:
     variants: Dict[str, Callable] = {"raw": lambda a, b: (a, b), "z-scored": z_score}
     for p in args.powers:
         variants[f"power {p:g}, z-scored"] = lambda a, b, p=p: z_score(signed_power(a, p), signed_power(b, p))
-        variants[f"power {p:g}, PCA {args.pca}"] = lambda a, b, p=p: pca(signed_power(a, p), signed_power(b, p), args.pca)
+        variants[f"power {p:g}, PCA {args.pca}"] = lambda a, b, p=p: pca(
+            signed_power(a, p), signed_power(b, p), args.pca
+        )
     rows: List[str] = []
     seen = set()
     for rep_cfg in cfg.representations:
@@ -78,16 +83,23 @@ def main() -> None:
             continue
         rep = build_representation(rep_cfg.name, rep_cfg.params, in_channels=x_bar.shape[1], image_size=size)
         seen.add(key)
-        feats = torch.cat([rep(x_bar[i:i + 2000]) for i in range(0, len(x_bar), 2000)]).flatten(1)
-        train, test = feats[:args.train], feats[args.train:]
-        scores = [knn_top1(a, labels[:args.train], b, labels[args.train:], args.k)
-                  for a, b in (variant(train, test) for variant in variants.values())]
+        feats = torch.cat([rep(x_bar[i : i + 2000]) for i in range(0, len(x_bar), 2000)]).flatten(1)
+        train, test = feats[: args.train], feats[args.train :]
+        scores = [
+            knn_top1(a, labels[: args.train], b, labels[args.train :], args.k)
+            for a, b in (variant(train, test) for variant in variants.values())
+        ]
         params = ", ".join(f"{k}={v}" for k, v in rep_cfg.params.items())
-        rows.append(f"| {rep_cfg.name}{f' ({params})' if params else ''} | {feats.shape[1]} | "
-                    + " | ".join(f"{s:.2f}" for s in scores) + " |")
+        rows.append(
+            f"| {rep_cfg.name}{f' ({params})' if params else ''} | {feats.shape[1]} | "
+            + " | ".join(f"{s:.2f}" for s in scores)
+            + " |"
+        )
         print(rows[-1], flush=True)
-    print(f"\nk-NN (k={args.k}, Euclidean) top-1 %, {args.train} {cfg.dataset.name} training images against "
-          f"{args.test} others\n")
+    print(
+        f"\nk-NN (k={args.k}, Euclidean) top-1 %, {args.train} {cfg.dataset.name} training images against "
+        f"{args.test} others\n"
+    )
     print("| representation | dim | " + " | ".join(variants) + " |")
     print("|---|---|" + "---|" * len(variants))
     print("\n".join(rows))

@@ -7,8 +7,10 @@ forward, backward, Adam; bf16 autocast where the CPU has it) and prints the oper
 time, split by input shape, as milliseconds per step and share of the profiled total. The profiler adds its own
 overhead, so read the shares, not the absolute times (benchmarks/step_time.py times steps without it).
 
-    python benchmarks/step_profile.py --config configs/fashion_mnist_self_supervised.yaml [--channels 1] [--steps 10] [--top 25]
+    python benchmarks/step_profile.py --config configs/fashion_mnist_self_supervised.yaml [--channels 1]
+                                      [--steps 10] [--top 25]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +22,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mvmr.cli.flags import int_at_least
-from mvmr.hardware import cpu_supports_bf16
-from mvmr.tables import format_table
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import DatasetInfo
 from mvmr.errors import MVMRError
+from mvmr.hardware import cpu_supports_bf16
 from mvmr.methods.pretrain import MVMRPretrainModule
+from mvmr.tables import format_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark script (benchmarks are not a package)
 from step_time import Stepper, attach_cache  # noqa: E402
@@ -52,8 +54,12 @@ def config_module(cfg: PretrainConfig, channels: int) -> MVMRPretrainModule:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--channels", type=positive_int, default=1,
-                        help="image channels (1: Fashion-MNIST, digits; 3: CIFAR, STL10, ImageNet)")
+    parser.add_argument(
+        "--channels",
+        type=positive_int,
+        default=1,
+        help="image channels (1: Fashion-MNIST, digits; 3: CIFAR, STL10, ImageNet)",
+    )
     parser.add_argument("--steps", type=positive_int, default=10)
     parser.add_argument("--top", type=positive_int, default=25)
     parser.add_argument("--n_images", type=positive_int, default=2048, help="images in the synthetic cached dataset")
@@ -81,10 +87,20 @@ def main() -> None:
                 step()
     events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in events)
-    rows = [(e.key, shape_label(e.input_shapes), e.count // args.steps, e.self_cpu_time_total / 1e3 / args.steps,
-             100.0 * e.self_cpu_time_total / total) for e in events[:args.top]]
-    print(f"{args.config}: batch {cfg.batch_size}, {size} px, {channels} channel(s), "
-          f"{'bf16 autocast' if precision else 'float32'}, {torch.get_num_threads()} threads, {args.steps} steps")
+    rows = [
+        (
+            e.key,
+            shape_label(e.input_shapes),
+            e.count // args.steps,
+            e.self_cpu_time_total / 1e3 / args.steps,
+            100.0 * e.self_cpu_time_total / total,
+        )
+        for e in events[: args.top]
+    ]
+    print(
+        f"{args.config}: batch {cfg.batch_size}, {size} px, {channels} channel(s), "
+        f"{'bf16 autocast' if precision else 'float32'}, {torch.get_num_threads()} threads, {args.steps} steps"
+    )
     print(format_table(["operator", "input shapes", "calls per step", "self ms per step", "% of profiled"], rows))
     print(f"profiled total: {total / 1e3 / args.steps:.1f} ms per step")
 

@@ -30,6 +30,7 @@ The last two lines read ``uncached step / floor = X.XX`` and ``full cached step 
 largest setting run when 96 is not): the median of the per-round ratios (the ratio of the medians is in the table
 beside it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,20 +42,26 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mvmr.cli.flags import int_at_least
-from mvmr.hardware import cpu_supports_bf16
-from mvmr.tables import format_table
 from mvmr.config import DatasetConfig, PretrainConfig, RepresentationConfig, load_config
 from mvmr.data import DatasetInfo, MVMRDataModule
+from mvmr.hardware import cpu_supports_bf16
 from mvmr.methods.optim import OPTIMIZERS, fused_supported
 from mvmr.methods.pretrain import MVMRPretrainModule
 from mvmr.representations.cache import RepresentationCache
+from mvmr.tables import format_table
 
-AUTHORS = [("pixels", {}), ("augmented_pixels", {}), ("hog", {"nbins": 9, "pool": 8}),
-           ("scatnet", {"J": 2, "L": 8}), ("local_std", {})]
+AUTHORS = [
+    ("pixels", {}),
+    ("augmented_pixels", {}),
+    ("hog", {"nbins": 9, "pool": 8}),
+    ("scatnet", {"J": 2, "L": 8}),
+    ("local_std", {}),
+]
 DETERMINISTIC = [rep for rep in AUTHORS if rep[0] != "augmented_pixels"]  # the four the cache holds
 # the authors' five with ScatNet's approximation switch on (an opt-in variant: --variants ...,uncached_subsampled)
-SUBSAMPLED = [(name, {**params, "subsample_second_order": True} if name == "scatnet" else params)
-              for name, params in AUTHORS]
+SUBSAMPLED = [
+    (name, {**params, "subsample_second_order": True} if name == "scatnet" else params) for name, params in AUTHORS
+]
 BATCHES = {32: 128, 96: 64, 224: 32}  # image size -> batch (224: what fits a 2-core CPU's step in seconds)
 DEFAULT_SIZES = "32,96"
 VARIANTS = ("floor", "uncached", "cached", "cached_proj", "cached_four", "copy_only", "uncached_subsampled")
@@ -63,9 +70,18 @@ HEADLINE_SIZE = 96
 
 
 def make_module(size: int, batch: int, representations: list) -> MVMRPretrainModule:
-    cfg = load_config(None, [f"dataset.size={size}", f"batch_size={batch}", "encoder.backbone=resnet18",
-                             "encoder.out_dim=2048-2048-2048", "encoder.small_kernel=false", "probe.enabled=false"],
-                      schema=PretrainConfig)
+    cfg = load_config(
+        None,
+        [
+            f"dataset.size={size}",
+            f"batch_size={batch}",
+            "encoder.backbone=resnet18",
+            "encoder.out_dim=2048-2048-2048",
+            "encoder.small_kernel=false",
+            "probe.enabled=false",
+        ],
+        schema=PretrainConfig,
+    )
     cfg.representations = [RepresentationConfig(name=n, weight=1.0, params=p) for n, p in representations]
     info = DatasetInfo(n_classes=10, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
     module = MVMRPretrainModule(cfg, info)
@@ -93,8 +109,14 @@ class Stepper:
 def attach_cache(module: MVMRPretrainModule, images: torch.Tensor, root: str, max_dim: int | None = None) -> None:
     loader = DataLoader(TensorDataset(images, torch.zeros(len(images)), torch.arange(len(images))), batch_size=64)
     module.representation_cache = RepresentationCache.build(
-        dict(module.representations), loader, module.eval_view, root, {"bench": images.shape, "max_dim": max_dim},
-        max_dim=max_dim, progress=False)
+        dict(module.representations),
+        loader,
+        module.eval_view,
+        root,
+        {"bench": images.shape, "max_dim": max_dim},
+        max_dim=max_dim,
+        progress=False,
+    )
 
 
 def per_round_ratios(times: list[float], floor_times: list[float]) -> list[float]:
@@ -149,15 +171,20 @@ def isolated_extra_work(stepper: Stepper, images: torch.Tensor, index: torch.Ten
         with torch.no_grad(), torch.autocast("cpu", dtype=stepper.precision, enabled=stepper.precision is not None):
             module.train_view(images.repeat(n, 1, 1, 1))
 
-    t = {"none": timed(lambda: objective({}), rounds), "one view": timed(lambda: views(1), rounds),
-         "two views": timed(lambda: views(2), rounds)}
+    t = {
+        "none": timed(lambda: objective({}), rounds),
+        "one view": timed(lambda: views(1), rounds),
+        "two views": timed(lambda: views(2), rounds),
+    }
     t["copy term"] = timed(lambda: objective({"augmented_pixels": copy}), rounds)
     t["reads"] = timed(lambda: [cache[key].read(index) for key in cache.keys()], rounds)
     t["cached terms"] = timed(lambda: objective(cached), rounds)
-    return {"the augmented copy's view (one more per step)": t["two views"] - t["one view"],
-            "the augmented copy's dCor term": t["copy term"] - t["none"],
-            f"the {len(cache)} cache reads": t["reads"],
-            f"the {len(cache)} cached dCor terms": t["cached terms"] - t["none"]}
+    return {
+        "the augmented copy's view (one more per step)": t["two views"] - t["one view"],
+        "the augmented copy's dCor term": t["copy term"] - t["none"],
+        f"the {len(cache)} cache reads": t["reads"],
+        f"the {len(cache)} cached dCor terms": t["cached terms"] - t["none"],
+    }
 
 
 def isolated_uncached_work(stepper: Stepper, images: torch.Tensor, rounds: int) -> dict:
@@ -171,8 +198,11 @@ def isolated_uncached_work(stepper: Stepper, images: torch.Tensor, rounds: int) 
     with torch.no_grad():
         x_bar = module.eval_view(images)
         width = module.embed(x_bar[:2])[1].shape[1]
-        copies = {key: rep.from_augmented(module.train_view(images)) for key, rep in module.representations.items()
-                  if rep.needs_augment}
+        copies = {
+            key: rep.from_augmented(module.train_view(images))
+            for key, rep in module.representations.items()
+            if rep.needs_augment
+        }
     reps = {key: copies[key] if key in copies else rep(x_bar) for key, rep in module.representations.items()}
     z_bar, z = (torch.randn(batch, width, requires_grad=True) for _ in range(2))
 
@@ -191,8 +221,9 @@ def isolated_uncached_work(stepper: Stepper, images: torch.Tensor, rounds: int) 
     none = timed(lambda: objective([]), rounds)
     pieces = {}
     if copies:
-        pieces[f"the augmented cop{'y' if len(copies) == 1 else 'ies'}'s view (one more per step each)"] = (
-            timed(lambda: views(1 + len(copies)), rounds) - timed(lambda: views(1), rounds))
+        pieces[f"the augmented cop{'y' if len(copies) == 1 else 'ies'}'s view (one more per step each)"] = timed(
+            lambda: views(1 + len(copies)), rounds
+        ) - timed(lambda: views(1), rounds)
     for key in module.representations:
         if key not in copies:
             pieces[f"{key}: φ(x̄)"] = timed(lambda key=key: represent(key), rounds)
@@ -208,8 +239,9 @@ def parse_sizes(text: str) -> list[int]:
     except ValueError:
         sizes = []
     if not sizes or any(size not in BATCHES for size in sizes):
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of {', '.join(map(str, BATCHES))}, "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a comma-separated list of {', '.join(map(str, BATCHES))}, got {text!r}"
+        )
     return sizes
 
 
@@ -247,20 +279,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int_at_least(2), default=5, help="interleaved rounds (their quartiles need 2)")
     parser.add_argument("--max_dim", type=int, default=8192, help="cache.max_dim of the cached_proj variant")
     parser.add_argument("--fp32", action="store_true", help="float32 even where bf16 is available")
-    parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes(DEFAULT_SIZES),
-                        help="image sizes, comma-separated, of "
-                             f"{', '.join(f'{s} (batch {b})' for s, b in BATCHES.items())} (default {DEFAULT_SIZES})")
-    parser.add_argument("--variants", type=parse_variants, default=list(DEFAULT_VARIANTS),
-                        help=f"variants to time, comma-separated, of {', '.join(VARIANTS)} (floor always; default "
-                             f"all but uncached_subsampled, the uncached step with ScatNet's subsample_second_order "
-                             f"approximation)")
+    parser.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        default=parse_sizes(DEFAULT_SIZES),
+        help="image sizes, comma-separated, of "
+        f"{', '.join(f'{s} (batch {b})' for s, b in BATCHES.items())} (default {DEFAULT_SIZES})",
+    )
+    parser.add_argument(
+        "--variants",
+        type=parse_variants,
+        default=list(DEFAULT_VARIANTS),
+        help=f"variants to time, comma-separated, of {', '.join(VARIANTS)} (floor always; default "
+        f"all but uncached_subsampled, the uncached step with ScatNet's subsample_second_order "
+        f"approximation)",
+    )
     parser.add_argument("--no_pieces", action="store_true", help="skip the piece-by-piece tables (steps only)")
     return parser
 
 
 def build_steppers(size: int, batch: int, variants: list[str], precision: torch.dtype | None) -> dict:
-    recipes = {"floor": [], "uncached": AUTHORS, "cached": AUTHORS, "cached_proj": AUTHORS,
-               "cached_four": DETERMINISTIC, "copy_only": [("augmented_pixels", {})], "uncached_subsampled": SUBSAMPLED}
+    recipes = {
+        "floor": [],
+        "uncached": AUTHORS,
+        "cached": AUTHORS,
+        "cached_proj": AUTHORS,
+        "cached_four": DETERMINISTIC,
+        "copy_only": [("augmented_pixels", {})],
+        "uncached_subsampled": SUBSAMPLED,
+    }
     return {name: Stepper(make_module(size, batch, recipes[name]), precision) for name in variants}
 
 
@@ -271,10 +318,12 @@ def main() -> None:
     label = "bf16 autocast" if precision else "float32"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {label}, channels_last")
     rows, ratio, piece_rows, uncached_rows = [], {}, [], []
-    labels = {"cached_proj": f"cached, max_dim={args.max_dim}",
-              "cached_four": "part: the four cached terms alone (no augmented copy)",
-              "copy_only": "part: floor + augmented_pixels alone (the copy)",
-              "uncached_subsampled": "uncached, ScatNet subsample_second_order (an approximation)"}
+    labels = {
+        "cached_proj": f"cached, max_dim={args.max_dim}",
+        "cached_four": "part: the four cached terms alone (no augmented copy)",
+        "copy_only": "part: floor + augmented_pixels alone (the copy)",
+        "uncached_subsampled": "uncached, ScatNet subsample_second_order (an approximation)",
+    }
     for size in args.sizes:
         batch = BATCHES[size]
         setting = f"{size}x{size}, batch {batch}"
@@ -297,35 +346,83 @@ def main() -> None:
                 pieces = isolated_extra_work(steppers["cached"], images[:batch], index, args.rounds)
                 for name, seconds in pieces.items():
                     piece_rows.append([setting, name, f"{1e3 * seconds:.1f}", f"{seconds / med['floor']:.3f}"])
-                piece_rows.append([setting, "1 + their sum: the cached step's ratio if nothing else cost", "",
-                                   f"{1 + sum(pieces.values()) / med['floor']:.3f}"])
+                piece_rows.append(
+                    [
+                        setting,
+                        "1 + their sum: the cached step's ratio if nothing else cost",
+                        "",
+                        f"{1 + sum(pieces.values()) / med['floor']:.3f}",
+                    ]
+                )
         if "uncached" in steppers and not args.no_pieces:
             pieces = isolated_uncached_work(steppers["uncached"], images[:batch], args.rounds)
             extra = med["uncached"] - med["floor"]
             for name, seconds in pieces.items():
-                uncached_rows.append([setting, name, f"{1e3 * seconds:.1f}", f"{seconds / med['floor']:.3f}",
-                                      f"{100 * seconds / extra:.1f} %"])
+                uncached_rows.append(
+                    [
+                        setting,
+                        name,
+                        f"{1e3 * seconds:.1f}",
+                        f"{seconds / med['floor']:.3f}",
+                        f"{100 * seconds / extra:.1f} %",
+                    ]
+                )
             total = sum(pieces.values())
-            uncached_rows.append([setting, "their sum (1 + sum: the uncached step's ratio if nothing else cost)",
-                                  f"{1e3 * total:.1f}", f"{1 + total / med['floor']:.3f}",
-                                  f"{100 * total / extra:.1f} %"])
-            uncached_rows.append([setting, "the uncached step's measured extra (median step - median floor)",
-                                  f"{1e3 * extra:.1f}", f"{med['uncached'] / med['floor']:.3f}", "100.0 %"])
+            uncached_rows.append(
+                [
+                    setting,
+                    "their sum (1 + sum: the uncached step's ratio if nothing else cost)",
+                    f"{1e3 * total:.1f}",
+                    f"{1 + total / med['floor']:.3f}",
+                    f"{100 * total / extra:.1f} %",
+                ]
+            )
+            uncached_rows.append(
+                [
+                    setting,
+                    "the uncached step's measured extra (median step - median floor)",
+                    f"{1e3 * extra:.1f}",
+                    f"{med['uncached'] / med['floor']:.3f}",
+                    "100.0 %",
+                ]
+            )
         paired = {k: paired_ratio(v, times["floor"]) for k, v in times.items()}
         spread = {k: "%.2f-%.2f" % paired_ratio_quartiles(v, times["floor"]) for k, v in times.items()}
         for name in steppers:
-            rows.append([setting, labels.get(name, name), med[name], med[name] / med["floor"], paired[name],
-                         spread[name]])
+            rows.append(
+                [setting, labels.get(name, name), med[name], med[name] / med["floor"], paired[name], spread[name]]
+            )
         if "cached" in steppers:
             data_ips, data_name = data_pipeline_images_per_s(size, batch)
-            rows.append([setting, f"data pipeline ({data_name}, 2 workers) vs cached step", f"{data_ips:.0f} img/s",
-                         data_ips / (batch / med["cached"]), "", ""])
+            rows.append(
+                [
+                    setting,
+                    f"data pipeline ({data_name}, 2 workers) vs cached step",
+                    f"{data_ips:.0f} img/s",
+                    data_ips / (batch / med["cached"]),
+                    "",
+                    "",
+                ]
+            )
         ratio[size] = paired
-    print(format_table(["setting", "variant", "s / step (median)", "x floor (medians)", "x floor (per round)",
-                        "per-round quartiles"], rows))
+    print(
+        format_table(
+            [
+                "setting",
+                "variant",
+                "s / step (median)",
+                "x floor (medians)",
+                "x floor (per round)",
+                "per-round quartiles",
+            ],
+            rows,
+        )
+    )
     if uncached_rows:
-        print("\nThe uncached step's extra work, each piece timed alone (median), over the floor's median step and "
-              "as a share of the uncached step's measured extra time:")
+        print(
+            "\nThe uncached step's extra work, each piece timed alone (median), over the floor's median step and "
+            "as a share of the uncached step's measured extra time:"
+        )
         print(format_table(["setting", "piece", "ms", "x floor", "share of the extra"], uncached_rows))
     if piece_rows:
         print("\nThe cached step's extra work, each piece timed alone (median), over the floor's median step:")

@@ -10,6 +10,7 @@ ops (the ones they replaced) on the same float batches. A third times the view o
 colour ops compiled by torch.compile (the default, ``compile_view_ops``) against the eager one; both interleaved
 round by round. ``--tables 4`` prints the fourth only (any subset of 1 2 3 4).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,15 @@ import torch
 import torchvision.transforms.v2 as T
 
 from mvmr.data.views import build_train_view
-from mvmr.data.views.photometric import (BLUR_SIGMA, JITTER, ColourJitter, GaussianBlur, RandomGrayscale,
-                                         Solarize, blur_kernel_size)
+from mvmr.data.views.photometric import (
+    BLUR_SIGMA,
+    JITTER,
+    ColourJitter,
+    GaussianBlur,
+    RandomGrayscale,
+    Solarize,
+    blur_kernel_size,
+)
 from mvmr.data.views.policies import default_crop_scale
 
 CASES = [(32, 256), (96, 64)]  # (size, batch)
@@ -34,16 +42,18 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def torchvision_custom(size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The same policy as torchvision v2 transforms on one uint8 (3, S, S) image."""
     kernel = blur_kernel_size(size)
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=default_crop_scale(size), antialias=True),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(*JITTER)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(kernel, sigma=BLUR_SIGMA)], p=0.5),
-        T.RandomSolarize(threshold=128, p=0.1),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(MEAN, STD),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=default_crop_scale(size), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(*JITTER)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(kernel, sigma=BLUR_SIGMA)], p=0.5),
+            T.RandomSolarize(threshold=128, p=0.1),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(MEAN, STD),
+        ]
+    )
 
 
 def images_per_second(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, repeats: int) -> float:
@@ -94,11 +104,15 @@ def ops_against_kornia(args: argparse.Namespace) -> None:
     for size, batch in CASES:
         images = torch.rand(batch, 3, size, size, device=args.device)
         kernel = blur_kernel_size(size)
-        pairs = {"jitter": (ColourJitter(*JITTER, p=0.8), K.ColorJitter(*JITTER, p=0.8)),
-                 "blur": (GaussianBlur(kernel, BLUR_SIGMA, p=0.5),
-                          K.RandomGaussianBlur((kernel, kernel), BLUR_SIGMA, border_type="reflect", p=0.5)),
-                 "grayscale": (RandomGrayscale(p=0.2), K.RandomGrayscale(p=0.2)),
-                 "solarize": (Solarize(p=0.1), K.RandomSolarize(thresholds=0.0, additions=0.0, p=0.1))}
+        pairs = {
+            "jitter": (ColourJitter(*JITTER, p=0.8), K.ColorJitter(*JITTER, p=0.8)),
+            "blur": (
+                GaussianBlur(kernel, BLUR_SIGMA, p=0.5),
+                K.RandomGaussianBlur((kernel, kernel), BLUR_SIGMA, border_type="reflect", p=0.5),
+            ),
+            "grayscale": (RandomGrayscale(p=0.2), K.RandomGrayscale(p=0.2)),
+            "solarize": (Solarize(p=0.1), K.RandomSolarize(thresholds=0.0, additions=0.0, p=0.1)),
+        }
         for name, (mine, theirs) in pairs.items():
             ours = images_per_second(mine.to(args.device), images, args.repeats)
             kornia = images_per_second(theirs.to(args.device), images, args.repeats)
@@ -113,16 +127,20 @@ def chunked_against_whole(args: argparse.Namespace) -> None:
         whole = build_train_view("custom", size, MEAN, STD, 3)
         whole.chunk_bytes = 0
         ms = interleaved_ms({"chunked": chunked, "whole": whole}, images, args.repeats)
-        print(f"{size:>5} {batch:>6} {chunked.chunk_size(images):>6} {ms['chunked']:>11.1f} {ms['whole']:>12.1f} "
-              f"{ms['whole'] / ms['chunked']:>8.2f}x")
+        print(
+            f"{size:>5} {batch:>6} {chunked.chunk_size(images):>6} {ms['chunked']:>11.1f} {ms['whole']:>12.1f} "
+            f"{ms['whole'] / ms['chunked']:>8.2f}x"
+        )
 
 
 def compiled_against_eager(args: argparse.Namespace) -> None:
     print(f"\n{'size':>5} {'batch':>6} {'compiled ms':>12} {'eager ms':>9} {'speed-up':>9}")
     for size, batch in CHUNK_CASES:
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=args.device)
-        views = {compiled: build_train_view("custom", size, MEAN, STD, 3, compile_ops=compiled).to(args.device)
-                 for compiled in (True, False)}
+        views = {
+            compiled: build_train_view("custom", size, MEAN, STD, 3, compile_ops=compiled).to(args.device)
+            for compiled in (True, False)
+        }
         ms = interleaved_ms(views, images, args.repeats)
         print(f"{size:>5} {batch:>6} {ms[True]:>12.1f} {ms[False]:>9.1f} {ms[False] / ms[True]:>8.2f}x")
 

@@ -6,6 +6,7 @@ Equivalent to
     python evaluate_self_supervised.py --config configs/digits_self_supervised.yaml \
         --ckpt runs/<run>/checkpoints/best.ckpt --retrain
 """
+
 import argparse
 import sys
 import time
@@ -16,8 +17,10 @@ CONFIG = str(ROOT / "configs" / "digits_self_supervised.yaml")
 
 
 def main() -> int:
-    argparse.ArgumentParser(description="The make demo job: MV-MR pretraining on scikit-learn's digits, then linear "
-                                        "and k-NN evaluation (a few minutes on a laptop CPU); no arguments").parse_args()
+    argparse.ArgumentParser(
+        description="The make demo job: MV-MR pretraining on scikit-learn's digits, then linear "
+        "and k-NN evaluation (a few minutes on a laptop CPU); no arguments"
+    ).parse_args()
     from mvmr.cli.evaluate import evaluate
     from mvmr.cli.flags import run_main
     from mvmr.cli.pretrain import pretrain
@@ -26,8 +29,18 @@ def main() -> int:
     runs = {}
 
     def job(argv):
-        runs["run"] = pretrain(["--config", CONFIG, "--set", "resume=false", "--set", f"run_dir={ROOT / 'runs'}",
-                                "--set", "name=digits_demo"])
+        runs["run"] = pretrain(
+            [
+                "--config",
+                CONFIG,
+                "--set",
+                "resume=false",
+                "--set",
+                f"run_dir={ROOT / 'runs'}",
+                "--set",
+                "name=digits_demo",
+            ]
+        )
         print(f"pretraining took {time.time() - start:.0f} s")
         ckpt = runs["run"].best if runs["run"].best.is_file() else runs["run"].last
         evaluate(["--config", CONFIG, "--ckpt", str(ckpt), "--retrain", "--no_progress"])

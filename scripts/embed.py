@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Embed a folder of images: python scripts/embed.py --ckpt CKPT --data FOLDER --out FILE.npz"""
+
 import sys
 
 from mvmr.cli.embed import main

@@ -4,6 +4,7 @@
 Writes <run>/plots/run.png (loss terms, learning rate, online probe, from metrics.csv) and tsne.png (backbone
 features of test images, or of the training images of an unlabelled folder).
 """
+
 import sys
 
 from mvmr.cli.flags import run_main

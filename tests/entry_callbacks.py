@@ -1,6 +1,7 @@
 """Callbacks the resilience tests put into subprocess runs. Kept apart from the test modules: importing those
 imports conftest, which sets torch's thread count, and a run whose thread count differs from the run it is
 compared with rounds differently (with OMP_NUM_THREADS=1 the DDP resume test failed for that reason alone)."""
+
 import pytorch_lightning as pl
 import torch
 

@@ -1,4 +1,5 @@
 """A tiny random open_clip model standing in for CLIP ViT-B/16 (sizes only), and a guard against network use."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,11 @@ from pathlib import Path
 import open_clip
 import torch
 
-TINY_VIT = {"embed_dim": 16,
-            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+TINY_VIT = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 def write_tiny_open_clip(folder: Path, name: str, cfg: dict = TINY_VIT) -> tuple[torch.nn.Module, Path]:

@@ -3,6 +3,7 @@
 Each writer returns the arrays it wrote, in (N, H, W, C) uint8 layout unless stated, so tests can
 compare what a reader returns with what is on disk.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -20,8 +21,20 @@ IDX_TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}
 
 def dataset_cfg(name: str = "digits", path: str | Path | None = None, **overrides) -> types.SimpleNamespace:
     """A dataset config object with the schema's defaults (size 32, val_fraction 0.1, ...)."""
-    fields = dict(name=name, path=None if path is None else str(path), size=32, n_classes=None, classes_file=None,
-                  to_rgb=False, val_fraction=0.1, load_size=None, percentage=None, split_file=None, mean=None, std=None)
+    fields = dict(
+        name=name,
+        path=None if path is None else str(path),
+        size=32,
+        n_classes=None,
+        classes_file=None,
+        to_rgb=False,
+        val_fraction=0.1,
+        load_size=None,
+        percentage=None,
+        split_file=None,
+        mean=None,
+        std=None,
+    )
     unknown = set(overrides) - set(fields)
     if unknown:
         raise TypeError(f"unknown dataset keys {sorted(unknown)}")
@@ -46,8 +59,9 @@ def write_idx_file(path: Path, array: np.ndarray, gz: bool = False) -> Path:
     return path
 
 
-def write_idx(root: Path, n_train: int = 12, n_test: int = 6, shape: tuple[int, int] = (28, 28), gz: bool = False,
-              seed: int = 0) -> dict[str, np.ndarray]:
+def write_idx(
+    root: Path, n_train: int = 12, n_test: int = 6, shape: tuple[int, int] = (28, 28), gz: bool = False, seed: int = 0
+) -> dict[str, np.ndarray]:
     """MNIST-style files (train-images-idx3-ubyte, ... t10k-labels-idx1-ubyte) in ``root``.
 
     Returns images (N, H, W) uint8 and labels (N,) of both splits (10 classes, balanced).
@@ -83,17 +97,28 @@ def write_cifar10(root: Path, n_per_batch: int = 4, n_test: int = 6, seed: int =
     train_labels = balanced_labels(5 * n_per_batch, 10, rng)
     for b in range(5):
         part = slice(b * n_per_batch, (b + 1) * n_per_batch)
-        _pickle(folder / f"data_batch_{b + 1}", {"batch_label": f"training batch {b + 1} of 5",
-                                                  "data": _cifar_rows(train_images[part]),
-                                                  "labels": train_labels[part].tolist()})
+        _pickle(
+            folder / f"data_batch_{b + 1}",
+            {
+                "batch_label": f"training batch {b + 1} of 5",
+                "data": _cifar_rows(train_images[part]),
+                "labels": train_labels[part].tolist(),
+            },
+        )
     test_images = rng.integers(0, 256, size=(n_test, 32, 32, 3), dtype=np.uint8)
     test_labels = balanced_labels(n_test, 10, rng)
-    _pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "data": _cifar_rows(test_images),
-                                    "labels": test_labels.tolist()})
+    _pickle(
+        folder / "test_batch",
+        {"batch_label": "testing batch 1 of 1", "data": _cifar_rows(test_images), "labels": test_labels.tolist()},
+    )
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     _pickle(folder / "batches.meta", {"label_names": names, "num_cases_per_batch": n_per_batch, "num_vis": 3072})
-    return {"train_images": train_images, "train_labels": train_labels,
-            "test_images": test_images, "test_labels": test_labels}
+    return {
+        "train_images": train_images,
+        "train_labels": train_labels,
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
 
 
 def write_cifar100(root: Path, n_train: int = 24, n_test: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
@@ -105,11 +130,15 @@ def write_cifar100(root: Path, n_train: int = 24, n_test: int = 8, seed: int = 0
         images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
         fine = balanced_labels(n, 100, rng)
         coarse = fine // 5
-        _pickle(folder / split, {"data": _cifar_rows(images), "fine_labels": fine.tolist(),
-                                 "coarse_labels": coarse.tolist()})
+        _pickle(
+            folder / split,
+            {"data": _cifar_rows(images), "fine_labels": fine.tolist(), "coarse_labels": coarse.tolist()},
+        )
         arrays.update({f"{split}_images": images, f"{split}_fine": fine, f"{split}_coarse": coarse})
-    _pickle(folder / "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
-                              "coarse_label_names": [f"coarse{i}" for i in range(20)]})
+    _pickle(
+        folder / "meta",
+        {"fine_label_names": [f"fine{i}" for i in range(100)], "coarse_label_names": [f"coarse{i}" for i in range(20)]},
+    )
     return arrays
 
 
@@ -119,8 +148,9 @@ def stl10_bytes(images: np.ndarray) -> bytes:
     return np.ascontiguousarray(images.transpose(0, 3, 2, 1)).tobytes()
 
 
-def write_stl10(root: Path, n_train: int = 10, n_test: int = 6, n_unlabeled: int = 5,
-                seed: int = 0) -> dict[str, np.ndarray]:
+def write_stl10(
+    root: Path, n_train: int = 10, n_test: int = 6, n_unlabeled: int = 5, seed: int = 0
+) -> dict[str, np.ndarray]:
     """``root/stl10_binary`` with train_X/y, test_X/y, unlabeled_X (.bin) and class_names.txt."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "stl10_binary"
@@ -149,20 +179,34 @@ def write_image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (4
     return path
 
 
-def write_image_folder(root: Path, classes: Sequence[str] = ("cat", "dog", "fox"), per_class: int = 4,
-                       splits: Sequence[str] = ("train", "test"), ext: str = "png", size: tuple[int, int] = (48, 40),
-                       seed: int = 0) -> dict[str, list[Path]]:
+def write_image_folder(
+    root: Path,
+    classes: Sequence[str] = ("cat", "dog", "fox"),
+    per_class: int = 4,
+    splits: Sequence[str] = ("train", "test"),
+    ext: str = "png",
+    size: tuple[int, int] = (48, 40),
+    seed: int = 0,
+) -> dict[str, list[Path]]:
     """``root/<split>/<class>/img<i>.<ext>`` (ImageFolder layout); returns each split's files, class by class."""
     rng = np.random.default_rng(seed)
     files: dict[str, list[Path]] = {}
     for split in splits:
-        files[split] = [write_image(Path(root) / split / name / f"img{i}.{ext}", rng, size)
-                        for name in classes for i in range(per_class)]
+        files[split] = [
+            write_image(Path(root) / split / name / f"img{i}.{ext}", rng, size)
+            for name in classes
+            for i in range(per_class)
+        ]
     return files
 
 
-def write_flat_folder(root: Path, n: int = 5, exts: Sequence[str] = ("png", "JPG", "jpeg"),
-                      size: tuple[int, int] = (40, 48), seed: int = 0) -> list[Path]:
+def write_flat_folder(
+    root: Path,
+    n: int = 5,
+    exts: Sequence[str] = ("png", "JPG", "jpeg"),
+    size: tuple[int, int] = (40, 48),
+    seed: int = 0,
+) -> list[Path]:
     """``n`` unlabelled images directly in ``root`` (extensions cycled), plus a non-image file."""
     rng = np.random.default_rng(seed)
     files = [write_image(Path(root) / f"photo{i}.{exts[i % len(exts)]}", rng, size) for i in range(n)]

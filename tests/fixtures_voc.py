@@ -4,6 +4,7 @@
 trainval/train/val(/test).txt. Labels are learnable: every non-difficult object is a full-height
 vertical strip painted in its class colour; difficult objects are small squares in a corner.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -14,10 +15,31 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-           "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
-COLOURS = [tuple(round(255 * c) for c in colorsys.hsv_to_rgb(k / 20, 1.0, 1.0 if k % 2 == 0 else 0.6))
-           for k in range(20)]
+CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+COLOURS = [
+    tuple(round(255 * c) for c in colorsys.hsv_to_rgb(k / 20, 1.0, 1.0 if k % 2 == 0 else 0.6)) for k in range(20)
+]
 BACKGROUND = (128, 128, 128)
 
 
@@ -65,8 +87,9 @@ def draw(objects: list[tuple[int, bool]], width: int, height: int) -> tuple[np.n
     return image, boxes
 
 
-def annotation_xml(image_id: str, objects: list[tuple[int, bool]], boxes: list[tuple], width: int,
-                   height: int) -> ElementTree.ElementTree:
+def annotation_xml(
+    image_id: str, objects: list[tuple[int, bool]], boxes: list[tuple], width: int, height: int
+) -> ElementTree.ElementTree:
     """A VOC-style <annotation> with <size> and one <object> (name, pose, truncated, difficult, bndbox) each."""
     root = ElementTree.Element("annotation")
     for tag, text in (("folder", "VOC2007"), ("filename", f"{image_id}.jpg")):
@@ -77,8 +100,12 @@ def annotation_xml(image_id: str, objects: list[tuple[int, bool]], boxes: list[t
     ElementTree.SubElement(root, "segmented").text = "0"
     for (k, difficult), box in zip(objects, boxes):
         obj = ElementTree.SubElement(root, "object")
-        for tag, text in (("name", CLASSES[k]), ("pose", "Unspecified"), ("truncated", "0"),
-                          ("difficult", str(int(difficult)))):
+        for tag, text in (
+            ("name", CLASSES[k]),
+            ("pose", "Unspecified"),
+            ("truncated", "0"),
+            ("difficult", str(int(difficult))),
+        ):
             ElementTree.SubElement(obj, tag).text = text
         bndbox = ElementTree.SubElement(obj, "bndbox")
         for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
@@ -86,8 +113,9 @@ def annotation_xml(image_id: str, objects: list[tuple[int, bool]], boxes: list[t
     return ElementTree.ElementTree(root)
 
 
-def write_voc(root: str | Path, n_train: int = 40, n_test: int = 20, size: int = 30, with_test: bool = True,
-              seed: int = 0) -> dict[str, VOCSplitTruth]:
+def write_voc(
+    root: str | Path, n_train: int = 40, n_test: int = 20, size: int = 30, with_test: bool = True, seed: int = 0
+) -> dict[str, VOCSplitTruth]:
     """Write a VOC2007 tree under ``root``: trainval = train (first n_train // 2) + val, and test (n_test images).
 
     Images are JPEGs, landscape (size x size*4/3) except every 5th, which is portrait. Returns the truth of
@@ -116,9 +144,11 @@ def write_voc(root: str | Path, n_train: int = 40, n_test: int = 20, size: int =
                 difficult_only[j, k] = difficult and targets[j, k] == 0
             ids.append(image_id)
         truth[split] = VOCSplitTruth(ids, targets, difficult_only)
-    truth["trainval"] = VOCSplitTruth(truth["train"].ids + truth["val"].ids,
-                                      np.concatenate([truth["train"].targets, truth["val"].targets]),
-                                      np.concatenate([truth["train"].difficult_only, truth["val"].difficult_only]))
+    truth["trainval"] = VOCSplitTruth(
+        truth["train"].ids + truth["val"].ids,
+        np.concatenate([truth["train"].targets, truth["val"].targets]),
+        np.concatenate([truth["train"].difficult_only, truth["val"].difficult_only]),
+    )
     if not with_test:
         del truth["test"]
     for split, split_truth in truth.items():

@@ -3,6 +3,7 @@
 A worker is ``worker(rank, port, out_dir)``: it calls :func:`init_gloo`, computes, and hands its results to
 :func:`save_rank_results`; :func:`run_gloo` starts the processes, waits and returns every rank's results.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -36,8 +37,9 @@ def save_rank_results(out_dir: str | Path, rank: int, results: Any) -> None:
     os.replace(path + ".tmp", path)
 
 
-def run_gloo(worker: Callable[[int, int, str], None], world: int, out_dir: str | Path,
-             timeout_s: float = 60.0) -> list[Any]:
+def run_gloo(
+    worker: Callable[[int, int, str], None], world: int, out_dir: str | Path, timeout_s: float = 60.0
+) -> list[Any]:
     """Spawn ``world`` processes running ``worker(rank, port, out_dir)`` and return their saved results."""
     out_dir = str(out_dir)
     context = mp.spawn(worker, args=(free_port(), out_dir), nprocs=world, join=False)

@@ -1,12 +1,18 @@
 """Every runtime dependency declared in pyproject.toml is used by the package, and the ranges admit the next minor
 releases of the main libraries (the Makefile keeps the exact, tested pins)."""
-import re
-import tomllib
 
+import re
+
+import tomllib
 from conftest import ROOT
 
-IMPORT_NAMES = {"pytorch-lightning": "pytorch_lightning", "pyyaml": "yaml", "scikit-learn": "sklearn",
-                "pillow": "PIL", "open_clip_torch": "open_clip"}
+IMPORT_NAMES = {
+    "pytorch-lightning": "pytorch_lightning",
+    "pyyaml": "yaml",
+    "scikit-learn": "sklearn",
+    "pillow": "PIL",
+    "open_clip_torch": "open_clip",
+}
 USED_THROUGH = {"tensorboard": "TensorBoardLogger"}  # Lightning's logger writes with it
 
 
@@ -30,5 +36,6 @@ def test_ranges_admit_the_next_minor_releases():
     ranges = {re.split(r"[<>=!~ ]", r, maxsplit=1)[0]: r for r in declared()}
     for name, next_minor in (("torch", "2.15"), ("pytorch-lightning", "2.7"), ("kornia", "0.10")):
         upper = re.search(r"<\s*([0-9.]+)", ranges[name])
-        assert upper is None or tuple(map(int, upper.group(1).split("."))) > tuple(map(int, next_minor.split("."))), \
+        assert upper is None or tuple(map(int, upper.group(1).split("."))) > tuple(map(int, next_minor.split("."))), (
             f"{ranges[name]} excludes {name} {next_minor}"
+        )

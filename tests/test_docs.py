@@ -1,9 +1,14 @@
 """The README is a user's guide (short, no dated records), and every relative link in the docs resolves."""
+
 import re
 
 from conftest import ROOT
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "benchmarks" / "results").glob("*.md"))]
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "benchmarks" / "results").glob("*.md")),
+]
 
 
 def test_readme_is_a_short_guide_without_dated_records():

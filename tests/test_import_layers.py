@@ -4,6 +4,7 @@ same or a lower layer, and the units import each other without a circle.
 A unit is a top-level module of ``mvmr`` or a subpackage (``mvmr.data`` with everything under it). The layers,
 lowest first, are the ones the README's "Extending" section and docs/ARCHITECTURE.md describe.
 """
+
 from __future__ import annotations
 
 import ast
@@ -14,12 +15,12 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "mvmr"
 
 LAYERS = [
-    ("errors", "numerics", "parallel", "messages", "registry"),         # helpers with no mvmr dependency
-    ("authors_config", "config"),                                        # the schema
+    ("errors", "numerics", "parallel", "messages", "registry"),  # helpers with no mvmr dependency
+    ("authors_config", "config"),  # the schema
     ("compiled", "models", "data", "losses", "evaluation", "checkpoint"),  # the parts
-    ("checkpoint_formats", "frozen_backbone"),                           # reading weights into the parts
-    ("representations",),                                                # φ_k (the teacher reads a backbone)
-    ("methods",),                                                        # Lightning modules
+    ("checkpoint_formats", "frozen_backbone"),  # reading weights into the parts
+    ("representations",),  # φ_k (the teacher reads a backbone)
+    ("methods",),  # Lightning modules
     ("hardware", "tables", "training", "api", "protocols", "cli", "__init__"),  # runs and the user's entry points
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
@@ -46,15 +47,19 @@ def imported_modules(path: Path, src: Path = SRC) -> set[str]:
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "mvmr")
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
             if target.split(".")[0] != "mvmr":
                 continue
             if target == "mvmr":  # `from mvmr import messages`: the submodule, when it is one
-                found.update(f"mvmr.{alias.name}" if (src / f"{alias.name}.py").exists() or (src / alias.name).is_dir()
-                             else "mvmr" for alias in node.names)
+                found.update(
+                    f"mvmr.{alias.name}"
+                    if (src / f"{alias.name}.py").exists() or (src / alias.name).is_dir()
+                    else "mvmr"
+                    for alias in node.names
+                )
             else:
                 found.add(target)
     return found
@@ -89,7 +94,7 @@ def test_no_circle_between_units():
         state[unit] = 1
         for target in sorted(graph.get(unit, ())):
             if state.get(target) == 1:
-                raise AssertionError("import circle: " + " -> ".join(path[path.index(target):] + [unit, target]))
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(target) :] + [unit, target]))
             if target not in state:
                 visit(target, path + [unit])
         state[unit] = 2

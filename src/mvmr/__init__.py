@@ -1,4 +1,5 @@
 """MV-MR: multi-views and multi-representations for self-supervised learning."""
+
 __version__ = "0.1.0"
 
 __all__ = ["load_encoder"]

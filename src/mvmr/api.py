@@ -3,6 +3,7 @@
 Checkpoints of this project and the authors' files (vkinakh/mv-mr: their Lightning .ckpt and their exported
 .pth, see :mod:`mvmr.checkpoint_formats`) are both accepted, read with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,9 +23,15 @@ from mvmr.frozen_backbone import FrozenEncoder, authors_info, load_frozen_backbo
 __all__ = ["FrozenEncoder", "authors_info", "embed_images", "load_encoder", "load_frozen_backbone", "load_online_probe"]
 
 
-def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu", weights: str = "auto", *,
-                 encoder: EncoderConfig | None = None, info: DatasetInfo | None = None,
-                 image_size: int | None = None) -> tuple[nn.Module, EvalTransform]:
+def load_encoder(
+    ckpt_path: str | Path,
+    device: str | torch.device = "cpu",
+    weights: str = "auto",
+    *,
+    encoder: EncoderConfig | None = None,
+    info: DatasetInfo | None = None,
+    image_size: int | None = None,
+) -> tuple[nn.Module, EvalTransform]:
     """(backbone, transform) from a pretraining, distillation or semi-supervised checkpoint of this project, or
     from an authors' file (their Lightning .ckpt or exported .pth).
 
@@ -40,9 +47,10 @@ def load_encoder(ckpt_path: str | Path, device: str | torch.device = "cpu", weig
     mean/std, as their STL10 and ImageNet runs) and the image size (default 224); see
     :func:`load_frozen_backbone`. A checkpoint of this project carries its own and ignores them.
     """
-    frozen = load_frozen_backbone(ckpt_path, device, weights=weights, encoder=encoder, info=info,
-                                  image_size=image_size)
-    return frozen.backbone, eval_transform(frozen.image_size, frozen.info.mean, frozen.info.std, frozen.info.eval_resize)
+    frozen = load_frozen_backbone(ckpt_path, device, weights=weights, encoder=encoder, info=info, image_size=image_size)
+    return frozen.backbone, eval_transform(
+        frozen.image_size, frozen.info.mean, frozen.info.std, frozen.info.eval_resize
+    )
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -59,8 +67,15 @@ class _ImageFiles(torch.utils.data.Dataset):
         return array.unsqueeze(0) if array.ndim == 2 else array.permute(2, 0, 1)
 
 
-def embed_images(ckpt_path: str | Path, paths: Sequence[str | Path], device: str | torch.device = "cpu",
-                 batch_size: int = 64, workers: int = 0, weights: str = "auto", progress: bool = True) -> np.ndarray:
+def embed_images(
+    ckpt_path: str | Path,
+    paths: Sequence[str | Path],
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    workers: int = 0,
+    weights: str = "auto",
+    progress: bool = True,
+) -> np.ndarray:
     """Backbone features (N, D) float32 of the image files ``paths`` (in that order), with a checkpoint's frozen
     backbone and its evaluation view x̄ (Resize + CenterCrop of the run's size, normalised with the run's
     statistics). Files are decoded in ``workers`` processes."""

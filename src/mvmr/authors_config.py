@@ -8,6 +8,7 @@ The seed-named configs of this project spell the same values out (``tests/config
 What this project still does differently, on purpose, is listed in ``docs/authors.md`` with the switch that
 restores their behaviour.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,13 @@ PROTOCOLS = ("self_supervised", "distillation", "semi_supervised", "voc")
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 CIFAR_STATS = ([0.491, 0.482, 0.447], [0.247, 0.243, 0.261])
 # src/transform/transform.py DATASET_STATS: the normalisation of each dataset in their code
-AUTHORS_STATS = {"stl10": IMAGENET_STATS, "imagenet": IMAGENET_STATS,
-                 "cifar10": CIFAR_STATS, "cifar20": CIFAR_STATS, "cifar100": CIFAR_STATS}
+AUTHORS_STATS = {
+    "stl10": IMAGENET_STATS,
+    "imagenet": IMAGENET_STATS,
+    "cifar10": CIFAR_STATS,
+    "cifar20": CIFAR_STATS,
+    "cifar100": CIFAR_STATS,
+}
 
 # src/model/self_supervised_module.py, ``step``: `loss += self._loss_dc(feat, z)` for these five, in this order
 # ('full_img', 'full_img_scatnet', 'full_img_augment', 'full_img_hog', 'full_img_std'): +dCor, i.e. weight -1
@@ -40,15 +46,15 @@ AUTHORS_POLICY_NAMES = {"custom": "authors", "cifar20": "cifar20", "cifar": "cif
 
 # What their pretraining modules fix in code (both SelfSupervisedModule and CLIPSelfSupervisedModule):
 PRETRAIN_DEFAULTS = {
-    "encoder.maxpool": True,                # src/model/resnet.py: the 3x3 stem replaces conv1 only
-    "encoder.projector_last_bias": False,   # src/model/resnet.py: every projector Linear has bias=False
-    "probe.source": "labelled",             # OnlineFineTuner: next(infinite loader of the labelled train split)
-    "probe.lr": 1e-4,                       # OnlineFineTuner: torch.optim.Adam(..., lr=1e-4)
-    "probe.scheduled": False,               # ... its own optimiser, no schedule
-    "wd_norm_and_bias": True,               # configure_optimizers: Adam(self._encoder.parameters(), weight_decay=wd)
-    "schedule_epoch": "single_device",      # warmup/total steps = epochs * len(self.train_dataloader())
-    "loss.gather": False,                   # the loss sees each GPU's own batch (no all-gather)
-    "trainer.devices": "auto",              # main_*.py: pl.Trainer(gpus=-1, strategy='ddp')
+    "encoder.maxpool": True,  # src/model/resnet.py: the 3x3 stem replaces conv1 only
+    "encoder.projector_last_bias": False,  # src/model/resnet.py: every projector Linear has bias=False
+    "probe.source": "labelled",  # OnlineFineTuner: next(infinite loader of the labelled train split)
+    "probe.lr": 1e-4,  # OnlineFineTuner: torch.optim.Adam(..., lr=1e-4)
+    "probe.scheduled": False,  # ... its own optimiser, no schedule
+    "wd_norm_and_bias": True,  # configure_optimizers: Adam(self._encoder.parameters(), weight_decay=wd)
+    "schedule_epoch": "single_device",  # warmup/total steps = epochs * len(self.train_dataloader())
+    "loss.gather": False,  # the loss sees each GPU's own batch (no all-gather)
+    "trainer.devices": "auto",  # main_*.py: pl.Trainer(gpus=-1, strategy='ddp')
 }
 PROTOCOL_DEFAULTS = {
     "self_supervised": {"min_lr": 1e-6},  # self_supervised_module.py: CosineAnnealingWarmupRestarts(min_lr=1e-6)
@@ -57,15 +63,18 @@ PROTOCOL_DEFAULTS = {
         "scheduler": "authors_epoch_cosine",  # semi_supervised_module.py: CosineAnnealingLR(T_max=len(dl)) per epoch
         "schedule_epoch": "single_device",
         "warmup_epochs": 0,
-        "wd_norm_and_bias": True,             # Adam(encoder + classifier parameters, weight_decay=wd)
-        "dataset.aug_policy": "authors",      # AugTransform(name, size): policy 'custom'
+        "wd_norm_and_bias": True,  # Adam(encoder + classifier parameters, weight_decay=wd)
+        "dataset.aug_policy": "authors",  # AugTransform(name, size): policy 'custom'
         "trainer.devices": "auto",
-        "encoder.maxpool": True,              # their `encoder:` section builds a ResnetMultiProj (resnet.py)
+        "encoder.maxpool": True,  # their `encoder:` section builds a ResnetMultiProj (resnet.py)
         "encoder.projector_last_bias": False,
     },
-    "voc": {"encoder.maxpool": True, "encoder.projector_last_bias": False,
-            "warmup_epochs": 0,        # voc_linear_eval_module.py: Adam, no schedule
-            "dataset.size": 224},      # features at the pretraining size (theirs: 300-px images, docs/authors.md)
+    "voc": {
+        "encoder.maxpool": True,
+        "encoder.projector_last_bias": False,
+        "warmup_epochs": 0,  # voc_linear_eval_module.py: Adam, no schedule
+        "dataset.size": 224,
+    },  # features at the pretraining size (theirs: 300-px images, docs/authors.md)
 }
 
 
@@ -143,10 +152,14 @@ def fill_authors_defaults(data: dict, protocol: str, source: str = "the config")
     for key in applied:
         _set(data, key, filled[key])
     if applied or protocol in ("self_supervised", "distillation"):
-        what = {"self_supervised": "their five representations with their sign (weight -1)",
-                "distillation": "the CLIP teacher from 'clip:' and their CLIP schedule",
-                "semi_supervised": "their fine-tuning schedule and augmentation", "voc": "their encoder section"}
-        messages.warn(f"note: {source} is in the authors' format (vkinakh/mv-mr): added {what[protocol]} and what "
-                      f"their code fixes ({', '.join(applied)})" + "".join(f"; {r}" for r in renamed)
-                      + "; see docs/authors.md")
+        what = {
+            "self_supervised": "their five representations with their sign (weight -1)",
+            "distillation": "the CLIP teacher from 'clip:' and their CLIP schedule",
+            "semi_supervised": "their fine-tuning schedule and augmentation",
+            "voc": "their encoder section",
+        }
+        messages.warn(
+            f"note: {source} is in the authors' format (vkinakh/mv-mr): added {what[protocol]} and what "
+            f"their code fixes ({', '.join(applied)})" + "".join(f"; {r}" for r in renamed) + "; see docs/authors.md"
+        )
     return data

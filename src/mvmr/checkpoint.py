@@ -6,6 +6,7 @@ is refused with a one-line :class:`CheckpointError` naming it (:func:`read_check
 (``trainer.fit(ckpt_path=...)``: resume, the tuner's restore) go through :class:`AtomicCheckpointIO`, so they
 are read the same way.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
-from torch import nn
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import nn
 
 from mvmr.config import EncoderConfig, build_dataclass
 from mvmr.errors import CheckpointError
@@ -48,8 +49,9 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHOR
 
 def _allowed_global_names() -> set[str]:
     names = {f"{g.__module__}.{g.__qualname__}" for g in CHECKPOINT_SAFE_GLOBALS}
-    names |= {f"{g.__module__}.{g.__qualname__}" for g in torch.serialization.get_safe_globals()
-              if hasattr(g, "__qualname__")}
+    names |= {
+        f"{g.__module__}.{g.__qualname__}" for g in torch.serialization.get_safe_globals() if hasattr(g, "__qualname__")
+    }
     try:  # torch's built-in list (private; without it every global is reported)
         from torch._weights_only_unpickler import _get_allowed_globals
 
@@ -91,9 +93,11 @@ def _refusal(path: Path, err: Exception) -> str:
         blocked = [match.group(1)]
     if blocked:
         names = ", ".join(f"'{g}'" for g in blocked[:3]) + (f" and {len(blocked) - 3} more" if len(blocked) > 3 else "")
-        return (f"'{path}' is not a checkpoint mvmr can load safely: it needs {names}, neither a tensor nor a "
-                "plain container or number (checkpoints are read with torch.load(weights_only=True) and nothing "
-                "else is allowed)")
+        return (
+            f"'{path}' is not a checkpoint mvmr can load safely: it needs {names}, neither a tensor nor a "
+            "plain container or number (checkpoints are read with torch.load(weights_only=True) and nothing "
+            "else is allowed)"
+        )
     detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), None)
     if detail is not None:
         return f"'{path}' is not a checkpoint mvmr can load safely ({detail.rstrip('.')})"
@@ -105,14 +109,18 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     ``CHECKPOINT_SAFE_GLOBALS``). One-line CheckpointError if missing, unreadable, or needing another type."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' not found; pass the .ckpt of a run (e.g. runs/<name>/checkpoints/best.ckpt)")
+        raise CheckpointError(
+            f"checkpoint '{path}' not found; pass the .ckpt of a run (e.g. runs/<name>/checkpoints/best.ckpt)"
+        )
     try:
         with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(_refusal(path, err)) from None
     except Exception as err:  # truncated / foreign file
-        raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(err).__name__}); it may be truncated") from None
+        raise CheckpointError(
+            f"checkpoint '{path}' cannot be read ({type(err).__name__}); it may be truncated"
+        ) from None
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -152,8 +160,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: Dict[str, Any], path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, path)
 
-    def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage,
-                        weights_only: Optional[bool] = None) -> Dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Any = lambda storage, loc: storage, weights_only: Optional[bool] = None
+    ) -> Dict[str, Any]:
         return load_checkpoint(path, map_location)
 
 
@@ -178,8 +187,9 @@ def backbone_prefix(state_dict: dict, weights: str, source: str) -> str:
     if weights not in BACKBONE_PREFIXES:
         raise CheckpointError(f"backbone weights must be one of auto, online, ema; got {weights!r}")
     if weights == "ema" and not has_ema:
-        raise CheckpointError(f"'{source}' holds no moving-average weights (the run had ema_decay: 0); "
-                              "use eval.weights=online or auto")
+        raise CheckpointError(
+            f"'{source}' holds no moving-average weights (the run had ema_decay: 0); use eval.weights=online or auto"
+        )
     return BACKBONE_PREFIXES[weights]
 
 
@@ -192,14 +202,20 @@ def copy_backbone_weights(backbone: nn.Module, theirs: dict, source: str, where:
         raise CheckpointError(f"'{source}' holds no backbone weights (no '{where}*' keys)")
     for key, value in own.items():
         if key not in theirs:
-            raise CheckpointError(f"'{source}' lacks backbone weight '{where}{key}': the encoder differs from the config's")
+            raise CheckpointError(
+                f"'{source}' lacks backbone weight '{where}{key}': the encoder differs from the config's"
+            )
         if theirs[key].shape != value.shape:
-            raise CheckpointError(f"'{source}' does not match the configured encoder: {where}{key} is "
-                                  f"{tuple(theirs[key].shape)} in the checkpoint, {tuple(value.shape)} in the config")
+            raise CheckpointError(
+                f"'{source}' does not match the configured encoder: {where}{key} is "
+                f"{tuple(theirs[key].shape)} in the checkpoint, {tuple(value.shape)} in the config"
+            )
     extra = next((key for key in theirs if key not in own), None)
     if extra is not None:
-        raise CheckpointError(f"'{source}' holds backbone weight '{where}{extra}' that the configured encoder lacks: "
-                              "the encoder differs from the config's (e.g. fewer blocks per stage)")
+        raise CheckpointError(
+            f"'{source}' holds backbone weight '{where}{extra}' that the configured encoder lacks: "
+            "the encoder differs from the config's (e.g. fewer blocks per stage)"
+        )
     backbone.load_state_dict({k: theirs[k] for k in own})
 
 
@@ -208,7 +224,7 @@ def load_backbone_weights(backbone: nn.Module, state_dict: dict, source: str, we
     dict of this project; a one-line CheckpointError naming the first key or shape that differs. Returns the
     weights loaded: "online" or "ema"."""
     prefix = backbone_prefix(state_dict, weights, source)
-    theirs = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    theirs = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     copy_backbone_weights(backbone, theirs, source, prefix)
     return "ema" if prefix == BACKBONE_PREFIXES["ema"] else "online"
 
@@ -222,8 +238,12 @@ def check_same_architecture(given: EncoderConfig, stored: EncoderConfig, source:
     """A one-line CheckpointError when ``given`` builds another function than the run's ``stored`` encoder with
     the same weights: the architecture keys that no weight shape shows (the stem max-pool, the pooling grid).
     Call after :func:`copy_backbone_weights`, which checks everything the shapes show."""
-    for key, ours, theirs in (("maxpool", resolved_maxpool(given), resolved_maxpool(stored)),
-                              ("pool_grid", given.pool_grid, stored.pool_grid)):
+    for key, ours, theirs in (
+        ("maxpool", resolved_maxpool(given), resolved_maxpool(stored)),
+        ("pool_grid", given.pool_grid, stored.pool_grid),
+    ):
         if ours != theirs:
-            raise CheckpointError(f"'{source}' does not match the configured encoder: encoder.{key} is {theirs} in "
-                                  f"the checkpoint's run, {ours} in the config")
+            raise CheckpointError(
+                f"'{source}' does not match the configured encoder: encoder.{key} is {theirs} in "
+                f"the checkpoint's run, {ours} in the config"
+            )

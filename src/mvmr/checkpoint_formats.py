@@ -24,6 +24,7 @@ architecture from the weights' names and shapes (their ResnetMultiProj, src/mode
 ResNet-18 or -50 with ``fc`` = Identity, the 3x3 stride-1 ``small_kernel`` stem keeping the max-pool), and
 ``AUTHORS_MEAN`` / ``AUTHORS_STD`` are the normalisation they used for STL10 and ImageNet.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,15 +36,22 @@ from mvmr.checkpoint import BACKBONE_PREFIXES, backbone_prefix
 from mvmr.config import EncoderConfig, build_dataclass
 from mvmr.errors import CheckpointError
 
-FORMATS = ("mvmr", "authors-lightning-self-supervised", "authors-lightning-finetuned",
-           "authors-export-self-supervised", "authors-export-finetuned")
+FORMATS = (
+    "mvmr",
+    "authors-lightning-self-supervised",
+    "authors-lightning-finetuned",
+    "authors-export-self-supervised",
+    "authors-export-finetuned",
+)
 # their src/transform/transform.py DATASET_STATS: IMAGENET_STATS for stl10 and the imagenet variants
 AUTHORS_MEAN = (0.485, 0.456, 0.406)
 AUTHORS_STD = (0.229, 0.224, 0.225)
 AUTHORS_IMAGE_SIZE = 224  # what load_encoder assumes for their files when no image_size is given
-EXPECTED_LAYOUTS = ("'state_dict' with backbone.* (mvmr), 'state_dict' with _encoder.backbone.* or encoder.conv1.weight "
-                    "(the authors' Lightning .ckpt), or 'encoder' with backbone.* or conv1.weight (the authors' .pth "
-                    "exports)")
+EXPECTED_LAYOUTS = (
+    "'state_dict' with backbone.* (mvmr), 'state_dict' with _encoder.backbone.* or encoder.conv1.weight "
+    "(the authors' Lightning .ckpt), or 'encoder' with backbone.* or conv1.weight (the authors' .pth "
+    "exports)"
+)
 Tensors = Dict[str, torch.Tensor]
 
 
@@ -74,7 +82,7 @@ def _under(state: Any, prefix: str) -> Optional[Tensors]:
     """The entries of ``state`` under ``prefix``, prefix removed; None if there are none."""
     if not isinstance(state, dict):
         return None
-    found = {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+    found = {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
     return found or None
 
 
@@ -115,39 +123,58 @@ def read_weights(ckpt: Any, source: str, weights: str = "auto") -> CheckpointWei
         keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
         inner = f", state_dict keys {list(state)[:4]}" if isinstance(state, dict) else ""
-        raise CheckpointError(f"'{source}' has a layout mvmr does not know (top-level keys {keys}{inner}); "
-                              f"expected {EXPECTED_LAYOUTS}")
+        raise CheckpointError(
+            f"'{source}' has a layout mvmr does not know (top-level keys {keys}{inner}); expected {EXPECTED_LAYOUTS}"
+        )
     if fmt == "mvmr":
         state = ckpt["state_dict"]
         prefix = backbone_prefix(state, weights, source)
         head = _linear(_under(state, "head."))
-        return CheckpointWeights(fmt, _under(state, prefix) or {}, prefix, projector=_under(state, "projector."),
-                                 probe=_linear(_under(state, "probe.")), classifier=head,
-                                 weights="ema" if prefix == BACKBONE_PREFIXES["ema"] else "online")
+        return CheckpointWeights(
+            fmt,
+            _under(state, prefix) or {},
+            prefix,
+            projector=_under(state, "projector."),
+            probe=_linear(_under(state, "probe.")),
+            classifier=head,
+            weights="ema" if prefix == BACKBONE_PREFIXES["ema"] else "online",
+        )
     if weights not in ("auto", "online", "ema"):
         raise CheckpointError(f"backbone weights must be one of auto, online, ema; got {weights!r}")
     if weights == "ema":
-        raise CheckpointError(f"'{source}' is a checkpoint of the authors' code ({fmt}): it holds no moving-average "
-                              "weights; use weights=online or auto")
+        raise CheckpointError(
+            f"'{source}' is a checkpoint of the authors' code ({fmt}): it holds no moving-average "
+            "weights; use weights=online or auto"
+        )
     if fmt == "authors-lightning-self-supervised":
         state = ckpt["state_dict"]
-        return CheckpointWeights(fmt, _under(state, "_encoder.backbone."), "_encoder.backbone.",
-                                 projector=_under(state, "_encoder.projector."),
-                                 probe=_linear(_under(state, "online_finetuner.")))
+        return CheckpointWeights(
+            fmt,
+            _under(state, "_encoder.backbone."),
+            "_encoder.backbone.",
+            projector=_under(state, "_encoder.projector."),
+            probe=_linear(_under(state, "online_finetuner.")),
+        )
     if fmt == "authors-lightning-finetuned":
         state = ckpt["state_dict"]
-        return CheckpointWeights(fmt, _under(state, "encoder."), "encoder.",
-                                 classifier=_linear(_under(state, "classifier.")))
+        return CheckpointWeights(
+            fmt, _under(state, "encoder."), "encoder.", classifier=_linear(_under(state, "classifier."))
+        )
     if fmt == "authors-export-self-supervised":
-        return CheckpointWeights(fmt, _under(ckpt["encoder"], "backbone."), "encoder/backbone.",
-                                 projector=_under(ckpt["encoder"], "projector."),
-                                 probe=_linear(ckpt.get("online_finetuner")))
+        return CheckpointWeights(
+            fmt,
+            _under(ckpt["encoder"], "backbone."),
+            "encoder/backbone.",
+            projector=_under(ckpt["encoder"], "projector."),
+            probe=_linear(ckpt.get("online_finetuner")),
+        )
     return CheckpointWeights(fmt, dict(ckpt["encoder"]), "encoder/", classifier=_linear(ckpt.get("classifier")))
 
 
 def _blocks_per_stage(backbone_state: Tensors) -> tuple[int, ...]:
-    return tuple(len({k.split(".")[1] for k in backbone_state if k.startswith(f"layer{stage}.")})
-                 for stage in (1, 2, 3, 4))
+    return tuple(
+        len({k.split(".")[1] for k in backbone_state if k.startswith(f"layer{stage}.")}) for stage in (1, 2, 3, 4)
+    )
 
 
 def infer_encoder_config(backbone_state: Tensors, projector_state: Optional[Tensors] = None) -> EncoderConfig:
@@ -165,22 +192,40 @@ def infer_encoder_config(backbone_state: Tensors, projector_state: Optional[Tens
     expected = "torchvision ResNet-18/34/50 weights (conv1.weight, bn1.*, layer1.0.* ... layer4.*)"
     if not isinstance(conv1, torch.Tensor) or conv1.dim() != 4 or conv1.shape[-1] not in (3, 7):
         found = None if conv1 is None else tuple(conv1.shape)
-        raise CheckpointError(f"cannot tell the architecture of these weights: expected {expected} with a 3x3 or "
-                              f"7x7 conv1.weight, found conv1.weight {found}")
+        raise CheckpointError(
+            f"cannot tell the architecture of these weights: expected {expected} with a 3x3 or "
+            f"7x7 conv1.weight, found conv1.weight {found}"
+        )
     bottleneck = "layer1.0.conv3.weight" in backbone_state
     blocks = _blocks_per_stage(backbone_state)
-    name = next((n for n in BACKBONES.names() if (BACKBONES.get(n).block.expansion == 4) == bottleneck
-                 and tuple(BACKBONES.get(n).layers) == blocks), None)
+    name = next(
+        (
+            n
+            for n in BACKBONES.names()
+            if (BACKBONES.get(n).block.expansion == 4) == bottleneck and tuple(BACKBONES.get(n).layers) == blocks
+        ),
+        None,
+    )
     if name is None:
         kind = "Bottleneck" if bottleneck else "BasicBlock"
-        raise CheckpointError(f"cannot tell the architecture of these weights: {kind} blocks "
-                              f"{'-'.join(map(str, blocks))} per stage are none of resnet18 (BasicBlock 2-2-2-2), "
-                              f"resnet34 (BasicBlock 3-4-6-3), resnet50 (Bottleneck 3-4-6-3); expected {expected}")
-    fields = {"backbone": name, "small_kernel": conv1.shape[-1] == 3, "maxpool": True, "width": int(conv1.shape[0]),
-              "pool_grid": 1}
+        raise CheckpointError(
+            f"cannot tell the architecture of these weights: {kind} blocks "
+            f"{'-'.join(map(str, blocks))} per stage are none of resnet18 (BasicBlock 2-2-2-2), "
+            f"resnet34 (BasicBlock 3-4-6-3), resnet50 (Bottleneck 3-4-6-3); expected {expected}"
+        )
+    fields = {
+        "backbone": name,
+        "small_kernel": conv1.shape[-1] == 3,
+        "maxpool": True,
+        "width": int(conv1.shape[0]),
+        "pool_grid": 1,
+    }
     if projector_state:
-        linears = sorted(int(k.split(".")[0]) for k, v in projector_state.items()
-                         if k.split(".")[0].isdigit() and k.endswith(".weight") and v.dim() == 2)
+        linears = sorted(
+            int(k.split(".")[0])
+            for k, v in projector_state.items()
+            if k.split(".")[0].isdigit() and k.endswith(".weight") and v.dim() == 2
+        )
         if linears:
             fields["out_dim"] = "-".join(str(projector_state[f"{i}.weight"].shape[0]) for i in linears)
             fields["projector_last_bias"] = f"{linears[-1]}.bias" in projector_state

@@ -1,9 +1,11 @@
 """A tensor function run through ``torch.compile`` when it can be, and eagerly when it cannot."""
+
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+
 from mvmr import messages
 
 
@@ -30,6 +32,8 @@ class CompiledOrEager:
             result = self.fn(*args)  # raises too when the inputs, not the compiler, are at fault
             self.failed = True
             reason = (str(error).strip().splitlines() or [""])[0][:200]
-            messages.warn(f"warning: torch.compile of {self.fn.__name__} failed ({type(error).__name__}: {reason}); it "
-                          f"runs eagerly (compile_view_ops: false skips the attempt)")
+            messages.warn(
+                f"warning: torch.compile of {self.fn.__name__} failed ({type(error).__name__}: {reason}); it "
+                f"runs eagerly (compile_view_ops: false skips the attempt)"
+            )
             return result

@@ -8,6 +8,7 @@ Schemas are plain dataclasses. A field's type drives validation; bounds and choi
 field's ``metadata`` (``ge``, ``gt``, ``le``, ``choices``), and each field has a ``help`` string
 that ``describe_schema`` turns into the README's config reference.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,29 +44,49 @@ class DatasetConfig:
     path: Optional[str] = option(None, "folder holding the dataset files (None: the dataset's default)")
     size: int = option(32, "training / evaluation image size (pixels)", ge=8)
     n_classes: Optional[int] = option(None, "number of classes (None: read from the data; checked if given)", ge=1)
-    aug_policy: str = option("custom", "augmentation policy of the x' view (authors: the authors' 'custom' "
-                                       "transform; cifar20: the authors' 'cifar20' transform)",
-                             registry="aug_policy")
+    aug_policy: str = option(
+        "custom",
+        "augmentation policy of the x' view (authors: the authors' 'custom' "
+        "transform; cifar20: the authors' 'cifar20' transform)",
+        registry="aug_policy",
+    )
     aug_strength: float = option(1.0, "scale of the colour-jitter magnitudes", ge=0.0)
-    crop_scale: Optional[List[float]] = option(None, "area range [lo, hi] of the random resized crop (None: [0.2, 1] "
-                                                     "for size <= 64, else [0.08, 1]; not used by cifar)")
-    erase_p: float = option(0.0, "random erasing of x' after the policy: probability per sample of one rectangle "
-                                 "(2-33 % of the area) set to the dataset mean (0: off)", ge=0.0, le=1.0)
+    crop_scale: Optional[List[float]] = option(
+        None,
+        "area range [lo, hi] of the random resized crop (None: [0.2, 1] "
+        "for size <= 64, else [0.08, 1]; not used by cifar)",
+    )
+    erase_p: float = option(
+        0.0,
+        "random erasing of x' after the policy: probability per sample of one rectangle "
+        "(2-33 % of the area) set to the dataset mean (0: off)",
+        ge=0.0,
+        le=1.0,
+    )
     classes_file: Optional[str] = option(None, "file with one class (wnid) per line: restricts imagenet / image_folder")
     to_rgb: bool = option(False, "repeat grayscale images to 3 channels")
-    mean: Optional[List[float]] = option(None, "per-channel normalisation mean in [0, 1] units (None: the dataset's "
-                                               "own; the authors normalise STL10 with ImageNet's, CIFAR with CIFAR-10's)")
+    mean: Optional[List[float]] = option(
+        None,
+        "per-channel normalisation mean in [0, 1] units (None: the dataset's "
+        "own; the authors normalise STL10 with ImageNet's, CIFAR with CIFAR-10's)",
+    )
     std: Optional[List[float]] = option(None, "per-channel normalisation std in [0, 1] units (None: the dataset's own)")
-    val_fraction: float = option(0.1, "fraction of the labelled train split held out for model selection",
-                                 ge=0.0, le=0.5)
-    load_size: Optional[int] = option(None, "decode size for file datasets: x̄ is Resize(load_size) + CenterCrop(size) "
-                                            "(None: size*256/224)", ge=8)
-    crops_in_loader: Optional[bool] = option(None, "the loader's workers cut x' (random resized crop + flip) from the "
-                                                   "whole decoded image, the device runs the rest of the policy "
-                                                   "(None: for file datasets when the policy starts with a resized "
-                                                   "crop; false: crops from the decoded load_size square)")
-    percentage: Optional[float] = option(None, "semi-supervised: percent of labelled train images kept",
-                                         gt=0.0, le=100.0)
+    val_fraction: float = option(
+        0.1, "fraction of the labelled train split held out for model selection", ge=0.0, le=0.5
+    )
+    load_size: Optional[int] = option(
+        None, "decode size for file datasets: x̄ is Resize(load_size) + CenterCrop(size) (None: size*256/224)", ge=8
+    )
+    crops_in_loader: Optional[bool] = option(
+        None,
+        "the loader's workers cut x' (random resized crop + flip) from the "
+        "whole decoded image, the device runs the rest of the policy "
+        "(None: for file datasets when the policy starts with a resized "
+        "crop; false: crops from the decoded load_size square)",
+    )
+    percentage: Optional[float] = option(
+        None, "semi-supervised: percent of labelled train images kept", gt=0.0, le=100.0
+    )
     split_file: Optional[str] = option(None, "semi-supervised: file listing the labelled train images to keep")
 
 
@@ -73,18 +94,28 @@ class DatasetConfig:
 class EncoderConfig:
     backbone: str = option("resnet50", "torchvision ResNet", registry="backbone")
     out_dim: str = option("8192-8192-8192", "projector widths, e.g. 8192-8192-8192 (Linear-BN-ReLU, last Linear)")
-    small_kernel: bool = option(False, "3x3 stride-1 first convolution for small images (no max-pool unless "
-                                       "maxpool: true; the authors keep it)")
+    small_kernel: bool = option(
+        False, "3x3 stride-1 first convolution for small images (no max-pool unless maxpool: true; the authors keep it)"
+    )
     maxpool: Optional[bool] = option(None, "keep the stem max-pool (None: not with small_kernel, else yes)")
     projector_last_bias: bool = option(True, "bias in the projector's last Linear (the authors' projector has none)")
     zero_init_residual: bool = option(True, "zero-init the last BN of each residual block")
-    width: int = option(64, "channels of the first ResNet stage (64: the standard ResNets; 32 quarters the compute)", ge=8)
-    pool_grid: int = option(1, "average-pool the last feature map to a g x g grid and flatten it: features g² times "
-                               "wider (1: global average pooling, the standard ResNet; 2 keeps the coarse layout "
-                               "of aligned images such as Fashion-MNIST)", ge=1)
-    small_map_matmul: bool = option(True, "on the CPU, run the 3x3 convolutions whose input map has at most 4 positions "
-                                          "(2x2, 1x1) as one matrix product: the same function with at most half the "
-                                          "multiply-adds, faster there (false: always nn.Conv2d)")
+    width: int = option(
+        64, "channels of the first ResNet stage (64: the standard ResNets; 32 quarters the compute)", ge=8
+    )
+    pool_grid: int = option(
+        1,
+        "average-pool the last feature map to a g x g grid and flatten it: features g² times "
+        "wider (1: global average pooling, the standard ResNet; 2 keeps the coarse layout "
+        "of aligned images such as Fashion-MNIST)",
+        ge=1,
+    )
+    small_map_matmul: bool = option(
+        True,
+        "on the CPU, run the 3x3 convolutions whose input map has at most 4 positions "
+        "(2x2, 1x1) as one matrix product: the same function with at most half the "
+        "multiply-adds, faster there (false: always nn.Conv2d)",
+    )
 
 
 @dataclass
@@ -92,26 +123,39 @@ class TrainerConfig:
     accelerator: str = option("auto", "Lightning accelerator", choices=("auto", "cpu", "gpu"))
     devices: Union[int, str] = option(1, "number of devices, or 'auto'")
     num_nodes: int = option(1, "number of nodes", ge=1)
-    strategy: str = option("auto", "Lightning strategy", choices=("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"))
+    strategy: str = option(
+        "auto", "Lightning strategy", choices=("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
+    )
     sync_batchnorm: bool = option(False, "convert BatchNorm to SyncBatchNorm under DDP")
     max_steps: int = option(-1, "stop after this many optimiser steps (-1: epochs decide)", ge=-1)
     checkpoint_every_n_steps: int = option(0, "also write last.ckpt every N optimiser steps (0: off)", ge=0)
     checkpoint_every_minutes: float = option(15.0, "also write last.ckpt every N minutes of training (0: off)", ge=0)
     limit_train_batches: Union[int, float] = option(1.0, "Lightning limit_train_batches (for quick runs)")
     limit_val_batches: Union[int, float] = option(1.0, "Lightning limit_val_batches")
-    precision: Optional[str] = option(None, "Lightning precision (None: from fp16; 16-mixed: fp16 with loss scaling, "
-                                            "as the authors' runs)", choices=(None, "32-true", "16-mixed", "bf16-mixed"))
+    precision: Optional[str] = option(
+        None,
+        "Lightning precision (None: from fp16; 16-mixed: fp16 with loss scaling, as the authors' runs)",
+        choices=(None, "32-true", "16-mixed", "bf16-mixed"),
+    )
     progress_bar: bool = option(True, "show a progress bar")
-    args: Dict[str, Any] = option(help="any other pytorch_lightning.Trainer argument, passed as it is (e.g. "
-                                       "benchmark: true); other Trainer arguments written directly under trainer: "
-                                       "land here; checked against the Trainer's signature", factory=dict)
+    args: Dict[str, Any] = option(
+        help="any other pytorch_lightning.Trainer argument, passed as it is (e.g. "
+        "benchmark: true); other Trainer arguments written directly under trainer: "
+        "land here; checked against the Trainer's signature",
+        factory=dict,
+    )
 
 
 # Trainer arguments this project sets from keys of its own (a Lightning user's spelling gets the project's key)
-TRAINER_SPELLINGS = {"max_epochs": "epochs", "accumulate_grad_batches": "accumulate_grad_batches",
-                     "gradient_clip_val": "gradient_clip_val", "log_every_n_steps": "log_every",
-                     "check_val_every_n_epoch": "eval_every", "deterministic": "deterministic",
-                     "enable_progress_bar": "trainer.progress_bar"}
+TRAINER_SPELLINGS = {
+    "max_epochs": "epochs",
+    "accumulate_grad_batches": "accumulate_grad_batches",
+    "gradient_clip_val": "gradient_clip_val",
+    "log_every_n_steps": "log_every",
+    "check_val_every_n_epoch": "eval_every",
+    "deterministic": "deterministic",
+    "enable_progress_bar": "trainer.progress_bar",
+}
 TRAINER_MANAGED = ("callbacks", "logger", "plugins", "default_root_dir", "enable_checkpointing")
 
 
@@ -136,22 +180,27 @@ def route_trainer_keys(data: dict, prefix: str) -> dict:
     known = lightning_trainer_arguments()
     for key in args:
         if key in TRAINER_SPELLINGS:
-            raise ConfigError(f"{prefix}{key}: this project's key is '{TRAINER_SPELLINGS[key]}', e.g. "
-                              f"--set {TRAINER_SPELLINGS[key]}=...")
+            raise ConfigError(
+                f"{prefix}{key}: this project's key is '{TRAINER_SPELLINGS[key]}', e.g. "
+                f"--set {TRAINER_SPELLINGS[key]}=..."
+            )
         if key in TRAINER_MANAGED:
-            raise ConfigError(f"{prefix}{key} is set by mvmr (logging, checkpoints and resilience callbacks); "
-                              "it cannot be configured")
+            raise ConfigError(
+                f"{prefix}{key} is set by mvmr (logging, checkpoints and resilience callbacks); it cannot be configured"
+            )
         if key in own:
             raise ConfigError(f"{prefix}args.{key}: use {prefix}{key}, a key of its own")
         if key not in known:
-            raise ConfigError(f"unknown config key '{prefix}{key}'{did_you_mean(key, sorted(own) + known)}; "
-                              f"allowed under '{prefix.rstrip('.')}': {', '.join(sorted(own))} and the arguments "
-                              "of pytorch_lightning.Trainer")
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}'{did_you_mean(key, sorted(own) + known)}; "
+                f"allowed under '{prefix.rstrip('.')}': {', '.join(sorted(own))} and the arguments "
+                "of pytorch_lightning.Trainer"
+            )
     return {**{key: value for key, value in data.items() if key in own}, "args": args}
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
-    """"; did you mean 'X'?" for the closest of ``choices``, or ""."""
+    """ "; did you mean 'X'?" for the closest of ``choices``, or ""."""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -160,31 +209,46 @@ def did_you_mean(word: str, choices: list[str]) -> str:
 class ProbeConfig:
     enabled: bool = option(True, "train an online linear probe on detached backbone features")
     lr: float = option(1e-3, "probe learning rate (same optimiser type, no weight decay)", gt=0.0)
-    source: str = option("batch", "batch: the labelled samples of each pretraining batch (their x̄ features); "
-                                  "labelled: a full batch drawn from the labelled train split at every step (the "
-                                  "authors' OnlineFineTuner; for mostly unlabelled sets such as STL10)",
-                         choices=("batch", "labelled"))
-    scheduled: bool = option(True, "the probe's learning rate follows the run's schedule (false: constant, as "
-                                   "the authors' probe optimiser)")
+    source: str = option(
+        "batch",
+        "batch: the labelled samples of each pretraining batch (their x̄ features); "
+        "labelled: a full batch drawn from the labelled train split at every step (the "
+        "authors' OnlineFineTuner; for mostly unlabelled sets such as STL10)",
+        choices=("batch", "labelled"),
+    )
+    scheduled: bool = option(
+        True, "the probe's learning rate follows the run's schedule (false: constant, as the authors' probe optimiser)"
+    )
 
 
 @dataclass
 class EvalConfig:
     epochs: int = option(100, "linear-evaluation epochs (the --epochs flag overrides)", ge=1)
-    lrs: List[float] = option(help="linear-evaluation learning rates tried, chosen on the validation split",
-                              factory=lambda: [1e-3, 3e-3, 1e-2])
+    lrs: List[float] = option(
+        help="linear-evaluation learning rates tried, chosen on the validation split",
+        factory=lambda: [1e-3, 3e-3, 1e-2],
+    )
     wds: List[float] = option(help="linear-evaluation weight decays tried", factory=lambda: [0.0, 1e-5])
     batch_size: int = option(256, "linear-evaluation batch size", ge=1)
     ten_crop: bool = option(True, "average the probe over ten crops at test time (when dataset.size >= 64)")
-    mirror: bool = option(False, "--retrain trains the head on x̄ and its mirror image (one drawn per sample and "
-                                 "epoch), averages the two logits on validation and test (where ten-crop does "
-                                 "not apply) and gives k-NN the mean of the two features; the online probe, "
-                                 "trained on x̄, is evaluated on x̄")
-    refit: bool = option(True, "--retrain also trains a head on train + validation with the lr/wd/epochs chosen "
-                               "on validation (the usual protocol's last step); both heads are reported")
-    weights: str = option("auto", "backbone weights to evaluate: ema (the run's moving average, ema_decay > 0), "
-                                  "online (the trained weights), auto (ema when the checkpoint has it)",
-                          choices=("auto", "online", "ema"))
+    mirror: bool = option(
+        False,
+        "--retrain trains the head on x̄ and its mirror image (one drawn per sample and "
+        "epoch), averages the two logits on validation and test (where ten-crop does "
+        "not apply) and gives k-NN the mean of the two features; the online probe, "
+        "trained on x̄, is evaluated on x̄",
+    )
+    refit: bool = option(
+        True,
+        "--retrain also trains a head on train + validation with the lr/wd/epochs chosen "
+        "on validation (the usual protocol's last step); both heads are reported",
+    )
+    weights: str = option(
+        "auto",
+        "backbone weights to evaluate: ema (the run's moving average, ema_decay > 0), "
+        "online (the trained weights), auto (ema when the checkpoint has it)",
+        choices=("auto", "online", "ema"),
+    )
     knn_k: int = option(20, "k of the cosine k-NN classifier", ge=1)
     knn_temperature: float = option(0.07, "temperature of the k-NN vote weights exp(sim/T)", gt=0.0)
 
@@ -192,34 +256,49 @@ class EvalConfig:
 @dataclass
 class LossConfig:
     mse_weight: float = option(1.0, "weight of MSE(z̄, z)")
-    std_margin: float = option(1.0, "γ of the variance hinge relu(γ - std_j) (the seed's top-level std_margin)",
-                               ge=0.0)
-    normalize_z: bool = option(False, "L2-normalise z and z̄ before the loss (the authors' option; the seed's "
-                                      "top-level normalize_z)")
+    std_margin: float = option(1.0, "γ of the variance hinge relu(γ - std_j) (the seed's top-level std_margin)", ge=0.0)
+    normalize_z: bool = option(
+        False, "L2-normalise z and z̄ before the loss (the authors' option; the seed's top-level normalize_z)"
+    )
     std_weight: float = option(1.0, "weight of the variance hinge on z and z̄")
     dcor_weight: float = option(1.0, "weight of 1 - dCor(z̄, z) (of -dCov²(z̄, z) with statistic dcov)")
-    statistic: str = option("dcor", "dependence statistic of the z̄-z and representation terms: dcor (1 - dCor) or "
-                                    "dcov (-dCov², unbounded: see docs/statistics.md)", choices=("dcor", "dcov"))
+    statistic: str = option(
+        "dcor",
+        "dependence statistic of the z̄-z and representation terms: dcor (1 - dCor) or "
+        "dcov (-dCov², unbounded: see docs/statistics.md)",
+        choices=("dcor", "dcov"),
+    )
     unbiased: bool = option(False, "bias-corrected dCor² (U-statistic) instead of the V-statistic dCor")
     gather: bool = option(True, "compute every batch-level term on the global batch under DDP")
-    gather_dim: Optional[int] = option(None, "under DDP with gather: gather each representation as a seeded random "
-                                             "projection to this many dims, the same on every rank (None: exactly)",
-                                       ge=1)
+    gather_dim: Optional[int] = option(
+        None,
+        "under DDP with gather: gather each representation as a seeded random "
+        "projection to this many dims, the same on every rank (None: exactly)",
+        ge=1,
+    )
 
 
 @dataclass
 class RepresentationConfig:
     name: str = option(help="representation φ_k", registry="representation")
     weight: float = option(1.0, "weight w_k of 1 - dCor(φ_k(x̄), z); negative = the authors' sign")
-    statistic: Optional[str] = option(None, "dcor or dcov for this term (None: loss.statistic)",
-                                      choices=(None, "dcor", "dcov"))
+    statistic: Optional[str] = option(
+        None, "dcor or dcov for this term (None: loss.statistic)", choices=(None, "dcor", "dcov")
+    )
     params: Dict[str, Any] = option(help="parameters of the representation", factory=dict)
-    standardize: bool = option(False, "z-score each feature of φ_k over the (global) batch before dCor, so that "
-                                      "a few large-magnitude features (ScatNet's low-pass) do not dominate the "
-                                      "distances")
-    power: float = option(1.0, "signed power sign(φ)·|φ|^p applied to each feature of φ_k before `standardize` "
-                               "(0.5: the Hellinger / RootSIFT map of histograms; small p compresses sparse, "
-                               "heavy-tailed features such as HOG's; 1 = unchanged)", gt=0.0)
+    standardize: bool = option(
+        False,
+        "z-score each feature of φ_k over the (global) batch before dCor, so that "
+        "a few large-magnitude features (ScatNet's low-pass) do not dominate the "
+        "distances",
+    )
+    power: float = option(
+        1.0,
+        "signed power sign(φ)·|φ|^p applied to each feature of φ_k before `standardize` "
+        "(0.5: the Hellinger / RootSIFT map of histograms; small p compresses sparse, "
+        "heavy-tailed features such as HOG's; 1 = unchanged)",
+        gt=0.0,
+    )
 
 
 @dataclass
@@ -232,8 +311,9 @@ class HogConfig:
 class ScatnetConfig:
     J: int = option(2, "scattering scales (default for a 'scatnet' representation)", ge=1)
     L: int = option(8, "scattering angles", ge=1)
-    shape: Optional[List[int]] = option(None, "input [height, width] (the authors' key; must be [dataset.size, "
-                                              "dataset.size])")
+    shape: Optional[List[int]] = option(
+        None, "input [height, width] (the authors' key; must be [dataset.size, dataset.size])"
+    )
 
 
 @dataclass
@@ -247,27 +327,47 @@ class BaseTrainConfig:
     wd: float = option(1e-6, "weight decay", ge=0.0)
     optimizer: str = option("adam", "optimiser", registry="optimizer")
     momentum: float = option(0.9, "momentum (sgd, lars)", ge=0.0, le=1.0)
-    scheduler: str = option("warmup_cosine", "learning-rate schedule (authors_clip / authors_epoch_cosine: the "
-                                             "authors' CLIP and semi-supervised schedules, see docs/authors.md)",
-                            registry="scheduler")
-    min_lr: Optional[float] = option(None, "warmup_cosine: the lr it starts from and decays to (None: 1e-3 x lr, the "
-                                           "warm-up starting near 0; the authors: 1e-6)", ge=0.0)
-    schedule_epoch: str = option("run", "what one epoch is to the schedule's lengths: run (the run's optimiser steps "
-                                        "per epoch) | single_device (floor(train images / batch_size) optimiser "
-                                        "steps, as the authors' code counted it: with gradient accumulation or "
-                                        "several devices their schedule runs slower than the epochs)",
-                                 choices=("run", "single_device"))
-    wd_norm_and_bias: bool = option(False, "decay biases and normalisation weights too, and the fine-tuning head "
-                                           "(the authors' Adam decays every parameter it optimises)")
-    gradient_clip_val: Optional[float] = option(None, "clip the gradient norm to this value (None: no clipping)",
-                                                gt=0.0)
+    scheduler: str = option(
+        "warmup_cosine",
+        "learning-rate schedule (authors_clip / authors_epoch_cosine: the "
+        "authors' CLIP and semi-supervised schedules, see docs/authors.md)",
+        registry="scheduler",
+    )
+    min_lr: Optional[float] = option(
+        None,
+        "warmup_cosine: the lr it starts from and decays to (None: 1e-3 x lr, the "
+        "warm-up starting near 0; the authors: 1e-6)",
+        ge=0.0,
+    )
+    schedule_epoch: str = option(
+        "run",
+        "what one epoch is to the schedule's lengths: run (the run's optimiser steps "
+        "per epoch) | single_device (floor(train images / batch_size) optimiser "
+        "steps, as the authors' code counted it: with gradient accumulation or "
+        "several devices their schedule runs slower than the epochs)",
+        choices=("run", "single_device"),
+    )
+    wd_norm_and_bias: bool = option(
+        False,
+        "decay biases and normalisation weights too, and the fine-tuning head "
+        "(the authors' Adam decays every parameter it optimises)",
+    )
+    gradient_clip_val: Optional[float] = option(
+        None, "clip the gradient norm to this value (None: no clipping)", gt=0.0
+    )
     milestones: List[int] = option(help="multistep: epochs at which lr is multiplied by 0.1", factory=list)
-    fp16: bool = option(False, "mixed precision: bf16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), "
-                               "else fp16 on CUDA; losses stay float32")
+    fp16: bool = option(
+        False,
+        "mixed precision: bf16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), "
+        "else fp16 on CUDA; losses stay float32",
+    )
     channels_last: bool = option(True, "channels_last memory format for the encoder")
     compile: bool = option(False, "torch.compile the backbone")
-    compile_view_ops: bool = option(True, "torch.compile the x' view's colour jitter, grayscale and solarize into "
-                                          "fused kernels (eager, with a one-line warning, where compiling fails)")
+    compile_view_ops: bool = option(
+        True,
+        "torch.compile the x' view's colour jitter, grayscale and solarize into "
+        "fused kernels (eager, with a one-line warning, where compiling fails)",
+    )
     accumulate_grad_batches: int = option(1, "gradient accumulation steps", ge=1)
     n_workers: int = option(2, "data-loader worker processes", ge=0)
     log_every: int = option(50, "log every N steps", ge=1)
@@ -290,8 +390,11 @@ class CacheConfig:
     dir: Optional[str] = option(None, "cache folder (None: <run_dir>/cache, shared by runs)")
     dtype: str = option("float16", "storage dtype", choices=("float16", "float32"))
     max_dim: Optional[int] = option(None, "seeded random projection of larger representations to this many dims", ge=1)
-    max_gb: Optional[float] = option(None, "refuse to build a cache larger than this many GB (None: the free space "
-                                           "of cache.dir is the limit)", gt=0.0)
+    max_gb: Optional[float] = option(
+        None,
+        "refuse to build a cache larger than this many GB (None: the free space of cache.dir is the limit)",
+        gt=0.0,
+    )
 
 
 @dataclass
@@ -305,21 +408,29 @@ class PretrainConfig(BaseTrainConfig):
     """MV-MR pretraining (main_self_supervised.py, main_clip_self_supervised.py)."""
 
     encoder_type: str = option("resnet", "encoder family (seed key)", choices=("resnet",))
-    clip: ClipConfig = option(factory=ClipConfig, help="defaults for a 'teacher' representation of kind open_clip (seed key)")
+    clip: ClipConfig = option(
+        factory=ClipConfig, help="defaults for a 'teacher' representation of kind open_clip (seed key)"
+    )
 
     fine_tune_from: Optional[str] = option(None, "checkpoint whose weights initialise the encoder")
     encoder: EncoderConfig = option(factory=EncoderConfig, help="encoder / projector section")
     loss: LossConfig = option(factory=LossConfig, help="loss-term weights")
     representations: Optional[List[RepresentationConfig]] = option(
-        None, "the φ_k terms ([]: none; absent: the authors' format, see mvmr.authors_format)")
+        None, "the φ_k terms ([]: none; absent: the authors' format, see mvmr.authors_format)"
+    )
     hog: HogConfig = option(factory=HogConfig, help="defaults for 'hog' representations (seed key)")
     scatnet: ScatnetConfig = option(factory=ScatnetConfig, help="defaults for 'scatnet' representations (seed key)")
     cache: CacheConfig = option(factory=CacheConfig, help="representation cache")
     probe: ProbeConfig = option(factory=ProbeConfig, help="online linear probe")
     eval: EvalConfig = option(factory=EvalConfig, help="linear / k-NN evaluation")
-    ema_decay: float = option(0.0, "keep an exponential moving average of the backbone's weights with this decay "
-                                   "(0: none; e.g. 0.999); checkpoints hold it as ema_backbone.*, and evaluation "
-                                   "uses it by default (eval.weights)", ge=0.0, le=0.9999)
+    ema_decay: float = option(
+        0.0,
+        "keep an exponential moving average of the backbone's weights with this decay "
+        "(0: none; e.g. 0.999); checkpoints hold it as ema_backbone.*, and evaluation "
+        "uses it by default (eval.weights)",
+        ge=0.0,
+        le=0.9999,
+    )
 
 
 @dataclass
@@ -328,8 +439,11 @@ class SemiSupervisedConfig(BaseTrainConfig):
 
     lr_head: Optional[float] = option(None, "learning rate of the linear head (None: 10 x lr)", gt=0.0)
     fine_tune_from: Optional[str] = option(None, "pretrained checkpoint (the --path_ckpt flag overrides)")
-    encoder: Optional[EncoderConfig] = option(None, "if given, checked against the checkpoint's encoder (the "
-                                                    "architecture of a checkpoint saved by the authors' code)")
+    encoder: Optional[EncoderConfig] = option(
+        None,
+        "if given, checked against the checkpoint's encoder (the "
+        "architecture of a checkpoint saved by the authors' code)",
+    )
     num_features: Optional[int] = option(None, "backbone feature size (the authors' key; checked)", ge=1)
     eval: EvalConfig = option(factory=EvalConfig, help="test-time evaluation (ten_crop)")
 
@@ -348,12 +462,16 @@ class VOCConfig(BaseTrainConfig):
     dataset: VOCDatasetConfig = option(factory=VOCDatasetConfig, help="the data (Pascal VOC 2007)")
 
     num_classes: int = option(20, "VOC07 classes (seed key; must be 20)", ge=20, le=20)
-    protocol: str = option("linear", "linear: BCE linear head; svm: one linear SVM per class, cost by CV",
-                           choices=("linear", "svm"))
+    protocol: str = option(
+        "linear", "linear: BCE linear head; svm: one linear SVM per class, cost by CV", choices=("linear", "svm")
+    )
     svm_costs: List[float] = option(help="SVM costs tried by cross-validation", factory=lambda: [0.01, 0.1, 1.0, 10.0])
     fine_tune_from: Optional[str] = option(None, "unused (seed key)")
-    encoder: Optional[EncoderConfig] = option(None, "architecture of a checkpoint saved by the authors' code "
-                                                    "(the authors' key; checked against an mvmr checkpoint's own)")
+    encoder: Optional[EncoderConfig] = option(
+        None,
+        "architecture of a checkpoint saved by the authors' code "
+        "(the authors' key; checked against an mvmr checkpoint's own)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,13 +563,18 @@ def _check_bounds(value: Any, meta: dict, key: str) -> None:
     if "registry" in meta:
         names = registered_names(meta["registry"])
         if value not in names:
-            raise ConfigError(f"{key}: unknown {meta['registry']} {value!r}{did_you_mean(str(value), names)}; "
-                              f"allowed: {', '.join(names)}")
+            raise ConfigError(
+                f"{key}: unknown {meta['registry']} {value!r}{did_you_mean(str(value), names)}; "
+                f"allowed: {', '.join(names)}"
+            )
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, choices))}")
-    for name, test, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
-                             ("le", lambda v, b: v <= b, "<=")):
+    for name, test, word in (
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+    ):
         if name in meta and isinstance(value, (int, float)) and not test(value, meta[name]):
             raise ConfigError(f"{key} must be {word} {meta[name]}, got {value!r}")
 
@@ -500,7 +623,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``--set a.b=c`` overrides to a raw mapping; list items are addressed by index (``representations.0.weight``)."""
+    """Apply ``--set a.b=c`` overrides to a raw mapping; list items are addressed by index
+    (``representations.0.weight``)."""
     for text in overrides:
         parts, value = parse_override(text)
         node: Any = data
@@ -545,12 +669,15 @@ def move_seed_loss_keys(data: dict) -> None:
         loss[key] = value
 
 
-SCHEMA_PROTOCOLS = {"PretrainConfig": "self_supervised", "SemiSupervisedConfig": "semi_supervised",
-                    "VOCConfig": "voc"}
+SCHEMA_PROTOCOLS = {"PretrainConfig": "self_supervised", "SemiSupervisedConfig": "semi_supervised", "VOCConfig": "voc"}
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, schema: type = PretrainConfig,
-                protocol: str | None = None) -> Any:
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    schema: type = PretrainConfig,
+    protocol: str | None = None,
+) -> Any:
     """Read YAML ``path`` (or start from defaults when None), apply overrides, validate against ``schema``.
 
     A file in the authors' format is completed with what their code fixes (:mod:`mvmr.authors_config`);
@@ -561,7 +688,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, sch
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file '{path}' not found; pass an existing YAML file, e.g. configs/digits_self_supervised.yaml")
+            raise ConfigError(
+                f"config file '{path}' not found; pass an existing YAML file, e.g. configs/digits_self_supervised.yaml"
+            )
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
@@ -615,28 +744,36 @@ def check_consistency(cfg: Any) -> None:
         if dataset is not None and encoder.pool_grid > 1:
             side = last_map_side(dataset.size, encoder.small_kernel, encoder.maxpool)
             if encoder.pool_grid > side:
-                raise ConfigError(f"encoder.pool_grid={encoder.pool_grid} is larger than the {side}x{side} last "
-                                  f"feature map at dataset.size={dataset.size} (it would only repeat features); "
-                                  f"use encoder.pool_grid <= {side}")
+                raise ConfigError(
+                    f"encoder.pool_grid={encoder.pool_grid} is larger than the {side}x{side} last "
+                    f"feature map at dataset.size={dataset.size} (it would only repeat features); "
+                    f"use encoder.pool_grid <= {side}"
+                )
     for i, rep in enumerate(getattr(cfg, "representations", []) or []):
         if not rep.name:
             raise ConfigError(f"representations[{i}].name is required")
     if isinstance(cfg, PretrainConfig):
         needed = 4 if cfg.loss.unbiased else 2
         if cfg.batch_size < needed:
-            why = "the bias-corrected dCor (loss.unbiased)" if cfg.loss.unbiased else "the MV-MR loss (its variance " \
-                  "hinge and distance terms)"
+            why = (
+                "the bias-corrected dCor (loss.unbiased)"
+                if cfg.loss.unbiased
+                else "the MV-MR loss (its variance hinge and distance terms)"
+            )
             raise ConfigError(f"batch_size must be >= {needed} for {why}; got {cfg.batch_size}")
     scatnet, dataset = getattr(cfg, "scatnet", None), getattr(cfg, "dataset", None)
     if scatnet is not None and scatnet.shape is not None and list(scatnet.shape) != [dataset.size, dataset.size]:
-        raise ConfigError(f"scatnet.shape {list(scatnet.shape)} must be [dataset.size, dataset.size] = "
-                          f"[{dataset.size}, {dataset.size}] (ScatNet runs on x̄); fix it or remove scatnet.shape")
+        raise ConfigError(
+            f"scatnet.shape {list(scatnet.shape)} must be [dataset.size, dataset.size] = "
+            f"[{dataset.size}, {dataset.size}] (ScatNet runs on x̄); fix it or remove scatnet.shape"
+        )
     if dataset is not None and (dataset.mean is None) != (dataset.std is None):
         raise ConfigError("dataset.mean and dataset.std go together: set both (one value per channel) or neither")
     if dataset is not None and dataset.std is not None:
         if len(dataset.mean) != len(dataset.std) or min(dataset.std) <= 0:
-            raise ConfigError(f"dataset.mean / dataset.std need one value per channel and std > 0; got "
-                              f"{dataset.mean} / {dataset.std}")
+            raise ConfigError(
+                f"dataset.mean / dataset.std need one value per channel and std > 0; got {dataset.mean} / {dataset.std}"
+            )
     devices = getattr(getattr(cfg, "trainer", None), "devices", 1)
     if isinstance(devices, str) and devices != "auto":
         raise ConfigError(f"trainer.devices must be a positive integer or 'auto', got {devices!r}")
@@ -668,8 +805,11 @@ def describe_schema(cls: type = PretrainConfig, prefix: str = "") -> list[tuple[
         if dataclasses.is_dataclass(tp):
             rows.extend(describe_schema(tp, key + "."))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")  # type: ignore[misc]
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        )  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
         if "choices" in f.metadata:
             help_text += f" ({' / '.join(map(str, f.metadata['choices']))})"

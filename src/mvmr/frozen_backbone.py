@@ -4,6 +4,7 @@ representation (:mod:`mvmr.representations.teacher`), so neither imports the oth
 Checkpoints of this project and the authors' files (vkinakh/mv-mr: their Lightning .ckpt and their exported
 .pth, see :mod:`mvmr.checkpoint_formats`) are both read with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,14 @@ import torch
 from torch import nn
 
 from mvmr.checkpoint import copy_backbone_weights, encoder_config_of, read_checkpoint
-from mvmr.checkpoint_formats import (AUTHORS_IMAGE_SIZE, AUTHORS_MEAN, AUTHORS_STD, CheckpointWeights,
-                                     infer_encoder_config, read_weights)
+from mvmr.checkpoint_formats import (
+    AUTHORS_IMAGE_SIZE,
+    AUTHORS_MEAN,
+    AUTHORS_STD,
+    CheckpointWeights,
+    infer_encoder_config,
+    read_weights,
+)
 from mvmr.config import EncoderConfig
 from mvmr.data.datasets.base import DatasetInfo
 from mvmr.errors import CheckpointError
@@ -39,9 +46,16 @@ def authors_info(found: CheckpointWeights) -> DatasetInfo:
     return DatasetInfo(found.n_classes, 3, AUTHORS_MEAN, AUTHORS_STD)
 
 
-def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cpu",
-                         checkpoint: dict | None = None, weights: str = "auto", *, encoder: EncoderConfig | None = None,
-                         info: DatasetInfo | None = None, image_size: int | None = None) -> FrozenEncoder:
+def load_frozen_backbone(
+    ckpt_path: str | Path,
+    device: str | torch.device = "cpu",
+    checkpoint: dict | None = None,
+    weights: str = "auto",
+    *,
+    encoder: EncoderConfig | None = None,
+    info: DatasetInfo | None = None,
+    image_size: int | None = None,
+) -> FrozenEncoder:
     """The backbone of a checkpoint, frozen, in eval mode. No representation, teacher or projector is built, so
     nothing but the checkpoint is needed. ``checkpoint``: the file's contents if the caller already read them
     (``ckpt_path`` then only names it in errors). ``weights``: "auto" (the moving average when the run kept one,
@@ -70,8 +84,10 @@ def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cp
     else:
         hp = ckpt.get("hyper_parameters", {})
         if "info" not in hp or "config" not in hp:
-            raise CheckpointError(f"'{ckpt_path}' has no run settings (hyper_parameters.info/config); "
-                                  "pass a checkpoint written by mvmr's trainers")
+            raise CheckpointError(
+                f"'{ckpt_path}' has no run settings (hyper_parameters.info/config); "
+                "pass a checkpoint written by mvmr's trainers"
+            )
         arch, info, size = encoder_config_of(ckpt), DatasetInfo(**hp["info"]), int(hp["config"]["dataset"]["size"])
     backbone, feature_dim = backbone_from_config(arch, info.channels)
     copy_backbone_weights(backbone, found.backbone, source, found.where)
@@ -80,8 +96,9 @@ def load_frozen_backbone(ckpt_path: str | Path, device: str | torch.device = "cp
     return FrozenEncoder(backbone.to(device), arch, info, size, found.weights, found.format)
 
 
-def load_online_probe(ckpt_path: str | Path, device: str | torch.device = "cpu",
-                      checkpoint: dict | None = None) -> nn.Linear | None:
+def load_online_probe(
+    ckpt_path: str | Path, device: str | torch.device = "cpu", checkpoint: dict | None = None
+) -> nn.Linear | None:
     """The online linear probe of a pretraining checkpoint, (B, feature_dim) -> (B, n_classes) logits, frozen;
     None when it has none (a run with ``probe.enabled: false``, a semi-supervised or VOC checkpoint, an authors'
     fine-tuned file). For an authors' self-supervised file: their ``online_finetuner``. ``checkpoint`` as in

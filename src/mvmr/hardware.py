@@ -1,5 +1,6 @@
 """Hardware and precision: where to run, which mixed precision the hardware supports, and a guard against a
 known wrong-gradient case of PyTorch's CPU bf16 convolution."""
+
 from __future__ import annotations
 
 import re
@@ -27,7 +28,9 @@ def default_device() -> torch.device:
 
 def resolve_accelerator(requested: str) -> str:
     if requested == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("trainer.accelerator is 'gpu' but no CUDA device is visible; use trainer.accelerator=auto or cpu")
+        raise ConfigError(
+            "trainer.accelerator is 'gpu' but no CUDA device is visible; use trainer.accelerator=auto or cpu"
+        )
     if requested == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     return requested
@@ -42,8 +45,9 @@ def resolve_precision(fp16: bool, accelerator: str) -> str:
     return "bf16-mixed" if cpu_supports_bf16() else "32-true"
 
 
-def check_precision_fits_model(backbone: torch.nn.Module, channels: int, size: int, precision: str,
-                               accelerator: str) -> None:
+def check_precision_fits_model(
+    backbone: torch.nn.Module, channels: int, size: int, precision: str, accelerator: str
+) -> None:
     """PyTorch's CPU bf16 convolution computes wrong weight gradients for a strided 3x3 convolution whose input is
     1x1 (measured with torch 2.14: different values on every call, sometimes NaN or 1e31; float32 and 2x2 inputs
     are right). Refuse that combination with a one-line fix instead of training on garbage. With
@@ -52,6 +56,8 @@ def check_precision_fits_model(backbone: torch.nn.Module, channels: int, size: i
         return
     names = strided_convs_on_single_pixels(backbone, channels, size)
     if names:
-        raise ConfigError(f"dataset.size={size} leaves 1x1 feature maps at the strided convolution '{names[0]}', "
-                          f"where PyTorch's CPU bf16 convolution computes wrong weight gradients; use a larger "
-                          f"dataset.size, encoder.small_kernel=true, encoder.small_map_matmul=true, or fp16=false")
+        raise ConfigError(
+            f"dataset.size={size} leaves 1x1 feature maps at the strided convolution '{names[0]}', "
+            f"where PyTorch's CPU bf16 convolution computes wrong weight gradients; use a larger "
+            f"dataset.size, encoder.small_kernel=true, encoder.small_map_matmul=true, or fp16=false"
+        )

@@ -4,6 +4,7 @@ would say the same), information to stdout and warnings to stderr, without a pre
 The handlers write to the current ``sys.stdout`` / ``sys.stderr`` (not the ones present at import), so the lines
 follow redirections such as pytest's capture. ``logging.getLogger("mvmr")`` can be configured like any logger.
 """
+
 from __future__ import annotations
 
 import logging

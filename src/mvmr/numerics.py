@@ -1,4 +1,5 @@
 """Numerical helpers shared by the representations and the losses."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """The process group, as every layer sees it: (world size, rank), or (1, 0) outside torch.distributed."""
+
 from __future__ import annotations
 
 import torch.distributed as dist

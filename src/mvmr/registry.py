@@ -1,4 +1,5 @@
 """A tiny name -> factory registry used for datasets, views, representations, methods."""
+
 from __future__ import annotations
 
 import importlib
@@ -49,9 +50,7 @@ class Registry(Generic[T]):
     def get(self, name: str, key: str | None = None) -> T:
         if name not in self._items:
             where = f"{key}: " if key else ""
-            raise ConfigError(
-                f"{where}unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._items))}"
-            )
+            raise ConfigError(f"{where}unknown {self.kind} {name!r}; allowed: {', '.join(sorted(self._items))}")
         return self._items[name]
 
     def names(self) -> list[str]:

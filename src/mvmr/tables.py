@@ -1,4 +1,5 @@
 """Result tables in Markdown (readable in a terminal, pasteable into a document)."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence

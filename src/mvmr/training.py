@@ -1,5 +1,6 @@
 """The training run around a Lightning module: quiet runtime defaults, the run directory, the resume point, the
 Trainer with this project's logging, atomic checkpoints and resilience callbacks, and the Tuner."""
+
 from __future__ import annotations
 
 import datetime
@@ -17,25 +18,36 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.tuner import Tuner
 
+from mvmr import messages
 from mvmr.checkpoint import AtomicCheckpointIO
 from mvmr.config import config_yaml, save_config
 from mvmr.errors import ConfigError
 from mvmr.hardware import check_precision_fits_model, resolve_accelerator, resolve_precision
-from mvmr.methods.resilience import (MidEpochResume, PeriodicCheckpoint, ResumableCSVLogger, RNGStateCallback,
-                                     SaveOnInterrupt)
-from mvmr import messages
-
+from mvmr.methods.resilience import (
+    MidEpochResume,
+    PeriodicCheckpoint,
+    ResumableCSVLogger,
+    RNGStateCallback,
+    SaveOnInterrupt,
+)
 
 # Lightning's info lines that say nothing about this run: advertisements, the accelerators it did not find, and
 # how it counts steps
-LIGHTNING_NOISE = ("💡 Tip", "GPU available:", "TPU available:", "HPU available:",
-                   "Loading `train_dataloader` to estimate", "was configured so 100%")
+LIGHTNING_NOISE = (
+    "💡 Tip",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "Loading `train_dataloader` to estimate",
+    "was configured so 100%",
+)
 
 
 class _DropLightningNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(LIGHTNING_NOISE) and \
-            "was configured so 100%" not in str(record.getMessage())
+        return not str(record.getMessage()).startswith(LIGHTNING_NOISE) and "was configured so 100%" not in str(
+            record.getMessage()
+        )
 
 
 def configure_runtime() -> None:
@@ -103,8 +115,15 @@ def _limit(value: int | float) -> int | float | None:
     return None if isinstance(value, float) and value == 1.0 else value
 
 
-def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list | None = None,
-                  max_epochs: int | None = None, module: Any = None) -> pl.Trainer:
+def build_trainer(
+    cfg: Any,
+    run: RunDir,
+    *,
+    monitor: str | None,
+    callbacks: list | None = None,
+    max_epochs: int | None = None,
+    module: Any = None,
+) -> pl.Trainer:
     """A Lightning Trainer with the project's logging, atomic checkpoints and hardware settings. With ``module``
     (it has ``backbone`` and ``info``), first refuse a precision the backbone cannot train with at this size."""
     accelerator = resolve_accelerator(cfg.trainer.accelerator)
@@ -113,40 +132,77 @@ def build_trainer(cfg: Any, run: RunDir, *, monitor: str | None, callbacks: list
         check_precision_fits_model(module.backbone, module.info.channels, cfg.dataset.size, precision, accelerator)
     # `last` gets its own callback: Lightning 2.6 writes save_last only when a top-k checkpoint was written
     # in the same step, so a run whose best stopped improving would resume from an old epoch
-    last = ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
-                           auto_insert_metric_name=False, enable_version_counter=False)
+    last = ModelCheckpoint(
+        dirpath=run.checkpoints,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
     checkpoints = [last]
     if monitor is not None:
-        checkpoints.insert(0, ModelCheckpoint(
-            dirpath=run.checkpoints, filename="best", monitor=monitor, mode="max", save_top_k=1,
-            auto_insert_metric_name=False, enable_version_counter=False, every_n_epochs=cfg.eval_every))
-    loggers = [ResumableCSVLogger(save_dir=run.path.parent, name=run.path.name, version=""),
-               TensorBoardLogger(save_dir=run.path, name="tensorboard", version="")]
+        checkpoints.insert(
+            0,
+            ModelCheckpoint(
+                dirpath=run.checkpoints,
+                filename="best",
+                monitor=monitor,
+                mode="max",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+                every_n_epochs=cfg.eval_every,
+            ),
+        )
+    loggers = [
+        ResumableCSVLogger(save_dir=run.path.parent, name=run.path.name, version=""),
+        TensorBoardLogger(save_dir=run.path, name="tensorboard", version=""),
+    ]
     return pl.Trainer(
-        accelerator=accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
-        strategy=cfg.trainer.strategy, sync_batchnorm=cfg.trainer.sync_batchnorm, precision=precision,
-        max_epochs=max_epochs or cfg.epochs, max_steps=cfg.trainer.max_steps,
-        limit_train_batches=_limit(cfg.trainer.limit_train_batches), limit_val_batches=_limit(cfg.trainer.limit_val_batches),
-        accumulate_grad_batches=cfg.accumulate_grad_batches, check_val_every_n_epoch=cfg.eval_every,
+        accelerator=accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy,
+        sync_batchnorm=cfg.trainer.sync_batchnorm,
+        precision=precision,
+        max_epochs=max_epochs or cfg.epochs,
+        max_steps=cfg.trainer.max_steps,
+        limit_train_batches=_limit(cfg.trainer.limit_train_batches),
+        limit_val_batches=_limit(cfg.trainer.limit_val_batches),
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        check_val_every_n_epoch=cfg.eval_every,
         gradient_clip_val=cfg.gradient_clip_val,
         log_every_n_steps=cfg.log_every,
-        callbacks=[*checkpoints, LearningRateMonitor("step"), RNGStateCallback(cfg.seed), SaveOnInterrupt(run.last),
-                   PeriodicCheckpoint(run.last, cfg.trainer.checkpoint_every_n_steps,
-                                      cfg.trainer.checkpoint_every_minutes),
-                   MidEpochResume(), *(callbacks or [])],
-        logger=loggers, plugins=[AtomicCheckpointIO()], deterministic=cfg.deterministic,
-        enable_progress_bar=cfg.trainer.progress_bar, default_root_dir=str(run.path),
-        **{"enable_model_summary": False, "num_sanity_val_steps": 0, **cfg.trainer.args})
+        callbacks=[
+            *checkpoints,
+            LearningRateMonitor("step"),
+            RNGStateCallback(cfg.seed),
+            SaveOnInterrupt(run.last),
+            PeriodicCheckpoint(run.last, cfg.trainer.checkpoint_every_n_steps, cfg.trainer.checkpoint_every_minutes),
+            MidEpochResume(),
+            *(callbacks or []),
+        ],
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        deterministic=cfg.deterministic,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        default_root_dir=str(run.path),
+        **{"enable_model_summary": False, "num_sanity_val_steps": 0, **cfg.trainer.args},
+    )
 
 
-def tune(cfg: Any, trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any, auto_bs: bool,
-         auto_lr: bool) -> None:
+def tune(
+    cfg: Any, trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any, auto_bs: bool, auto_lr: bool
+) -> None:
     """Lightning's batch-size scaler / LR finder on one device; suggestions go into the config."""
     if not (auto_bs or auto_lr):
         return
     if trainer.world_size > 1:
-        raise ConfigError("--auto_bs/--auto_lr tune on one device: run once with --set trainer.devices=1 to get the "
-                          "suggestions, then launch the multi-device run with --set batch_size=... lr=...")
+        raise ConfigError(
+            "--auto_bs/--auto_lr tune on one device: run once with --set trainer.devices=1 to get the "
+            "suggestions, then launch the multi-device run with --set batch_size=... lr=..."
+        )
 
     tuner = Tuner(trainer)
     if auto_bs:
@@ -158,8 +214,9 @@ def tune(cfg: Any, trainer: pl.Trainer, module: pl.LightningModule, datamodule: 
         max_epochs = trainer.fit_loop.max_epochs
         trainer.fit_loop.max_epochs = 10**6  # small datasets: the 60 finder steps may span several epochs
         try:
-            finder = tuner.lr_find(module, datamodule=datamodule, min_lr=1e-6, max_lr=1.0, num_training=60,
-                                   early_stop_threshold=None)  # the MV-MR loss is not a CE: no "diverged" cut
+            finder = tuner.lr_find(
+                module, datamodule=datamodule, min_lr=1e-6, max_lr=1.0, num_training=60, early_stop_threshold=None
+            )  # the MV-MR loss is not a CE: no "diverged" cut
         finally:
             trainer.fit_loop.max_epochs = max_epochs
         suggestion = finder.suggestion() if finder is not None else None

@@ -1,9 +1,9 @@
 """Helpers of the benchmark scripts: step_time's per-round ratio statistic, step_profile's labels and argument
 checks (hand-worked cases)."""
+
 import argparse
 
 import pytest
-
 from conftest import load_benchmark
 
 
@@ -51,8 +51,11 @@ def test_int_at_least_gives_usage_errors():
 
 def test_benchmark_flags_reject_bad_counts_before_any_work(capsys):
     """A bad count stops the script at argument parsing (exit 2, one line naming the flag), not after an hour."""
-    for script, argv in (("step_time", ["--rounds", "1"]), ("ablation", ["--supervised_epochs", "0"]),
-                         ("ablation", ["--epochs", "0"])):
+    for script, argv in (
+        ("step_time", ["--rounds", "1"]),
+        ("ablation", ["--supervised_epochs", "0"]),
+        ("ablation", ["--epochs", "0"]),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             load_benchmark(script).build_parser().parse_args(argv)
         assert exit_info.value.code == 2
@@ -72,6 +75,10 @@ def test_isolated_extra_work_names_every_piece(tmp_path):
     stepper = step_time.Stepper(step_time.make_module(32, 4, step_time.AUTHORS), None)
     step_time.attach_cache(stepper.module, images, str(tmp_path))
     pieces = step_time.isolated_extra_work(stepper, images[:4], torch.arange(4), rounds=1)
-    assert list(pieces) == ["the augmented copy's view (one more per step)", "the augmented copy's dCor term",
-                            "the 4 cache reads", "the 4 cached dCor terms"]
+    assert list(pieces) == [
+        "the augmented copy's view (one more per step)",
+        "the augmented copy's dCor term",
+        "the 4 cache reads",
+        "the 4 cached dCor terms",
+    ]
     assert all(math.isfinite(seconds) for seconds in pieces.values())

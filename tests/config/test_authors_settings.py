@@ -1,6 +1,7 @@
 """The settings that reproduce what the authors' code (vkinakh/mv-mr) fixes in its modules: their learning-rate
 schedules (replayed here with torch's own schedulers, stepped as their code steps them), the probe on a full
 labelled batch, the projector without a last bias, decay of every parameter, the configured normalisation."""
+
 import math
 from types import SimpleNamespace
 
@@ -12,8 +13,19 @@ from mvmr.methods.optim import SCHEDULES, ScheduleLengths, build_optimizer, para
 
 
 def sched_cfg(**overrides):
-    base = dict(optimizer="adam", wd=1e-6, momentum=0.9, warmup_epochs=10, milestones=[], scheduler="warmup_cosine",
-                schedule_epoch="run", epochs=100, min_lr=None, lr=1e-4, accumulate_grad_batches=1)
+    base = dict(
+        optimizer="adam",
+        wd=1e-6,
+        momentum=0.9,
+        warmup_epochs=10,
+        milestones=[],
+        scheduler="warmup_cosine",
+        schedule_epoch="run",
+        epochs=100,
+        min_lr=None,
+        lr=1e-4,
+        accumulate_grad_batches=1,
+    )
     return SimpleNamespace(**{**base, **overrides})
 
 
@@ -48,7 +60,7 @@ def test_authors_clip_schedule_replays_their_module_stepped_per_epoch_and_per_ba
     cfg = sched_cfg(scheduler="authors_clip", warmup_epochs=warmup, epochs=epochs, schedule_epoch="single_device")
     ours = lrs_of(cfg, epochs * batches, batches, batches, epochs * batches)
     assert ours == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert min(ours[warmup * batches:]) < 1e-6 and max(ours[-2 * batches:]) > 0.9e-4  # it falls to 0 and back
+    assert min(ours[warmup * batches :]) < 1e-6 and max(ours[-2 * batches :]) > 0.9e-4  # it falls to 0 and back
 
 
 def test_authors_epoch_cosine_replays_cosine_annealing_stepped_per_epoch():
@@ -81,8 +93,7 @@ def test_warmup_cosine_with_min_lr_is_their_warmup_restart_schedule():
 def test_single_device_epochs_stretch_the_schedule_under_accumulation():
     """With accumulate_grad_batches 8 their schedule counts len(train_dataloader()) steps per epoch while the
     optimiser steps once per 8 batches: after all epochs it has run 1/8 of its cycle."""
-    cfg = sched_cfg(schedule_epoch="single_device", accumulate_grad_batches=8, epochs=80, warmup_epochs=1,
-                    min_lr=1e-6)
+    cfg = sched_cfg(schedule_epoch="single_device", accumulate_grad_batches=8, epochs=80, warmup_epochs=1, min_lr=1e-6)
     loader_batches, run_steps_per_epoch = 80, 10
     lengths = schedule_lengths(cfg, 80 * run_steps_per_epoch, run_steps_per_epoch, loader_batches)
     assert (lengths.total, lengths.warmup) == (80 * 80, 80)
@@ -122,13 +133,15 @@ def test_projector_without_last_bias():
 
 def test_configured_normalisation_replaces_the_datasets_and_is_checked(tmp_path):
     from fixtures_data import dataset_cfg, write_stl10
+
     from mvmr.data.datasets import build_dataset
     from mvmr.errors import ConfigError
 
     write_stl10(tmp_path)
     own = build_dataset(dataset_cfg("stl10", tmp_path, mean=None, std=None), "train").info
-    theirs = build_dataset(dataset_cfg("stl10", tmp_path, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-                           "train").info
+    theirs = build_dataset(
+        dataset_cfg("stl10", tmp_path, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]), "train"
+    ).info
     assert own.mean != theirs.mean and theirs.mean == (0.485, 0.456, 0.406) and theirs.std == (0.229, 0.224, 0.225)
     with pytest.raises(ConfigError, match="need 3 values"):
         build_dataset(dataset_cfg("stl10", tmp_path, mean=[0.5], std=[0.5]), "train")
@@ -137,15 +150,17 @@ def test_configured_normalisation_replaces_the_datasets_and_is_checked(tmp_path)
 def authors_dcor(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Their DistanceCorrelation (vkinakh/mv-mr src/loss/distance_correlation.py), written out: squared
     distances from the Gram formula clamped at 1e-4 before the square root, double centring, the ratio."""
+
     def distances(a):
         sq = (a * a).sum(1, keepdim=True)
         return torch.sqrt(torch.clamp(sq - 2 * a @ a.T + sq.T, min=1e-4))
+
     a, b = distances(x), distances(z)
     big_a = a - a.mean(1) - a.mean(0)[:, None] + a.mean()
     big_b = b - b.mean(1) - b.mean(0)[:, None] + b.mean()
     n = x.shape[0]
-    cov = torch.sqrt((big_a * big_b).mean() / n ** 2)
-    return cov / torch.sqrt(torch.sqrt((big_a * big_a).mean() / n ** 2) * torch.sqrt((big_b * big_b).mean() / n ** 2))
+    cov = torch.sqrt((big_a * big_b).mean() / n**2)
+    return cov / torch.sqrt(torch.sqrt((big_a * big_a).mean() / n**2) * torch.sqrt((big_b * big_b).mean() / n**2))
 
 
 def test_the_authors_distance_clamp_moves_dcor_by_less_than_5e_4():
@@ -154,8 +169,11 @@ def test_the_authors_distance_clamp_moves_dcor_by_less_than_5e_4():
 
     torch.manual_seed(0)
     z = torch.randn(64, 2048, dtype=torch.float64)
-    cases = {"z-z": (z + 0.5 * torch.randn_like(z), z, 32.0), "pixels": (torch.randn(64, 3072, dtype=torch.float64), z, 32.0),
-             "hog": (torch.rand(64, 1536, dtype=torch.float64) * 0.3, z, 1.0)}
+    cases = {
+        "z-z": (z + 0.5 * torch.randn_like(z), z, 32.0),
+        "pixels": (torch.randn(64, 3072, dtype=torch.float64), z, 32.0),
+        "hog": (torch.rand(64, 1536, dtype=torch.float64) * 0.3, z, 1.0),
+    }
     for name, (x, y, scale) in cases.items():
         ours = distance_correlation(x, y).item()
         theirs = authors_dcor(x / scale, y / 32).item()
@@ -168,6 +186,7 @@ def test_the_probe_trains_on_a_full_labelled_batch_with_source_labelled(source, 
     """STL10 is mostly unlabelled: the `batch` probe sees the few labelled samples of each pretraining batch, the
     `labelled` one (their OnlineFineTuner) a full batch of the labelled train split at every step."""
     from fixtures_data import write_stl10
+
     from mvmr.cli.pretrain import pretrain
     from mvmr.methods.pretrain import MVMRPretrainModule
 
@@ -180,12 +199,28 @@ def test_the_probe_trains_on_a_full_labelled_batch_with_source_labelled(source, 
         return original(self, h, labels)
 
     monkeypatch.setattr(MVMRPretrainModule, "_probe_step", record)
-    overrides = ["encoder.width=8", "encoder.out_dim=16-16", "batch_size=8", "trainer.max_steps=4",
-                 "trainer.limit_val_batches=0", "n_workers=0", "fp16=false", "compile_view_ops=false",
-                 "trainer.progress_bar=false", "dataset.val_fraction=0", "cache.enabled=false", "representations=[]",
-                 f"probe.source={source}", f"dataset.path={tmp_path / 'stl10'}", f"run_dir={tmp_path}", "name=probe"]
-    pretrain(["--config", str(__import__("conftest").ROOT / "configs" / "stl10_self_supervised.yaml")]
-             + [arg for item in overrides for arg in ("--set", item)])
+    overrides = [
+        "encoder.width=8",
+        "encoder.out_dim=16-16",
+        "batch_size=8",
+        "trainer.max_steps=4",
+        "trainer.limit_val_batches=0",
+        "n_workers=0",
+        "fp16=false",
+        "compile_view_ops=false",
+        "trainer.progress_bar=false",
+        "dataset.val_fraction=0",
+        "cache.enabled=false",
+        "representations=[]",
+        f"probe.source={source}",
+        f"dataset.path={tmp_path / 'stl10'}",
+        f"run_dir={tmp_path}",
+        "name=probe",
+    ]
+    pretrain(
+        ["--config", str(__import__("conftest").ROOT / "configs" / "stl10_self_supervised.yaml")]
+        + [arg for item in overrides for arg in ("--set", item)]
+    )
     assert len(seen) == 4
     if source == "labelled":
         assert seen == [(8, 8)] * 4
@@ -199,12 +234,23 @@ def test_semi_supervised_head_is_decayed_with_wd_norm_and_bias_and_counts_one_de
     from mvmr.data import DatasetInfo
     from mvmr.methods.semi_supervised import SemiSupervisedModule
 
-    cfg = build_dataclass(SemiSupervisedConfig, {"wd": 0.01, "wd_norm_and_bias": theirs, "epochs": 4, "batch_size": 5,
-                                                 "scheduler": "authors_epoch_cosine", "warmup_epochs": 0})
-    module = SemiSupervisedModule(cfg, DatasetInfo(3, 3, (0.5,) * 3, (0.2,) * 3), EncoderConfig(backbone="resnet18",
-                                  width=8), 3)
-    module.trainer = SimpleNamespace(estimated_stepping_batches=40, max_epochs=4,
-                                     datamodule=SimpleNamespace(num_labelled_train_samples=23))
+    cfg = build_dataclass(
+        SemiSupervisedConfig,
+        {
+            "wd": 0.01,
+            "wd_norm_and_bias": theirs,
+            "epochs": 4,
+            "batch_size": 5,
+            "scheduler": "authors_epoch_cosine",
+            "warmup_epochs": 0,
+        },
+    )
+    module = SemiSupervisedModule(
+        cfg, DatasetInfo(3, 3, (0.5,) * 3, (0.2,) * 3), EncoderConfig(backbone="resnet18", width=8), 3
+    )
+    module.trainer = SimpleNamespace(
+        estimated_stepping_batches=40, max_epochs=4, datamodule=SimpleNamespace(num_labelled_train_samples=23)
+    )
     built = module.configure_optimizers()
     head = [g for g in built["optimizer"].param_groups if g["params"][0] is module.head.weight][0]
     assert head["weight_decay"] == (0.01 if theirs else 0.0)

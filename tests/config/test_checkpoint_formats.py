@@ -7,6 +7,7 @@ src/model/self_supervised_module.py (``_encoder``, ``online_finetuner``, ``_scat
 src/model/semi_supervised_module.py (``encoder``, ``classifier``) and scripts/save_*_weights.py (the .pth
 exports).
 """
+
 import dataclasses
 import os
 import pickle
@@ -15,9 +16,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torchvision
+from conftest import ROOT
 from torch import nn
 
-from conftest import ROOT
 from mvmr.api import load_encoder, load_frozen_backbone, load_online_probe
 from mvmr.checkpoint import AtomicCheckpointIO, load_checkpoint, read_checkpoint, resolved_maxpool
 from mvmr.checkpoint_formats import AUTHORS_MEAN, AUTHORS_STD, infer_encoder_config, read_weights
@@ -53,10 +54,18 @@ def authors_nets(name: str, small_kernel: bool, seed: int = 0) -> dict:
         backbone.conv1 = nn.Conv2d(3, backbone.conv1.out_channels, 3, 1, 1, bias=False)
     backbone.fc = nn.Identity()
     features = 2048 if name == "resnet50" else 512
-    projector = nn.Sequential(nn.Linear(features, PROJECTOR[0], bias=False), nn.BatchNorm1d(PROJECTOR[0]),
-                              nn.ReLU(inplace=True), nn.Linear(PROJECTOR[0], PROJECTOR[1], bias=False))
-    return {"backbone": _randomise(backbone, seed), "projector": _randomise(projector, seed + 1),
-            "probe": nn.Linear(features, N_CLASSES), "classifier": nn.Linear(features, N_CLASSES)}
+    projector = nn.Sequential(
+        nn.Linear(features, PROJECTOR[0], bias=False),
+        nn.BatchNorm1d(PROJECTOR[0]),
+        nn.ReLU(inplace=True),
+        nn.Linear(PROJECTOR[0], PROJECTOR[1], bias=False),
+    )
+    return {
+        "backbone": _randomise(backbone, seed),
+        "projector": _randomise(projector, seed + 1),
+        "probe": nn.Linear(features, N_CLASSES),
+        "classifier": nn.Linear(features, N_CLASSES),
+    }
 
 
 def _prefixed(prefix: str, module: nn.Module) -> dict:
@@ -66,24 +75,44 @@ def _prefixed(prefix: str, module: nn.Module) -> dict:
 def lightning_file(state_dict: dict) -> dict:
     """A Lightning 1.5 checkpoint as their trainers wrote it (hparams set as self.hparams.batch_size / lr)."""
     key = "ModelCheckpoint{'monitor': 'val/acc', 'mode': 'max', 'every_n_train_steps': 0, 'every_n_epochs': 1}"
-    return {"epoch": 99, "global_step": 12300, "pytorch-lightning_version": "1.5.10", "state_dict": state_dict,
-            "hyper_parameters": {"batch_size": 256, "lr": "1e-4"},
-            "callbacks": {key: {"monitor": "val/acc", "best_model_score": torch.tensor(0.71),
-                                "best_model_path": "/runs/x/best_epoch=98.ckpt", "dirpath": "/runs/x"}}}
+    return {
+        "epoch": 99,
+        "global_step": 12300,
+        "pytorch-lightning_version": "1.5.10",
+        "state_dict": state_dict,
+        "hyper_parameters": {"batch_size": 256, "lr": "1e-4"},
+        "callbacks": {
+            key: {
+                "monitor": "val/acc",
+                "best_model_score": torch.tensor(0.71),
+                "best_model_path": "/runs/x/best_epoch=98.ckpt",
+                "dirpath": "/runs/x",
+            }
+        },
+    }
 
 
 def save_authors(fmt: str, nets: dict, path) -> str:
     """Write ``nets`` in the authors' layout ``fmt``; returns the path."""
     if fmt == "authors-lightning-self-supervised":  # SelfSupervisedModule / CLIPSelfSupervisedModule .ckpt
-        state = {**_prefixed("_encoder.backbone.", nets["backbone"]), **_prefixed("_encoder.projector.", nets["projector"]),
-                 **_prefixed("online_finetuner.", nets["probe"]), "_hog.weight": torch.randn(9, 1, 8, 8),
-                 "_scatnet.tensor0": torch.randn(7, 7), "clip.conv1.weight": torch.randn(4, 3, 2, 2)}
+        state = {
+            **_prefixed("_encoder.backbone.", nets["backbone"]),
+            **_prefixed("_encoder.projector.", nets["projector"]),
+            **_prefixed("online_finetuner.", nets["probe"]),
+            "_hog.weight": torch.randn(9, 1, 8, 8),
+            "_scatnet.tensor0": torch.randn(7, 7),
+            "clip.conv1.weight": torch.randn(4, 3, 2, 2),
+        }
         obj = lightning_file(state)
     elif fmt == "authors-lightning-finetuned":  # SemiSupervisedModule / VocLinearEvalModule .ckpt
-        obj = lightning_file({**_prefixed("encoder.", nets["backbone"]), **_prefixed("classifier.", nets["classifier"])})
+        obj = lightning_file(
+            {**_prefixed("encoder.", nets["backbone"]), **_prefixed("classifier.", nets["classifier"])}
+        )
     elif fmt == "authors-export-self-supervised":  # scripts/save_self_weights.py, save_clip_weights.py
-        obj = {"encoder": {**_prefixed("backbone.", nets["backbone"]), **_prefixed("projector.", nets["projector"])},
-               "online_finetuner": nets["probe"].state_dict()}
+        obj = {
+            "encoder": {**_prefixed("backbone.", nets["backbone"]), **_prefixed("projector.", nets["projector"])},
+            "online_finetuner": nets["probe"].state_dict(),
+        }
     else:  # scripts/save_semi_weights.py, save_voc_weights.py
         obj = {"encoder": nets["backbone"].state_dict(), "classifier": nets["classifier"].state_dict()}
     torch.save(obj, path)
@@ -117,9 +146,18 @@ def test_authors_files_give_their_backbone_and_heads(fmt, small_kernel, resnet18
     frozen = load_frozen_backbone(path)
     assert frozen.format == fmt and frozen.weights == "online" and frozen.image_size == 224
     assert (frozen.info.channels, frozen.info.mean, frozen.info.std, frozen.info.n_classes) == (
-        3, AUTHORS_MEAN, AUTHORS_STD, N_CLASSES)
-    assert (frozen.encoder.backbone, frozen.encoder.small_kernel, frozen.encoder.maxpool, frozen.encoder.width,
-            frozen.encoder.pool_grid) == ("resnet18", small_kernel, True, 64, 1)
+        3,
+        AUTHORS_MEAN,
+        AUTHORS_STD,
+        N_CLASSES,
+    )
+    assert (
+        frozen.encoder.backbone,
+        frozen.encoder.small_kernel,
+        frozen.encoder.maxpool,
+        frozen.encoder.width,
+        frozen.encoder.pool_grid,
+    ) == ("resnet18", small_kernel, True, 64, 1)
     found = read_weights(read_checkpoint(path), path)
     probe = load_online_probe(path)
     if fmt in SELF_SUPERVISED:
@@ -165,19 +203,28 @@ def test_infer_encoder_config_tells_the_resnets_apart_and_refuses_other_layouts(
 
 def test_a_mismatching_encoder_is_one_line(resnet18_nets, tmp_path):
     path = save_authors("authors-lightning-self-supervised", resnet18_nets[False], tmp_path / "r18.ckpt")
-    with pytest.raises(CheckpointError, match=r"does not match the configured encoder: _encoder\.backbone\.layer1\.0"
-                                              r"\.conv1\.weight is \(64, 64, 3, 3\) in the checkpoint, \(64, 64, 1, 1\)") as err:
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not match the configured encoder: _encoder\.backbone\.layer1\.0"
+        r"\.conv1\.weight is \(64, 64, 3, 3\) in the checkpoint, \(64, 64, 1, 1\)",
+    ) as err:
         load_encoder(path, encoder=EncoderConfig(backbone="resnet50"))
     assert "\n" not in str(err.value)
-    with pytest.raises(CheckpointError, match=r"_encoder\.backbone\.conv1\.weight is \(64, 3, 7, 7\) in the checkpoint"):
+    with pytest.raises(
+        CheckpointError, match=r"_encoder\.backbone\.conv1\.weight is \(64, 3, 7, 7\) in the checkpoint"
+    ):
         load_frozen_backbone(path, encoder=EncoderConfig(backbone="resnet18", small_kernel=True, maxpool=True))
     # a resnet34 file read as resnet18: every resnet18 weight is there with its shape, the extra blocks are not
     r34 = torchvision.models.resnet34(weights=None)
     r34.fc = nn.Identity()
-    with pytest.raises(CheckpointError, match=r"holds backbone weight 'encoder/layer1\.2\.conv1\.weight' that the "
-                                              r"configured encoder lacks"):
-        load_frozen_backbone("r34.pth", checkpoint={"encoder": r34.state_dict()},
-                             encoder=EncoderConfig(backbone="resnet18"))
+    with pytest.raises(
+        CheckpointError,
+        match=r"holds backbone weight 'encoder/layer1\.2\.conv1\.weight' that the "
+        r"configured encoder lacks",
+    ):
+        load_frozen_backbone(
+            "r34.pth", checkpoint={"encoder": r34.state_dict()}, encoder=EncoderConfig(backbone="resnet18")
+        )
     # the given architecture, info and size are used when they fit
     info = DatasetInfo(5, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     frozen = load_frozen_backbone(path, encoder=EncoderConfig(backbone="resnet18", width=64), info=info, image_size=96)
@@ -188,14 +235,19 @@ def test_a_mismatching_encoder_is_one_line(resnet18_nets, tmp_path):
 def test_unknown_layout_and_ema_on_an_authors_file_are_one_line(resnet18_nets, tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"model": resnet18_nets[False]["backbone"].state_dict()}, path)
-    with pytest.raises(CheckpointError, match=r"has a layout mvmr does not know \(top-level keys \['model'\]\); "
-                                              r"expected 'state_dict' with backbone\.\* \(mvmr\)") as err:
+    with pytest.raises(
+        CheckpointError,
+        match=r"has a layout mvmr does not know \(top-level keys \['model'\]\); "
+        r"expected 'state_dict' with backbone\.\* \(mvmr\)",
+    ) as err:
         load_encoder(path)
     assert "\n" not in str(err.value) and "_encoder.backbone.*" in str(err.value) and "conv1.weight" in str(err.value)
     with pytest.raises(CheckpointError, match=r"state_dict keys \['net.w'\]"):
         load_frozen_backbone("x.ckpt", checkpoint={"state_dict": {"net.w": torch.zeros(1)}})
     authors = save_authors("authors-export-finetuned", resnet18_nets[False], tmp_path / "semi.pth")
-    with pytest.raises(CheckpointError, match="authors' code .*holds no moving-average weights; use weights=online or auto"):
+    with pytest.raises(
+        CheckpointError, match="authors' code .*holds no moving-average weights; use weights=online or auto"
+    ):
         load_encoder(authors, weights="ema")
 
 
@@ -205,11 +257,16 @@ def test_semi_supervised_and_mvmr_teacher_start_from_an_authors_file(resnet18_ne
 
     nets = resnet18_nets[True]
     path = save_authors("authors-export-self-supervised", nets, tmp_path / "self.pth")
-    cfg = load_config(ROOT / "configs" / "digits_semi_supervised.yaml", ["dataset.size=32"], schema=SemiSupervisedConfig)
+    cfg = load_config(
+        ROOT / "configs" / "digits_semi_supervised.yaml", ["dataset.size=32"], schema=SemiSupervisedConfig
+    )
     info = DatasetInfo(10, 3, (0.5,) * 3, (0.25,) * 3)
     module = SemiSupervisedModule.from_pretrained(cfg, info, path)  # no encoder section: inferred
     assert (module.encoder_cfg.backbone, module.encoder_cfg.small_kernel, module.encoder_cfg.maxpool) == (
-        "resnet18", True, True)
+        "resnet18",
+        True,
+        True,
+    )
     same_function(module.backbone.eval(), nets["backbone"])
     cfg.encoder = EncoderConfig(backbone="resnet18")  # an encoder section: used, and checked
     with pytest.raises(CheckpointError, match=r"encoder/backbone\.conv1\.weight is \(64, 3, 3, 3\) in the checkpoint"):
@@ -240,13 +297,16 @@ def test_project_checkpoints_need_nothing_but_tensors_and_plain_types(pretrained
     frozen = load_frozen_backbone(run.best)
     assert frozen.format == "mvmr"
     # the run's own settings are used: a given encoder / info / image size is ignored
-    other = load_frozen_backbone(run.best, encoder=EncoderConfig(backbone="resnet50"), image_size=224,
-                                 info=DatasetInfo(3, 1, (0.5,), (0.5,)))
+    other = load_frozen_backbone(
+        run.best, encoder=EncoderConfig(backbone="resnet50"), image_size=224, info=DatasetInfo(3, 1, (0.5,), (0.5,))
+    )
     assert (other.encoder, other.info, other.image_size) == (frozen.encoder, frozen.info, frozen.image_size)
     # fine-tuning: an encoder section is used and checked, also for what no weight shape shows (the max-pool)
     from mvmr.methods.semi_supervised import SemiSupervisedModule
 
-    cfg = load_config(ROOT / "configs" / "digits_semi_supervised.yaml", ["dataset.size=16"], schema=SemiSupervisedConfig)
+    cfg = load_config(
+        ROOT / "configs" / "digits_semi_supervised.yaml", ["dataset.size=16"], schema=SemiSupervisedConfig
+    )
     cfg.encoder = frozen.encoder
     module = SemiSupervisedModule.from_pretrained(cfg, frozen.info, str(run.best))
     assert torch.equal(module.backbone.conv1.weight, frozen.backbone.conv1.weight)
@@ -260,17 +320,29 @@ def test_a_file_that_runs_code_is_refused_in_one_line_and_nothing_runs(writer, t
     marker = tmp_path / "marker"
     path = tmp_path / "evil.ckpt"
     if writer == "torch.save":
-        torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}, "hyper_parameters": RunsACommand(marker)},
-                   path)
+        torch.save(
+            {"state_dict": {"backbone.conv1.weight": torch.zeros(1)}, "hyper_parameters": RunsACommand(marker)}, path
+        )
     else:  # a plain pickle (a tensor pickled this way would itself be refused: torch.storage._load_from_bytes)
         with open(path, "wb") as f:
             pickle.dump({"state_dict": {"backbone.conv1.weight": [0.0]}, "hyper_parameters": RunsACommand(marker)}, f)
     blocked = f"'{os.system.__module__}.system'"
-    trainer = pl.Trainer(accelerator="cpu", plugins=[AtomicCheckpointIO()], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
-    readers = [read_checkpoint, load_checkpoint, load_encoder, load_online_probe,
-               lambda p: AtomicCheckpointIO().load_checkpoint(p, weights_only=False),  # even when asked for unsafe
-               trainer.strategy.load_checkpoint]  # Lightning's resume path (trainer.fit(ckpt_path=...))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    readers = [
+        read_checkpoint,
+        load_checkpoint,
+        load_encoder,
+        load_online_probe,
+        lambda p: AtomicCheckpointIO().load_checkpoint(p, weights_only=False),  # even when asked for unsafe
+        trainer.strategy.load_checkpoint,
+    ]  # Lightning's resume path (trainer.fit(ckpt_path=...))
     for read in readers:
         with pytest.raises(CheckpointError) as err:
             read(path)

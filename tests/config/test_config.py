@@ -1,4 +1,5 @@
 """Config schema: YAML + overrides, typed validation with one-line errors, shipped configs load."""
+
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,15 @@ CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*_self_supervised
 
 
 def test_defaults_and_overrides_are_typed():
-    cfg = load_config(None, ["dataset.size=48", "lr=3e-4", "encoder.small_kernel=true",
-                             "representations=[{name: hog, weight: -0.5, params: {nbins: 9}}]"])
+    cfg = load_config(
+        None,
+        [
+            "dataset.size=48",
+            "lr=3e-4",
+            "encoder.small_kernel=true",
+            "representations=[{name: hog, weight: -0.5, params: {nbins: 9}}]",
+        ],
+    )
     assert cfg.dataset.size == 48 and cfg.lr == pytest.approx(3e-4) and cfg.encoder.small_kernel is True
     assert cfg.representations[0].name == "hog" and cfg.representations[0].weight == -0.5
     assert cfg.representations[0].params == {"nbins": 9}
@@ -31,19 +39,22 @@ def test_override_list_item_by_index(tmp_path):
     assert cfg.representations[1].weight == 2.0
 
 
-@pytest.mark.parametrize("override, message", [
-    ("foo=1", "unknown config key 'foo'"),
-    ("dataset.nme=x", "unknown config key 'dataset.nme'"),
-    ("optimizer=rmsprop", "optimizer: unknown optimizer 'rmsprop'; allowed: adam, adamw, lars, sgd"),
-    ("batch_size=0", "batch_size must be >= 1"),
-    ("batch_size=1.5", "batch_size must be an integer"),
-    ("lr=fast", "lr must be a number"),
-    ("fp16=maybe", "fp16 must be true or false"),
-    ("encoder.out_dim=12-a", "encoder.out_dim must be positive integers"),
-    ("warmup_epochs=500", "warmup_epochs (500) must be <= epochs"),
-    ("dataset.aug_policy=mixup", "dataset.aug_policy: unknown aug_policy 'mixup'"),
-    ("noequals", "--set expects key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("foo=1", "unknown config key 'foo'"),
+        ("dataset.nme=x", "unknown config key 'dataset.nme'"),
+        ("optimizer=rmsprop", "optimizer: unknown optimizer 'rmsprop'; allowed: adam, adamw, lars, sgd"),
+        ("batch_size=0", "batch_size must be >= 1"),
+        ("batch_size=1.5", "batch_size must be an integer"),
+        ("lr=fast", "lr must be a number"),
+        ("fp16=maybe", "fp16 must be true or false"),
+        ("encoder.out_dim=12-a", "encoder.out_dim must be positive integers"),
+        ("warmup_epochs=500", "warmup_epochs (500) must be <= epochs"),
+        ("dataset.aug_policy=mixup", "dataset.aug_policy: unknown aug_policy 'mixup'"),
+        ("noequals", "--set expects key=value"),
+    ],
+)
 def test_bad_values_give_one_line_errors(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -85,37 +96,49 @@ def test_config_reference_document_is_current():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "scripts/config_reference.py", "--check"], cwd=root,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "scripts/config_reference.py", "--check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["batch_size=1"], r"batch_size must be >= 2 for the MV-MR loss"),
-    (["batch_size=3", "loss.unbiased=true"], r"batch_size must be >= 4 for the bias-corrected dCor"),
-    (["trainer.max_epochs=3"], r"trainer.max_epochs: this project's key is 'epochs'"),
-    (["trainer.log_every_n_steps=3"], r"this project's key is 'log_every'"),
-    (["trainer.callbacks=[]"], r"trainer.callbacks is set by mvmr"),
-    (["trainer.benchmrk=true"], r"unknown config key 'trainer.benchmrk'; did you mean 'benchmark'\?"),
-    (["dataset.sise=3"], r"unknown config key 'dataset.sise'; did you mean 'size'\?"),
-    (["trainer.args={precision: 32-true}"], r"trainer.args.precision: use trainer.precision"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["batch_size=1"], r"batch_size must be >= 2 for the MV-MR loss"),
+        (["batch_size=3", "loss.unbiased=true"], r"batch_size must be >= 4 for the bias-corrected dCor"),
+        (["trainer.max_epochs=3"], r"trainer.max_epochs: this project's key is 'epochs'"),
+        (["trainer.log_every_n_steps=3"], r"this project's key is 'log_every'"),
+        (["trainer.callbacks=[]"], r"trainer.callbacks is set by mvmr"),
+        (["trainer.benchmrk=true"], r"unknown config key 'trainer.benchmrk'; did you mean 'benchmark'\?"),
+        (["dataset.sise=3"], r"unknown config key 'dataset.sise'; did you mean 'size'\?"),
+        (["trainer.args={precision: 32-true}"], r"trainer.args.precision: use trainer.precision"),
+    ],
+)
 def test_mistakes_are_refused_when_the_config_is_read(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(Path(__file__).resolve().parents[2] / "configs" / "digits_self_supervised.yaml", overrides)
 
 
 def test_lightning_trainer_arguments_pass_through():
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "digits_self_supervised.yaml",
-                      ["trainer.benchmark=true", "trainer.args={gradient_clip_algorithm: value}"])
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "digits_self_supervised.yaml",
+        ["trainer.benchmark=true", "trainer.args={gradient_clip_algorithm: value}"],
+    )
     assert cfg.trainer.args == {"gradient_clip_algorithm": "value", "benchmark": True}
 
 
 def test_trainer_args_reach_the_lightning_trainer(tmp_path):
     from mvmr.training import RunDir, build_trainer
 
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "digits_self_supervised.yaml",
-                      ["trainer.val_check_interval=0.5", f"run_dir={tmp_path}"])
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "digits_self_supervised.yaml",
+        ["trainer.val_check_interval=0.5", f"run_dir={tmp_path}"],
+    )
     trainer = build_trainer(cfg, RunDir.for_config(cfg, None, "args"), monitor=None)
     assert trainer.val_check_interval == 0.5
 
@@ -134,16 +157,25 @@ def test_representation_terms_are_resolved_in_one_place_with_every_default():
     from mvmr.data import DatasetInfo
     from mvmr.representations.terms import resolve_terms
 
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "stl10_clip_self_supervised.yaml",
-                      ["representations=[{name: hog, weight: -1.0}, {name: hog, params: {pool: 4}, power: 0.5}, "
-                       "{name: teacher, params: {kind: open_clip}, standardize: true, statistic: dcov}]",
-                       "hog.nbins=12"])
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "stl10_clip_self_supervised.yaml",
+        [
+            "representations=[{name: hog, weight: -1.0}, {name: hog, params: {pool: 4}, power: 0.5}, "
+            "{name: teacher, params: {kind: open_clip}, standardize: true, statistic: dcov}]",
+            "hog.nbins=12",
+        ],
+    )
     specs = resolve_terms(cfg, DatasetInfo(10, 3, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)))
     assert [s.key for s in specs] == ["hog_0", "hog_1", "teacher"]
     assert specs[0].params == {"nbins": 12, "pool": 8} and specs[0].weight == -1.0
     assert specs[1].params == {"nbins": 12, "pool": 4} and specs[1].power == 0.5
-    assert specs[2].params == {"kind": "open_clip", "model_name": "ViT-B-16", "pretrained": "laion400m_e32",
-                               "dataset_mean": [0.1, 0.2, 0.3], "dataset_std": [0.4, 0.5, 0.6]}
+    assert specs[2].params == {
+        "kind": "open_clip",
+        "model_name": "ViT-B-16",
+        "pretrained": "laion400m_e32",
+        "dataset_mean": [0.1, 0.2, 0.3],
+        "dataset_std": [0.4, 0.5, 0.6],
+    }
     assert specs[2].standardize and specs[2].statistic == "dcov"
 
 
@@ -165,6 +197,9 @@ def test_registry_names_are_the_schema_choices_with_no_copy_to_edit():
         del DATASETS._items["my_new_dataset"]
     with pytest.raises(ConfigError, match=r"dataset.name: unknown dataset 'my_new_datset'.*allowed: .*fashion_mnist"):
         load_config(None, ["dataset.name=my_new_datset"])
-    with pytest.raises(ConfigError, match=r"representations\[0\].name: unknown representation 'scatnett'; "
-                                          r"did you mean 'scatnet'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"representations\[0\].name: unknown representation 'scatnett'; "
+        r"did you mean 'scatnet'\?",
+    ):
         load_config(None, ["representations=[{name: scatnett}]"])

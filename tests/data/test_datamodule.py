@@ -1,11 +1,12 @@
 """Splits, semi-supervised subsets and loaders of MVMRDataModule."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
 from fixtures_data import dataset_cfg, write_cifar10, write_flat_folder, write_image_folder, write_stl10
+
 from mvmr.data import MVMRDataModule
 from mvmr.data.datasets import balanced_subset, stratified_split
 from mvmr.errors import ConfigError, DataError
@@ -72,8 +73,11 @@ def test_loaders_yield_uint8_images_long_labels_and_their_own_indices():
     seen = torch.cat([idx for _, _, idx in batches])
     assert len(seen.unique()) == len(seen) == 50 * len(batches)
     assert not torch.equal(seen[:50], torch.arange(50))  # shuffled
-    for loader, dataset in ((dm.val_dataloader(), dm.val_dataset), (dm.test_dataloader(), dm.test_dataset),
-                            (dm.labelled_train_dataloader(shuffle=True, drop_last=False), dm.labelled_train_dataset)):
+    for loader, dataset in (
+        (dm.val_dataloader(), dm.val_dataset),
+        (dm.test_dataloader(), dm.test_dataset),
+        (dm.labelled_train_dataloader(shuffle=True, drop_last=False), dm.labelled_train_dataset),
+    ):
         images, labels, index = next(iter(loader))
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, 8, 8)
         assert labels.dtype == torch.long and index.dtype == torch.long and labels.shape == index.shape
@@ -200,7 +204,7 @@ def test_sampler_shards_like_distributed_sampler(n, world):
     full = EpochSeededSampler(n, seed=0, num_replicas=1, rank=0)
     full.set_epoch(1)
     order = list(full)
-    padded = (order * world)[:world * -(-n // world)]
+    padded = (order * world)[: world * -(-n // world)]
     shards = []
     for rank in range(world):
         sampler = EpochSeededSampler(n, seed=0, num_replicas=world, rank=rank)
@@ -235,8 +239,9 @@ def test_lightning_keeps_the_sampler_under_ddp_instead_of_wrapping_it():
     from mvmr.data.datamodule import EpochSeededSampler
 
     connector = _DataConnector.__new__(_DataConnector)
-    connector.trainer = SimpleNamespace(_accelerator_connector=SimpleNamespace(use_distributed_sampler=True,
-                                                                               is_distributed=True))
+    connector.trainer = SimpleNamespace(
+        _accelerator_connector=SimpleNamespace(use_distributed_sampler=True, is_distributed=True)
+    )
     data = list(range(8))
     assert connector._requires_distributed_sampler(DataLoader(data, sampler=RandomSampler(data)))  # the check works
     ours = EpochSeededSampler(8, seed=0, num_replicas=2, rank=1)

@@ -1,4 +1,5 @@
 """Dataset builders read the real file formats as the reference readers (torchvision, sklearn) do."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,13 +10,30 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from fixtures_data import (
+    dataset_cfg,
+    stl10_bytes,
+    write_cifar10,
+    write_cifar100,
+    write_flat_folder,
+    write_idx,
+    write_idx_file,
+    write_image,
+    write_image_folder,
+    write_stl10,
+)
 from PIL import Image
 from torchvision import transforms
 
-from fixtures_data import (dataset_cfg, stl10_bytes, write_cifar10, write_cifar100, write_flat_folder, write_idx,
-                           write_idx_file, write_image, write_image_folder, write_stl10)
-from mvmr.data.datasets import (DATASETS, ArrayImageDataset, DatasetInfo, FileImageDataset, build_dataset,
-                                load_image, pixel_stats)
+from mvmr.data.datasets import (
+    DATASETS,
+    ArrayImageDataset,
+    DatasetInfo,
+    FileImageDataset,
+    build_dataset,
+    load_image,
+    pixel_stats,
+)
 from mvmr.data.datasets.base import StringTable
 from mvmr.data.datasets.idx import read_idx
 from mvmr.errors import ConfigError, DataError
@@ -40,8 +58,9 @@ def assert_one_line_error(exc_info, *fragments: str) -> None:
 
 # ------------------------------------------------------------------------------ registry, info
 def test_registry_lists_every_dataset_and_rejects_unknown_names():
-    assert DATASETS.names() == sorted(["cifar10", "cifar100", "cifar20", "digits", "fashion_mnist", "image_folder",
-                                       "imagenet", "mnist", "stl10"])
+    assert DATASETS.names() == sorted(
+        ["cifar10", "cifar100", "cifar20", "digits", "fashion_mnist", "image_folder", "imagenet", "mnist", "stl10"]
+    )
     with pytest.raises(ConfigError) as err:
         build_dataset(dataset_cfg("cifar1O"), "train")
     assert_one_line_error(err, "dataset.name", "cifar10, cifar100")
@@ -157,15 +176,21 @@ def test_idx_bad_magic_and_truncation_are_data_errors(tmp_path):
 def test_missing_idx_files_say_how_to_get_them(tmp_path):
     with pytest.raises(DataError) as err:
         build_dataset(dataset_cfg("fashion_mnist", tmp_path), "train")
-    assert_one_line_error(err, "fashion_mnist: no IDX files under", "train-images-idx3-ubyte[.gz]",
-                          "apt-get install -y dataset-fashion-mnist", "dataset.path")
+    assert_one_line_error(
+        err,
+        "fashion_mnist: no IDX files under",
+        "train-images-idx3-ubyte[.gz]",
+        "apt-get install -y dataset-fashion-mnist",
+        "dataset.path",
+    )
     with pytest.raises(DataError) as err:
         build_dataset(dataset_cfg("mnist"), "test")
     assert_one_line_error(err, "mnist: dataset.path is not set")
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                    reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Debian package dataset-fashion-mnist not installed"
+)
 def test_installed_fashion_mnist_is_the_default_path():
     test = build_dataset(dataset_cfg("fashion_mnist"), "test")
     assert len(test) == 10_000 and test[0][0].shape == (1, 28, 28)
@@ -275,8 +300,9 @@ def test_missing_stl10_parts_say_how_to_get_them(tmp_path):
 
 
 # ------------------------------------------------------------------------------ files on disk
-@pytest.mark.parametrize("size, load_size",
-                         [((48, 40), 24), ((30, 57), 24), ((41, 41), 41), ((20, 31), 37), ((40, 43), 40)])
+@pytest.mark.parametrize(
+    "size, load_size", [((48, 40), 24), ((30, 57), 24), ((41, 41), 41), ((20, 31), 37), ((40, 43), 40)]
+)
 def test_load_image_matches_torchvision_resize_and_center_crop(tmp_path, size, load_size):
     path = write_image(tmp_path / "a.png", np.random.default_rng(3), size)
     reference = transforms.Compose([transforms.Resize(load_size), transforms.CenterCrop(load_size)])

@@ -1,13 +1,14 @@
 """Random erasing of x' (dataset.erase_p): torchvision's sampler, per sample, hand-checked boxes, config wiring."""
+
 import pytest
 import torch
 import torchvision.transforms.v2 as T
+from conftest import assert_boxes_like
 
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data.views import build_train_view
 from mvmr.data.views.erasing import ERASE_RATIO, ERASE_SCALE, RandomErasing, erase_boxes, sample_erase_boxes
 from mvmr.errors import ConfigError
-from conftest import assert_boxes_like
 
 
 @pytest.mark.parametrize("height, width", [(28, 28), (32, 20)])
@@ -73,7 +74,9 @@ def test_first_fitting_sizes_aspect_convention_and_strictness():
 
     h, w, found = first_fitting_sizes(3, 30, 30, (1 / 9, 1 / 9), (4.0, 4.0), attempts=2)
     assert h.tolist() == [5.0] * 3 and w.tolist() == [20.0] * 3 and found.all()
-    h, w, found = first_fitting_sizes(3, 30, 30, (1 / 9, 1 / 9), (4.0, 4.0), attempts=2, aspect_is_height_over_width=True)
+    h, w, found = first_fitting_sizes(
+        3, 30, 30, (1 / 9, 1 / 9), (4.0, 4.0), attempts=2, aspect_is_height_over_width=True
+    )
     assert h.tolist() == [20.0] * 3 and w.tolist() == [5.0] * 3 and found.all()
     assert first_fitting_sizes(2, 10, 10, (1.0, 1.0), (1.0, 1.0), attempts=3)[2].all()
     assert not first_fitting_sizes(2, 10, 10, (1.0, 1.0), (1.0, 1.0), attempts=3, strict=True)[2].any()

@@ -1,14 +1,15 @@
 """ImageNet-style file datasets: x̄ is torchvision's Resize(256) + CenterCrop(224), and x' is a random resized crop
 of the WHOLE image cut by the loader's workers (not of the decoded centre square)."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, assert_boxes_like
+from fixtures_data import dataset_cfg, write_image_folder
 from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from conftest import ROOT, assert_boxes_like
-from fixtures_data import dataset_cfg, write_image_folder
 from mvmr.data import loader_crops
 from mvmr.data.datamodule import MVMRDataModule
 from mvmr.data.datasets import build_dataset
@@ -58,9 +59,13 @@ def test_crop_boxes_cover_the_whole_image_with_torchvisions_distribution(tmp_pat
         assert square.shape == (3, 16, 16) and crops.shape == (400, 3, 8, 8) and crops.dtype == torch.uint8
     ours = torch.cat(boxes)
     torch.manual_seed(1)
-    reference = torch.tensor([transforms.RandomResizedCrop.get_params(torch.zeros(1, 160, 320), list(spec.scale),
-                                                                       list(spec.ratio)) for _ in range(2000)],
-                             dtype=torch.float64)
+    reference = torch.tensor(
+        [
+            transforms.RandomResizedCrop.get_params(torch.zeros(1, 160, 320), list(spec.scale), list(spec.ratio))
+            for _ in range(2000)
+        ],
+        dtype=torch.float64,
+    )
     assert_boxes_like(ours, reference, height=160, width=320)
     # a centre square (80..240) would never give these: crops reach both ends of the long side
     right_edge = ours[:, 1] + ours[:, 3]
@@ -77,7 +82,9 @@ def test_a_crop_is_torchvisions_resized_crop_of_the_whole_image(tmp_path, monkey
     _, crops = loader_crops.decode_with_crops(path, "RGB", 32, spec)
     image = Image.open(path).convert("RGB")
     for (top, left, h, w), crop, flip in zip(fixed.int().tolist(), crops, (False, True, False)):
-        theirs = TF.pil_to_tensor(TF.resized_crop(image, top, left, h, w, [24, 24], transforms.InterpolationMode.BILINEAR))
+        theirs = TF.pil_to_tensor(
+            TF.resized_crop(image, top, left, h, w, [24, 24], transforms.InterpolationMode.BILINEAR)
+        )
         theirs = TF.hflip(theirs) if flip else theirs
         assert (crop.int() - theirs.int()).abs().max() <= 1
 
@@ -92,8 +99,11 @@ def test_jpeg_crops_are_decoded_at_a_reduced_scale_when_the_crop_allows(tmp_path
     spec = LoaderCrops(size=64, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.0, count=1)
     assert loader_crops.draft_target(1024, 768, 73, fixed, 64) == (110, 82)  # reduction min(768 / 73, 600 / 64) = 9.375
     _, crops = loader_crops.decode_with_crops(path, "RGB", 73, spec)
-    full = TF.pil_to_tensor(TF.resized_crop(Image.open(path).convert("RGB"), 100, 200, 600, 700, [64, 64],
-                                            transforms.InterpolationMode.BILINEAR))
+    full = TF.pil_to_tensor(
+        TF.resized_crop(
+            Image.open(path).convert("RGB"), 100, 200, 600, 700, [64, 64], transforms.InterpolationMode.BILINEAR
+        )
+    )
     assert (crops[0].float() - full.float()).abs().mean() < 4  # the reduced decode is close to the full one
 
 

@@ -1,4 +1,5 @@
 """Views: x' per-sample randomness, x̄ / ten-crop against torchvision float64 references, shapes, determinism."""
+
 import math
 import pickle
 
@@ -7,22 +8,33 @@ import pytest
 import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
+from conftest import assert_boxes_like
 from PIL import Image
 
-from mvmr.data.views import (EvalView, MirroredView, TenCropView, VIEW_POLICIES, CustomKnobs, build_eval_view,
-                             build_feature_view, build_ten_crop_view, build_train_view, eval_transform)
+from mvmr.data.views import (
+    VIEW_POLICIES,
+    CustomKnobs,
+    EvalView,
+    MirroredView,
+    TenCropView,
+    build_eval_view,
+    build_feature_view,
+    build_ten_crop_view,
+    build_train_view,
+    eval_transform,
+)
 from mvmr.data.views.geometric import PaddedCropFlip, sample_resized_crop_boxes
 from mvmr.data.views.photometric import PerSampleChoice, auto_augment, blur_kernel_size, rand_augment
 from mvmr.data.views.policies import TrainView, custom_policy
 from mvmr.data.views.resample import resample_boxes
 from mvmr.errors import ConfigError, DataError
-from conftest import assert_boxes_like
 
 POLICIES = ["authors", "autoaugment", "cifar", "cifar20", "crop", "custom", "randaugment"]
 MEAN = {1: [0.4], 3: [0.485, 0.456, 0.406]}
 STD = {1: [0.3], 3: [0.229, 0.224, 0.225]}
-NO_RANDOMNESS = CustomKnobs(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), p_flip=0.0, p_jitter=0.0,
-                            p_grayscale=0.0, p_blur=0.0, p_solarize=0.0)
+NO_RANDOMNESS = CustomKnobs(
+    crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), p_flip=0.0, p_jitter=0.0, p_grayscale=0.0, p_blur=0.0, p_solarize=0.0
+)
 
 
 def uint8_images(batch=4, channels=3, height=8, width=None, seed=0):
@@ -116,10 +128,16 @@ def test_cpu_chunks_without_randomness_equal_one_call():
     for channels in (1, 3):
         images = uint8_images(10, channels, 23)
         per_image = 4 * channels * 23 * 23  # bytes of float32 per sample (the 23-px input is the larger side)
-        chunked = TrainView(custom_policy(16, channels, knobs=NO_RANDOMNESS), MEAN[channels], STD[channels], 16,
-                            chunk_bytes=3 * per_image)
-        whole = TrainView(custom_policy(16, channels, knobs=NO_RANDOMNESS), MEAN[channels], STD[channels], 16,
-                          chunk_bytes=0)
+        chunked = TrainView(
+            custom_policy(16, channels, knobs=NO_RANDOMNESS),
+            MEAN[channels],
+            STD[channels],
+            16,
+            chunk_bytes=3 * per_image,
+        )
+        whole = TrainView(
+            custom_policy(16, channels, knobs=NO_RANDOMNESS), MEAN[channels], STD[channels], 16, chunk_bytes=0
+        )
         assert chunked.chunk_size(images) == 3 and whole.chunk_size(images) == 10
         torch.testing.assert_close(chunked(images), whole(images), rtol=0, atol=1e-6)
 
@@ -158,7 +176,7 @@ def test_cifar_crop_is_a_shifted_window_of_the_padded_image():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     flips = 0
     for sample, result in zip(padded, out):
-        windows = [sample[:, i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
+        windows = [sample[:, i : i + 8, j : j + 8] for i in range(5) for j in range(5)]
         plain = any(torch.equal(result, w) for w in windows)
         mirrored = any(torch.equal(result, w.flip(-1)) for w in windows)
         assert plain or mirrored
@@ -179,8 +197,10 @@ def test_crop_boxes_follow_torchvision_distribution(height, width, scale):
     ratio = (3 / 4, 4 / 3)
     torch.manual_seed(0)
     ours = sample_resized_crop_boxes(4000, height, width, scale, ratio)
-    ref = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(1, height, width), list(scale), list(ratio))
-                        for _ in range(4000)], dtype=torch.float64)  # (top, left, h, w)
+    ref = torch.tensor(
+        [T.RandomResizedCrop.get_params(torch.empty(1, height, width), list(scale), list(ratio)) for _ in range(4000)],
+        dtype=torch.float64,
+    )  # (top, left, h, w)
     assert_boxes_like(ours, ref, height, width)
 
 
@@ -196,8 +216,9 @@ def test_resample_boxes_equals_torchvision_resized_crop():
     for upscaled, unscaled and downscaled boxes of different aspect."""
     g = torch.Generator().manual_seed(0)
     images = torch.rand(5, 3, 24, 30, dtype=torch.float64, generator=g)
-    boxes = torch.tensor([[0, 0, 24, 30], [3, 5, 4, 7], [2, 1, 12, 12], [10, 3, 13, 27], [0, 9, 21, 5]],
-                         dtype=torch.float64)
+    boxes = torch.tensor(
+        [[0, 0, 24, 30], [3, 5, 4, 7], [2, 1, 12, 12], [10, 3, 13, 27], [0, 9, 21, 5]], dtype=torch.float64
+    )
     flip = torch.tensor([False, True, False, True, True])
     out = resample_boxes(images, boxes, 12, flip)
     for image, (top, left, h, w), mirrored, result in zip(images, boxes.long().tolist(), flip, out):
@@ -237,8 +258,9 @@ def test_jitter_strength_scales_magnitudes():
     """strength 0 leaves colours alone; strength s gives torchvision's ranges 0.4s / 0.4s / 0.2s / 0.1s."""
     images = uint8_images(4, 3, 16)
     knobs = {"p_jitter": 1.0}
-    zero = TrainView(custom_policy(16, 3, strength=0.0, knobs=CustomKnobs(**{**NO_RANDOMNESS.__dict__, **knobs})),
-                     MEAN[3], STD[3])
+    zero = TrainView(
+        custom_policy(16, 3, strength=0.0, knobs=CustomKnobs(**{**NO_RANDOMNESS.__dict__, **knobs})), MEAN[3], STD[3]
+    )
     assert torch.allclose(zero(images), build_eval_view(16, MEAN[3], STD[3])(images), atol=1e-6)
     jitter = custom_policy(16, 3, strength=0.5)[1]
     assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (0.2, 0.2, 0.1, 0.05)
@@ -254,8 +276,12 @@ def test_one_channel_custom_keeps_brightness_and_contrast_only():
 
 def reference_jitter(image, factors, order):
     """torchvision's functional ops on ONE image, in ``order``."""
-    ops = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
-           "saturation": TF.adjust_saturation, "hue": TF.adjust_hue}
+    ops = {
+        "brightness": TF.adjust_brightness,
+        "contrast": TF.adjust_contrast,
+        "saturation": TF.adjust_saturation,
+        "hue": TF.adjust_hue,
+    }
     for name in order:
         image = ops[name](image, factors[name])
     return image
@@ -273,12 +299,18 @@ def test_colour_jitter_equals_torchvision_per_sample(channels):
     jitter = ColourJitter(0.4, 0.4, 0.2, 0.1, p=0.75)
     for trial in range(4):
         gate, factors, order = jitter.draw(images.shape[0], channels)
-        assert sorted(order) == sorted(factors) == (["brightness", "contrast", "hue", "saturation"]
-                                                     if channels == 3 else ["brightness", "contrast"])
+        assert (
+            sorted(order)
+            == sorted(factors)
+            == (["brightness", "contrast", "hue", "saturation"] if channels == 3 else ["brightness", "contrast"])
+        )
         out = ColourJitter.apply(images, gate, factors, order)
         for i in range(images.shape[0]):
-            expected = reference_jitter(images[i], {k: v[i].item() for k, v in factors.items()}, order) \
-                if gate[i] else images[i]
+            expected = (
+                reference_jitter(images[i], {k: v[i].item() for k, v in factors.items()}, order)
+                if gate[i]
+                else images[i]
+            )
             torch.testing.assert_close(out[i], expected, rtol=0, atol=2e-6)  # torchvision's hue step is float32
 
 
@@ -329,8 +361,7 @@ def test_random_grayscale_equals_torchvision_on_the_gated_samples(compiled):
     untouched = (out == images).flatten(1).all(1)
     assert bool((grey ^ untouched).all())  # every sample is one or the other (random images are never grey)
     assert 0.22 < grey.float().mean().item() < 0.38  # 400 draws of p = 0.3: 4.4 standard deviations either side
-    torch.testing.assert_close(out[grey], TF.rgb_to_grayscale(images[grey], num_output_channels=3), rtol=0,
-                               atol=1e-6)
+    torch.testing.assert_close(out[grey], TF.rgb_to_grayscale(images[grey], num_output_channels=3), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("compiled", [True, False])
@@ -360,6 +391,7 @@ def test_a_failing_compile_falls_back_to_eager_with_one_line(monkeypatch, capsys
         def run(*args):
             calls.append(args)
             raise RuntimeError("InductorError: no C++ compiler\nlong traceback")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -401,8 +433,12 @@ def test_colour_jitter_factor_ranges_and_gate_rate():
     torch.manual_seed(2)
     gate, factors, _ = ColourJitter(0.4, 0.9, 0.2, 0.1, p=0.8).draw(20000, 3)
     assert abs(gate.float().mean().item() - 0.8) < 0.01
-    for name, lo, hi in [("brightness", 0.6, 1.4), ("contrast", 0.1, 1.9), ("saturation", 0.8, 1.2),
-                         ("hue", -0.1, 0.1)]:
+    for name, lo, hi in [
+        ("brightness", 0.6, 1.4),
+        ("contrast", 0.1, 1.9),
+        ("saturation", 0.8, 1.2),
+        ("hue", -0.1, 0.1),
+    ]:
         f = factors[name]
         assert lo <= f.min() and f.max() <= hi and abs(f.mean().item() - (lo + hi) / 2) < 0.01
 
@@ -486,7 +522,7 @@ class AddConstant(torch.nn.Module):
 
 def test_per_sample_choice_picks_distinct_branches_per_sample():
     """Branch k adds 10^k: each output reveals which branches ran on that sample."""
-    choice = PerSampleChoice([AddConstant(10.0 ** k) for k in range(4)], picks=2)
+    choice = PerSampleChoice([AddConstant(10.0**k) for k in range(4)], picks=2)
     torch.manual_seed(0)
     out = choice(torch.zeros(200, 1, 1, 1))[:, 0, 0, 0].round().long().tolist()
     digits = [[int(d) for d in f"{value:04d}"] for value in out]
@@ -575,7 +611,9 @@ def test_train_views_have_no_trainable_state():
 
 
 def test_errors_are_one_line_and_name_the_fix():
-    with pytest.raises(ConfigError, match="dataset.aug_policy: unknown aug_policy 'mixup'; allowed: authors, autoaugment"):
+    with pytest.raises(
+        ConfigError, match="dataset.aug_policy: unknown aug_policy 'mixup'; allowed: authors, autoaugment"
+    ):
         build_train_view("mixup", 16, MEAN[3], STD[3], 3)
     with pytest.raises(ConfigError, match="one value per channel"):
         build_train_view("custom", 16, MEAN[3], STD[3], 1)

@@ -1,28 +1,39 @@
 """The authors' augmentation policies ('authors' = their AugTransform 'custom', 'cifar20'; vkinakh/mv-mr
 src/transform/transform.py) and the bicubic resized crop: against torchvision's functional ops with the draws each
 sample got, draw rates and ranges, the order of the ops, shapes and ranges of the views."""
+
 import itertools
 
 import pytest
 import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
+from conftest import assert_boxes_like
 from torchvision.transforms import InterpolationMode
 
-from mvmr.data.views import VIEW_POLICIES, build_train_view
-from mvmr.data.views import geometric, photometric
+from mvmr.data.views import VIEW_POLICIES, build_train_view, geometric, photometric
 from mvmr.data.views.geometric import ResizedCropFlip
-from mvmr.data.views.photometric import (COMPILABLE_OPS, JITTER_ORDER, ColourJitter, GaussianBlur, RandomGrayscale,
-                                         Solarize, authors_blur_kernel_size)
+from mvmr.data.views.photometric import (
+    COMPILABLE_OPS,
+    JITTER_ORDER,
+    ColourJitter,
+    GaussianBlur,
+    RandomGrayscale,
+    Solarize,
+    authors_blur_kernel_size,
+)
 from mvmr.data.views.resample import axis_weights, resample_boxes
 from mvmr.errors import ConfigError
-from conftest import assert_boxes_like
 
 NEW_POLICIES = ["authors", "cifar20"]
 MEAN = {1: [0.4], 3: [0.485, 0.456, 0.406]}
 STD = {1: [0.3], 3: [0.229, 0.224, 0.225]}
-TV_JITTER = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast,
-             "saturation": TF.adjust_saturation, "hue": TF.adjust_hue}
+TV_JITTER = {
+    "brightness": TF.adjust_brightness,
+    "contrast": TF.adjust_contrast,
+    "saturation": TF.adjust_saturation,
+    "hue": TF.adjust_hue,
+}
 
 
 def uint8_images(batch=4, channels=3, height=8, width=None, seed=0):
@@ -53,8 +64,12 @@ class Recorder:
 
     def __init__(self, monkeypatch):
         self.crops, self.jitters, self.greys, self.blurs = [], [], [], []
-        resample, jitter_draw, to_grey, blur_draw = (geometric.resample_boxes, ColourJitter.draw,
-                                                     photometric._to_grey, GaussianBlur.draw)
+        resample, jitter_draw, to_grey, blur_draw = (
+            geometric.resample_boxes,
+            ColourJitter.draw,
+            photometric._to_grey,
+            GaussianBlur.draw,
+        )
 
         def record_resample(images, boxes, size, flip, interpolation="bilinear"):
             self.crops.append((boxes.clone(), flip.clone(), interpolation))
@@ -131,14 +146,17 @@ def test_bicubic_resample_boxes_equals_torchvision_resized_crop(size):
     each sample (float64), for boxes of many shapes (whole image, 1 x 2, tall, wide), with and without flip."""
     g = torch.Generator().manual_seed(0)
     images = torch.rand(7, 3, 24, 30, dtype=torch.float64, generator=g)
-    boxes = torch.tensor([[0, 0, 24, 30], [3, 5, 4, 7], [2, 1, 12, 12], [10, 3, 13, 27], [0, 9, 21, 5],
-                          [5, 5, 1, 2], [1, 0, 23, 30]], dtype=torch.float64)
+    boxes = torch.tensor(
+        [[0, 0, 24, 30], [3, 5, 4, 7], [2, 1, 12, 12], [10, 3, 13, 27], [0, 9, 21, 5], [5, 5, 1, 2], [1, 0, 23, 30]],
+        dtype=torch.float64,
+    )
     flip = torch.tensor([False, True, False, True, True, False, True])
     out = resample_boxes(images, boxes, size, flip, "bicubic")
     assert out.shape == (7, 3, size, size)
     for image, (top, left, h, w), mirrored, result in zip(images, boxes.long().tolist(), flip, out):
-        ref = TF.resized_crop(image, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC,
-                              antialias=True)
+        ref = TF.resized_crop(
+            image, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True
+        )
         ref = TF.horizontal_flip(ref) if mirrored else ref
         torch.testing.assert_close(result, ref, rtol=0, atol=1e-12)
 
@@ -176,8 +194,9 @@ def test_colour_jitter_with_per_sample_order_equals_torchvision_per_sample(chann
     images[0] = images[0].round()
     jitter = ColourJitter(0.8, 0.8, 0.8, 0.2, p=0.75, order_per_sample=True)
     gate, factors, order = jitter.draw(images.shape[0], channels)
-    assert order.shape == (24, 4) and sorted(factors) == (["brightness", "contrast", "hue", "saturation"]
-                                                          if channels == 3 else ["brightness", "contrast"])
+    assert order.shape == (24, 4) and sorted(factors) == (
+        ["brightness", "contrast", "hue", "saturation"] if channels == 3 else ["brightness", "contrast"]
+    )
     assert 0 < gate.sum() < 24 and len({tuple(row) for row in order.tolist()}) > 5
     out = ColourJitter.apply(images, gate, factors, order)
     order_matters = False
@@ -207,10 +226,19 @@ def test_authors_policy_parameters(size, kernel):
     that order."""
     policy = VIEW_POLICIES.get("authors")(size, 3)
     crop, jitter, grey, blur = policy
-    assert (type(crop), type(jitter), type(grey), type(blur)) == (ResizedCropFlip, ColourJitter, RandomGrayscale,
-                                                                  GaussianBlur)
+    assert (type(crop), type(jitter), type(grey), type(blur)) == (
+        ResizedCropFlip,
+        ColourJitter,
+        RandomGrayscale,
+        GaussianBlur,
+    )
     assert (crop.size, crop.scale, crop.ratio, crop.p_flip, crop.interpolation) == (
-        size, (0.08, 1.0), (3 / 4, 4 / 3), 0.5, "bilinear")
+        size,
+        (0.08, 1.0),
+        (3 / 4, 4 / 3),
+        0.5,
+        "bilinear",
+    )
     assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue, jitter.p) == (0.8, 0.8, 0.8, 0.2, 0.8)
     assert jitter.order_per_sample and grey.p == 0.2
     assert (blur.kernel, blur.sigma, blur.p) == (kernel, (0.1, 2.0), 1.0)
@@ -226,7 +254,12 @@ def test_cifar20_policy_parameters():
     assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue, jitter.p) == (0.4, 0.4, 0.4, 0.1, 0.8)
     assert jitter.order_per_sample and grey.p == 0.1
     assert (crop.size, crop.scale, crop.ratio, crop.p_flip, crop.interpolation) == (
-        32, (0.2, 1.0), (3 / 4, 4 / 3), 0.5, "bicubic")
+        32,
+        (0.2, 1.0),
+        (3 / 4, 4 / 3),
+        0.5,
+        "bicubic",
+    )
     assert not ops_of(policy, GaussianBlur) and not ops_of(policy, Solarize)
 
 
@@ -291,11 +324,20 @@ def test_colour_runs_before_the_crop_only_in_cifar20(monkeypatch, policy, expect
     """Left half black, right half white; the crop is the black half and the jitter is contrast 0.5. Contrast
     blends with the mean grey of what it sees: the whole image (cifar20: colour first) gives 0.5 * 0.5 = 0.25,
     the black crop (authors: crop first) keeps 0. Grayscale and flip are off."""
-    monkeypatch.setattr(geometric, "sample_resized_crop_boxes",
-                        lambda batch, h, w, scale, ratio: torch.tensor([[0.0, 0.0, h, w // 2]]).repeat(batch, 1))
-    monkeypatch.setattr(ColourJitter, "draw", lambda self, batch, channels: (
-        torch.ones(batch, dtype=torch.bool), {"contrast": torch.full((batch,), 0.5)},
-        torch.arange(4).repeat(batch, 1)))
+    monkeypatch.setattr(
+        geometric,
+        "sample_resized_crop_boxes",
+        lambda batch, h, w, scale, ratio: torch.tensor([[0.0, 0.0, h, w // 2]]).repeat(batch, 1),
+    )
+    monkeypatch.setattr(
+        ColourJitter,
+        "draw",
+        lambda self, batch, channels: (
+            torch.ones(batch, dtype=torch.bool),
+            {"contrast": torch.full((batch,), 0.5)},
+            torch.arange(4).repeat(batch, 1),
+        ),
+    )
     module = policy_module(policy, 16, 3)
     for op in module.modules():
         if isinstance(op, (RandomGrayscale, ResizedCropFlip)):
@@ -345,8 +387,10 @@ def test_crop_boxes_follow_torchvision_with_the_policy_scale(recorder, policy, s
     """Boxes match RandomResizedCrop.get_params with the policy's area range (0.08 for authors even at 16 px,
     where our other policies use 0.2); only authors has boxes below 17 % of the image."""
     boxes = run_and_record(recorder, policy).crops[0][0]
-    ref = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(1, 32, 32), list(scale), [3 / 4, 4 / 3])
-                        for _ in range(4000)], dtype=torch.float64)
+    ref = torch.tensor(
+        [T.RandomResizedCrop.get_params(torch.empty(1, 32, 32), list(scale), [3 / 4, 4 / 3]) for _ in range(4000)],
+        dtype=torch.float64,
+    )
     assert_boxes_like(boxes, ref, 32, 32)
     small = (boxes[:, 2] * boxes[:, 3] / 1024 < 0.17).float().mean().item()
     assert small > 0.05 if policy == "authors" else small == 0.0

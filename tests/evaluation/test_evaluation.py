@@ -1,4 +1,5 @@
 """k-NN, top-k and linear evaluation against independent computations."""
+
 import numpy as np
 import pytest
 import torch
@@ -21,8 +22,10 @@ def test_knn_matches_numpy_reference():
     labels = torch.randint(0, 4, (50,), generator=g)
     test = torch.randn(7, 8, generator=g)
     scores = knn_logits(train, labels, test, 4, k=5, temperature=0.5, chunk=3)
-    tr = train.double().numpy(); te = test.double().numpy()
-    tr /= np.linalg.norm(tr, axis=1, keepdims=True); te /= np.linalg.norm(te, axis=1, keepdims=True)
+    tr = train.double().numpy()
+    te = test.double().numpy()
+    tr /= np.linalg.norm(tr, axis=1, keepdims=True)
+    te /= np.linalg.norm(te, axis=1, keepdims=True)
     for i in range(7):
         sims = tr @ te[i]
         nn = np.argsort(-sims)[:5]
@@ -66,8 +69,9 @@ def test_stop_after_keeps_the_full_cosine_schedule():
         count = iter(range(1, 100))
         score = None if val_score_at is None else (lambda: float(next(count) == val_score_at))
         loss = lambda idx: torch.nn.functional.cross_entropy(head(x[idx]), y[idx])  # noqa: E731
-        epoch, _ = fit_epochs(head, loss, 64, score, 10, 16, 0.1, 0.0, torch.Generator().manual_seed(2),
-                              stop_after=stop_after)
+        epoch, _ = fit_epochs(
+            head, loss, 64, score, 10, 16, 0.1, 0.0, torch.Generator().manual_seed(2), stop_after=stop_after
+        )
         return epoch, head.weight.detach().clone()
 
     epoch_a, stopped = run(3, None)
@@ -108,8 +112,7 @@ def test_a_head_does_not_depend_on_the_global_generator():
     for global_seed, draws in ((5, 0), (6, 100)):
         torch.manual_seed(global_seed)
         torch.rand(draws)
-        heads.append(fit_linear(x[:80], y[:80], x[80:], y[80:], 3, lrs=[1e-2], wds=[0.0], epochs=3,
-                                batch_size=16).head)
+        heads.append(fit_linear(x[:80], y[:80], x[80:], y[80:], 3, lrs=[1e-2], wds=[0.0], epochs=3, batch_size=16).head)
     assert torch.equal(heads[0].linear.weight, heads[1].linear.weight)
     assert torch.equal(heads[0].linear.bias, heads[1].linear.bias)
 
@@ -124,8 +127,7 @@ def test_head_trains_on_every_view_of_a_sample():
     x1 = x0[:, torch.randperm(12, generator=g)]
     views = torch.stack([x0, x1], dim=1)
     one = fit_linear(x0[:300], y[:300], x0[300:], y[300:], 3, lrs=[1e-2], wds=[0.0], epochs=20, batch_size=32)
-    both = fit_linear(views[:300], y[:300], views[300:], y[300:], 3, lrs=[1e-2], wds=[0.0], epochs=20,
-                      batch_size=32)
+    both = fit_linear(views[:300], y[:300], views[300:], y[300:], 3, lrs=[1e-2], wds=[0.0], epochs=20, batch_size=32)
     with torch.no_grad():
         accuracy = lambda head, v: topk_accuracy(head(v), y[300:], (1,))[1]  # noqa: E731
         assert accuracy(one.head, x0[300:]) > 95 and accuracy(one.head, x1[300:]) < 80

@@ -1,5 +1,6 @@
 """``--protocol authors``: the numbers the authors' evaluate_self_supervised.py computes, checked against
 independent computations (torchvision's ten_crop; a replay of their training loop)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ class Flatten(nn.Module):
 
 def loader_of(images, labels, batch=5):
     index = torch.arange(len(labels))
-    return [(images[i:i + batch], labels[i:i + batch], index[i:i + batch]) for i in range(0, len(labels), batch)]
+    return [(images[i : i + batch], labels[i : i + batch], index[i : i + batch]) for i in range(0, len(labels), batch)]
 
 
 def test_their_ten_crop_at_the_image_size_is_the_average_over_x_bar_and_its_mirror():
@@ -48,9 +49,20 @@ def test_retrain_replays_their_loop_and_reports_the_best_test_epoch():
     backbone, view = Flatten(), EvalView(8, MEAN, STD)
     init = nn.Linear(12, 3)
     epochs = 6
-    result = retrain_head_authors(backbone, 12, 3, loader_of(train_images, train_labels), view,
-                                  loader_of(test_images, test_labels), view, epochs, "cpu", init=init,
-                                  progress=False, log=None)
+    result = retrain_head_authors(
+        backbone,
+        12,
+        3,
+        loader_of(train_images, train_labels),
+        view,
+        loader_of(test_images, test_labels),
+        view,
+        epochs,
+        "cpu",
+        init=init,
+        progress=False,
+        log=None,
+    )
     # their loop, written out: Adam(lr=1e-3) from the probe's weights, CosineAnnealingLR(T_max=epochs) per epoch
     head = nn.Linear(12, 3)
     head.load_state_dict(init.state_dict())
@@ -76,8 +88,21 @@ def test_retrain_starts_from_the_probe():
     images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
     labels = torch.randint(0, 3, (10,))
     view, probe = EvalView(8, MEAN, STD), nn.Linear(12, 3)
-    frozen = retrain_head_authors(Flatten(), 12, 3, loader_of(images, labels), view, loader_of(images, labels), view,
-                                  1, "cpu", init=probe, lr=1e-12, progress=False, log=None)
+    frozen = retrain_head_authors(
+        Flatten(),
+        12,
+        3,
+        loader_of(images, labels),
+        view,
+        loader_of(images, labels),
+        view,
+        1,
+        "cpu",
+        init=probe,
+        lr=1e-12,
+        progress=False,
+        log=None,
+    )
     with torch.no_grad():
         expected = 100.0 * (probe(Flatten()(view(images))).argmax(1) == labels).float().mean().item()
     assert frozen.best_top1 == pytest.approx(expected)

@@ -1,4 +1,5 @@
 """distance_correlation / pairwise_distances against dcor, scipy, a hand-worked case and a naive reference."""
+
 import json
 import math
 import os
@@ -27,9 +28,10 @@ def dependent_pair(batch: int, p: int, q: int, seed: int, dtype=torch.float64):
 
 def naive_distance_correlation(x: torch.Tensor, y: torch.Tensor, unbiased: bool) -> torch.Tensor:
     """Independent float64 reference: distances by explicit (B, B, D) differences, textbook formulas."""
+
     def distances(v):
         diff = v[:, None, :] - v[None, :, :]
-        sq = (diff ** 2).sum(-1)
+        sq = (diff**2).sum(-1)
         off = ~torch.eye(v.shape[0], dtype=torch.bool)
         out = torch.zeros_like(sq)
         out[off] = torch.sqrt(sq[off])  # off-diagonal rows are distinct in the random data used here
@@ -38,14 +40,18 @@ def naive_distance_correlation(x: torch.Tensor, y: torch.Tensor, unbiased: bool)
     a, b = distances(x.reshape(len(x), -1)), distances(y.reshape(len(y), -1))
     n = a.shape[0]
     if unbiased:
+
         def centre(m):
             c = m - m.sum(1, keepdim=True) / (n - 2) - m.sum(0, keepdim=True) / (n - 2) + m.sum() / ((n - 1) * (n - 2))
             return c * (1 - torch.eye(n, dtype=m.dtype))
+
         scale = 1.0 / (n * (n - 3))
     else:
+
         def centre(m):
             return m - m.mean(1, keepdim=True) - m.mean(0, keepdim=True) + m.mean()
-        scale = 1.0 / n ** 2
+
+        scale = 1.0 / n**2
     a, b = centre(a), centre(b)
     ratio = scale * (a * b).sum() / torch.sqrt(scale * (a * a).sum() * scale * (b * b).sum())
     return ratio if unbiased else torch.sqrt(ratio)
@@ -68,14 +74,18 @@ def test_float32_close_to_dcor_library():
     assert distance_correlation(x, y).dtype == torch.float32
     assert distance_correlation(x, y).item() == pytest.approx(dcor.distance_correlation(xn, yn), rel=1e-4)
     assert distance_correlation(x, y, unbiased=True).item() == pytest.approx(
-        dcor.u_distance_correlation_sqr(xn, yn), rel=1e-3, abs=1e-5)
+        dcor.u_distance_correlation_sqr(xn, yn), rel=1e-3, abs=1e-5
+    )
 
 
 def test_unbiased_can_be_negative_like_dcor():
     g = torch.Generator().manual_seed(0)
     values = []
     for _ in range(10):  # independent samples: u_dcor² scatters around 0
-        x, y = torch.randn(16, 3, generator=g, dtype=torch.float64), torch.randn(16, 4, generator=g, dtype=torch.float64)
+        x, y = (
+            torch.randn(16, 3, generator=g, dtype=torch.float64),
+            torch.randn(16, 4, generator=g, dtype=torch.float64),
+        )
         values.append(distance_correlation(x, y, unbiased=True).item())
         assert values[-1] == pytest.approx(dcor.u_distance_correlation_sqr(x.numpy(), y.numpy()), rel=1e-6, abs=1e-12)
     assert min(values) < 0
@@ -86,7 +96,7 @@ def test_hand_worked_three_points():
     # ΣAB = 72, ΣA² = 360, ΣB² = 144, so dCor² = 72 / sqrt(360·144) = 1/sqrt(10).
     x = torch.tensor([[0.0], [1.0], [2.0]], dtype=torch.float64)
     y = torch.tensor([[0.0], [1.0], [0.0]], dtype=torch.float64)
-    assert distance_correlation(x, y).item() == pytest.approx(10 ** -0.25, rel=1e-12)
+    assert distance_correlation(x, y).item() == pytest.approx(10**-0.25, rel=1e-12)
 
 
 def test_dcor_library_docstring_example_unbiased():
@@ -129,13 +139,13 @@ def test_centring_helpers_match_dcor_library():
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
 def test_chunked_equals_unchunked(chunk_size):
     x, y = dependent_pair(24, 150, 11, seed=2, dtype=torch.float32)
-    whole = distance_correlation(x, y, chunk_size=10 ** 6)
+    whole = distance_correlation(x, y, chunk_size=10**6)
     assert distance_correlation(x, y, chunk_size=chunk_size).item() == pytest.approx(whole.item(), rel=1e-5)
     x64 = x.double().requires_grad_(True)
     distance_correlation(x64, y.double(), chunk_size=chunk_size).backward()
     chunked_grad = x64.grad.clone()
     x64.grad = None
-    distance_correlation(x64, y.double(), chunk_size=10 ** 6).backward()
+    distance_correlation(x64, y.double(), chunk_size=10**6).backward()
     torch.testing.assert_close(chunked_grad, x64.grad, rtol=1e-9, atol=1e-12)
 
 
@@ -160,7 +170,8 @@ def test_gradcheck_finite_differences(unbiased):
     x.requires_grad_(True)
     y.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda a, b: distance_correlation(a, b, unbiased=unbiased, chunk_size=3), (x, y), eps=1e-6, atol=1e-6)
+        lambda a, b: distance_correlation(a, b, unbiased=unbiased, chunk_size=3), (x, y), eps=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -182,7 +193,7 @@ def test_duplicate_rows_give_finite_gradients(dtype):
 def naive_distance_correlation_with_ties(x, y):
     """Naive V-statistic dCor whose distance is 0 with a zero gradient for coinciding rows."""
     diff = x[:, None, :] - x[None, :, :]
-    sq = (diff ** 2).sum(-1)
+    sq = (diff**2).sum(-1)
     distinct = sq > 0
     a = torch.zeros_like(sq)
     a[distinct] = torch.sqrt(sq[distinct])
@@ -210,7 +221,8 @@ def test_autocast_bf16_upcasts_to_float32():
     reference = dcor.distance_correlation(h.double().detach().numpy(), y.double().numpy())
     assert inside.item() == pytest.approx(reference, rel=1e-5)
     assert inside_u.item() == pytest.approx(
-        dcor.u_distance_correlation_sqr(h.double().detach().numpy(), y.double().numpy()), rel=1e-4, abs=1e-6)
+        dcor.u_distance_correlation_sqr(h.double().detach().numpy(), y.double().numpy()), rel=1e-4, abs=1e-6
+    )
     # float32 inputs under autocast: the Gram matmul must not be run in bf16
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under = distance_correlation(x, y)
@@ -242,8 +254,11 @@ def peak_extra_bytes(fn) -> int:
         prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f)["traceEvents"]
-    memory = sorted((e["ts"], e["args"]["Bytes"]) for e in events
-                    if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0)
+    memory = sorted(
+        (e["ts"], e["args"]["Bytes"])
+        for e in events
+        if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0
+    )
     running = peak = 0
     for _, nbytes in memory:
         running += nbytes
@@ -279,21 +294,34 @@ def test_float16_input_gives_exactly_the_distances_of_its_float32_upcast():
     """Cached rows reach the loss in float16; the Gram chunks upcast them, so nothing changes but the bytes read."""
     x = (torch.rand(16, 3000) * 4 + 1).half()
     for chunk_size in (None, 7, 1000):
-        torch.testing.assert_close(centred_distances(x, chunk_size=chunk_size),
-                                   centred_distances(x.float(), chunk_size=chunk_size), rtol=0, atol=0)
+        torch.testing.assert_close(
+            centred_distances(x, chunk_size=chunk_size),
+            centred_distances(x.float(), chunk_size=chunk_size),
+            rtol=0,
+            atol=0,
+        )
 
 
 def test_workspace_reused_across_shapes_and_dtypes_stays_correct():
     """The Gram chunks share one buffer per device and dtype: wide, narrow, float64 and float32 inputs in turn
     (and a backward in between) each still match the float64 reference."""
     torch.manual_seed(0)
-    inputs = [torch.randn(12, 5000), torch.randn(30, 7), torch.randn(12, 5000, dtype=torch.float64),
-              torch.randn(5, 40000), torch.randn(30, 7)]
+    inputs = [
+        torch.randn(12, 5000),
+        torch.randn(30, 7),
+        torch.randn(12, 5000, dtype=torch.float64),
+        torch.randn(5, 40000),
+        torch.randn(30, 7),
+    ]
     for x in inputs:
         reference = torch.cdist(x.double(), x.double())
         tolerance = 1e-12 if x.dtype == torch.float64 else 1e-4
-        torch.testing.assert_close(pairwise_distances(x, chunk_size=1024).double(), reference,
-                                   rtol=tolerance, atol=tolerance * reference.max().item())
+        torch.testing.assert_close(
+            pairwise_distances(x, chunk_size=1024).double(),
+            reference,
+            rtol=tolerance,
+            atol=tolerance * reference.max().item(),
+        )
         y = torch.randn(x.shape[0], 3, dtype=torch.float64)
         grads = []
         for dtype in (x.dtype, torch.float64):  # the backward's chunks use the workspace too

@@ -1,12 +1,18 @@
 """distance_covariance_sqr / covariance_from_centred and the objective's dCov² terms against dcor (float64)."""
+
 import dcor
 import numpy as np
 import pytest
 import torch
 
 from mvmr.errors import ConfigError
-from mvmr.losses import (MVMRObjective, centred_distances, covariance_from_centred, distance_correlation,
-                         distance_covariance_sqr)
+from mvmr.losses import (
+    MVMRObjective,
+    centred_distances,
+    covariance_from_centred,
+    distance_correlation,
+    distance_covariance_sqr,
+)
 from mvmr.losses import objective as objective_module
 
 
@@ -14,7 +20,7 @@ def dependent_pair(batch: int, p: int, q: int, seed: int, dtype=torch.float64):
     """x (B, p) and y (B, q) = a nonlinear function of x plus noise."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, p, generator=g, dtype=dtype)
-    mix = torch.randn(p, q, generator=g, dtype=dtype) / p ** 0.5
+    mix = torch.randn(p, q, generator=g, dtype=dtype) / p**0.5
     y = torch.tanh(x @ mix) + 0.5 * torch.randn(batch, q, generator=g, dtype=dtype)
     return x, y
 
@@ -56,14 +62,18 @@ def test_scales_with_the_inputs_unlike_dcor():
         scaled = distance_covariance_sqr(-4.0 * x, 0.5 * y + 7.0, unbiased=unbiased).item()
         assert scaled == pytest.approx(2.0 * base, rel=1e-9)
         assert distance_correlation(-4.0 * x, 0.5 * y + 7.0, unbiased=unbiased).item() == pytest.approx(
-            distance_correlation(x, y, unbiased=unbiased).item(), rel=1e-9)
+            distance_correlation(x, y, unbiased=unbiased).item(), rel=1e-9
+        )
 
 
 def test_unbiased_can_be_negative_like_dcor():
     g = torch.Generator().manual_seed(0)
     values = []
     for _ in range(10):  # independent samples: u_dCov² scatters around 0, dCov² (V) stays > 0
-        x, y = torch.randn(16, 3, generator=g, dtype=torch.float64), torch.randn(16, 4, generator=g, dtype=torch.float64)
+        x, y = (
+            torch.randn(16, 3, generator=g, dtype=torch.float64),
+            torch.randn(16, 4, generator=g, dtype=torch.float64),
+        )
         values.append(distance_covariance_sqr(x, y, unbiased=True).item())
         assert values[-1] == pytest.approx(reference(x, y, True), rel=1e-9, abs=1e-14)
         assert distance_covariance_sqr(x, y).item() > 0
@@ -83,7 +93,8 @@ def test_gradcheck_finite_differences(unbiased):
     x.requires_grad_(True)
     y.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda a, b: distance_covariance_sqr(a, b, unbiased=unbiased, chunk_size=3), (x, y), eps=1e-6, atol=1e-6)
+        lambda a, b: distance_covariance_sqr(a, b, unbiased=unbiased, chunk_size=3), (x, y), eps=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -133,8 +144,10 @@ def batch(seed: int = 0, size: int = 24, dim: int = 16, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     z_bar = torch.randn(size, dim, generator=g, dtype=dtype) * 0.8
     z = z_bar + 0.3 * torch.randn(size, dim, generator=g, dtype=dtype)
-    reps = {"hog": 5.0 * torch.tanh(z_bar[:, :5] * 2) + 0.1 * torch.randn(size, 5, generator=g, dtype=dtype),
-            "pixels": torch.randn(size, 3, 4, 4, generator=g, dtype=dtype)}
+    reps = {
+        "hog": 5.0 * torch.tanh(z_bar[:, :5] * 2) + 0.1 * torch.randn(size, 5, generator=g, dtype=dtype),
+        "pixels": torch.randn(size, 3, 4, 4, generator=g, dtype=dtype),
+    }
     return z_bar, z, reps
 
 
@@ -162,8 +175,9 @@ def reference_terms(z_bar, z, reps, statistics, default, unbiased=False, normali
 def test_dcov_terms_and_weighted_loss_match_dcor_library(unbiased, normalize):
     z_bar, z, reps = batch(seed=1)
     weights = {"hog": 0.5, "pixels": -2.0}
-    objective = MVMRObjective(mse_weight=0.0, std_weight=0.0, dcor_weight=0.7, unbiased=unbiased,
-                              normalize_z=normalize, statistic="dcov")
+    objective = MVMRObjective(
+        mse_weight=0.0, std_weight=0.0, dcor_weight=0.7, unbiased=unbiased, normalize_z=normalize, statistic="dcov"
+    )
     loss, terms = objective(z_bar, z, reps, weights)
     ref = reference_terms(z_bar, z, reps, {}, "dcov", unbiased=unbiased, normalize=normalize)
     assert set(terms) == {"mse", "std", "dcov_zz", "dcov/hog", "dcov/pixels", "loss"}
@@ -172,13 +186,15 @@ def test_dcov_terms_and_weighted_loss_match_dcor_library(unbiased, normalize):
     expected = 0.7 * ref["dcov_zz"] + 0.5 * ref["dcov/hog"] - 2.0 * ref["dcov/pixels"]
     assert loss.item() == pytest.approx(expected, rel=1e-9)
     # with the other terms on: they are unchanged by the statistic
-    full = MVMRObjective(mse_weight=2.0, std_weight=3.0, dcor_weight=0.7, unbiased=unbiased, normalize_z=normalize,
-                         statistic="dcov")
+    full = MVMRObjective(
+        mse_weight=2.0, std_weight=3.0, dcor_weight=0.7, unbiased=unbiased, normalize_z=normalize, statistic="dcov"
+    )
     loss_full, terms_full = full(z_bar, z, reps, weights)
     _, terms_dcor = MVMRObjective(unbiased=unbiased, normalize_z=normalize)(z_bar, z, reps, weights)
     assert terms_full["mse"].item() == terms_dcor["mse"].item() and terms_full["std"].item() == terms_dcor["std"].item()
-    assert loss_full.item() == pytest.approx(expected + 2.0 * terms_dcor["mse"].item()
-                                             + 3.0 * terms_dcor["std"].item(), rel=1e-9)
+    assert loss_full.item() == pytest.approx(
+        expected + 2.0 * terms_dcor["mse"].item() + 3.0 * terms_dcor["std"].item(), rel=1e-9
+    )
 
 
 @pytest.mark.parametrize("unbiased", [False, True])
@@ -186,22 +202,30 @@ def test_per_name_override(unbiased):
     z_bar, z, reps = batch(seed=2)
     weights = {"hog": 1.5, "pixels": 0.25}
     # dCor by default, dCov² for hog only
-    loss, terms = MVMRObjective(dcor_weight=0.0, mse_weight=0.0, std_weight=0.0, unbiased=unbiased,
-                                statistics={"hog": "dcov"})(z_bar, z, reps, weights)
+    loss, terms = MVMRObjective(
+        dcor_weight=0.0, mse_weight=0.0, std_weight=0.0, unbiased=unbiased, statistics={"hog": "dcov"}
+    )(z_bar, z, reps, weights)
     ref = reference_terms(z_bar, z, reps, {"hog": "dcov"}, "dcor", unbiased=unbiased)
     assert set(terms) == {"mse", "std", "dcor_zz", "dcov/hog", "dcor/pixels", "loss"}
     for key, value in ref.items():
         assert terms[key].item() == pytest.approx(value, rel=1e-9, abs=1e-12), key
     assert loss.item() == pytest.approx(1.5 * ref["dcov/hog"] + 0.25 * ref["dcor/pixels"], rel=1e-9)
     # dCov² by default, dCor for pixels; None (and unknown names) fall back to the default
-    loss, terms = MVMRObjective(dcor_weight=0.3, mse_weight=0.0, std_weight=0.0, unbiased=unbiased, statistic="dcov",
-                                statistics={"pixels": "dcor", "hog": None, "absent": "dcor"})(z_bar, z, reps, weights)
+    loss, terms = MVMRObjective(
+        dcor_weight=0.3,
+        mse_weight=0.0,
+        std_weight=0.0,
+        unbiased=unbiased,
+        statistic="dcov",
+        statistics={"pixels": "dcor", "hog": None, "absent": "dcor"},
+    )(z_bar, z, reps, weights)
     ref = reference_terms(z_bar, z, reps, {"pixels": "dcor"}, "dcov", unbiased=unbiased)
     assert set(terms) == {"mse", "std", "dcov_zz", "dcov/hog", "dcor/pixels", "loss"}
     for key, value in ref.items():
         assert terms[key].item() == pytest.approx(value, rel=1e-9, abs=1e-12), key
-    assert loss.item() == pytest.approx(0.3 * ref["dcov_zz"] + 1.5 * ref["dcov/hog"] + 0.25 * ref["dcor/pixels"],
-                                        rel=1e-9)
+    assert loss.item() == pytest.approx(
+        0.3 * ref["dcov_zz"] + 1.5 * ref["dcov/hog"] + 0.25 * ref["dcor/pixels"], rel=1e-9
+    )
 
 
 def test_explicit_dcor_is_exactly_the_default():
@@ -209,7 +233,8 @@ def test_explicit_dcor_is_exactly_the_default():
     weights = {"hog": 1.0, "pixels": -0.5}
     loss, terms = MVMRObjective()(z_bar, z, reps, weights)
     loss_explicit, terms_explicit = MVMRObjective(statistic="dcor", statistics={"hog": "dcor", "pixels": None})(
-        z_bar, z, reps, weights)
+        z_bar, z, reps, weights
+    )
     assert torch.equal(loss, loss_explicit)
     assert terms.keys() == terms_explicit.keys() == {"mse", "std", "dcor_zz", "dcor/hog", "dcor/pixels", "loss"}
     assert all(torch.equal(terms[k], terms_explicit[k]) for k in terms)
@@ -243,8 +268,9 @@ def test_positive_weight_maximises_dcov():
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_gradient_matches_finite_differences(unbiased):
     z_bar, z, reps = batch(seed=6, size=10, dim=6)
-    objective = MVMRObjective(std_margin=2.0, dcor_weight=0.5, unbiased=unbiased, statistic="dcov",
-                              statistics={"pixels": "dcor"})
+    objective = MVMRObjective(
+        std_margin=2.0, dcor_weight=0.5, unbiased=unbiased, statistic="dcov", statistics={"pixels": "dcor"}
+    )
     weights = {"hog": 0.3, "pixels": 0.2}
     z_bar.requires_grad_(True)
     z.requires_grad_(True)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.distributed as dist
+from gloo import init_gloo, run_gloo, save_rank_results
 from torch.nn.parallel import DistributedDataParallel
 
-from gloo import init_gloo, run_gloo, save_rank_results
 from mvmr.losses import MVMRObjective, gather_with_grad
 
 WORLD = 2
@@ -20,8 +20,10 @@ def full_batch():
     n = WORLD * LOCAL_BATCH
     x_bar = torch.randn(n, IN_DIM, generator=g, dtype=torch.float64)
     x_aug = x_bar + 0.5 * torch.randn(n, IN_DIM, generator=g, dtype=torch.float64)
-    reps = {"hog": torch.tanh(x_bar[:, :4]) + 0.1 * torch.randn(n, 4, generator=g, dtype=torch.float64),
-            "pixels": torch.randn(n, 3, 2, 2, generator=g, dtype=torch.float64)}
+    reps = {
+        "hog": torch.tanh(x_bar[:, :4]) + 0.1 * torch.randn(n, 4, generator=g, dtype=torch.float64),
+        "pixels": torch.randn(n, 3, 2, 2, generator=g, dtype=torch.float64),
+    }
     return x_bar, x_aug, reps
 
 
@@ -48,8 +50,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         for gather in (True, False):
             model = tiny_model()
             ddp = DistributedDataParallel(model)
-            results[gather] = loss_and_grads(model, ddp, x_bar[mine], x_aug[mine],
-                                             {k: v[mine] for k, v in reps.items()}, gather)
+            results[gather] = loss_and_grads(
+                model, ddp, x_bar[mine], x_aug[mine], {k: v[mine] for k, v in reps.items()}, gather
+            )
         # unequal local batches (3 and 5 rows): rank order kept, gradient = world · ∂L/∂(own rows)
         local = torch.full((3 + 2 * rank, 2), float(rank), dtype=torch.float64, requires_grad=True)
         gathered = gather_with_grad(local)

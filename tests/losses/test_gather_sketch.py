@@ -8,14 +8,19 @@ all_gather returns and all_reduce reduces; the tests compare it with one process
 import pytest
 import torch
 import torch.distributed as dist
-
 from gloo import init_gloo, run_gloo, save_rank_results
+
 from mvmr.losses import MVMRObjective, distance_correlation
 from mvmr.losses import objective as objective_module
 from mvmr.losses import sketch as sketch_module
 from mvmr.losses.objective import signed_power, standardize_columns
-from mvmr.losses.sketch import (RECOMMENDED_GATHER_DIM, SKETCH_DCOR_TOLERANCE, CountSketch, global_column_moments,
-                                sketch_seed)
+from mvmr.losses.sketch import (
+    RECOMMENDED_GATHER_DIM,
+    SKETCH_DCOR_TOLERANCE,
+    CountSketch,
+    global_column_moments,
+    sketch_seed,
+)
 from mvmr.losses.traffic import gathered_bytes_per_step
 
 WORLD = 2
@@ -34,9 +39,15 @@ GRAD_TOLERANCE = 0.05
 
 
 def objective(gather_dim=None, gather=True) -> MVMRObjective:
-    """"wide" is powered, standardised (on the global batch) and a dCov² term; "plain" and "narrow" are dCor."""
-    return MVMRObjective(std_margin=2.0, gather=gather, gather_dim=gather_dim, standardized=("wide",),
-                         powers={"wide": 0.5}, statistics={"wide": "dcov"})
+    """ "wide" is powered, standardised (on the global batch) and a dCov² term; "plain" and "narrow" are dCor."""
+    return MVMRObjective(
+        std_margin=2.0,
+        gather=gather,
+        gather_dim=gather_dim,
+        standardized=("wide",),
+        powers={"wide": 0.5},
+        statistics={"wide": "dcov"},
+    )
 
 
 def full_batch():
@@ -44,14 +55,18 @@ def full_batch():
     ScatNet: non-negative, low-rank plus noise, with a large mean."""
     g = torch.Generator().manual_seed(0)
     latent = torch.randn(N, 8, generator=g, dtype=torch.float64)
-    z_bar = torch.tanh(latent @ torch.randn(8, EMBED, generator=g, dtype=torch.float64)) \
-        + 0.3 * torch.randn(N, EMBED, generator=g, dtype=torch.float64)
+    z_bar = torch.tanh(latent @ torch.randn(8, EMBED, generator=g, dtype=torch.float64)) + 0.3 * torch.randn(
+        N, EMBED, generator=g, dtype=torch.float64
+    )
     z = z_bar + 0.5 * torch.randn(N, EMBED, generator=g, dtype=torch.float64)
     mix = torch.randn(8, DIMS["plain"], generator=g, dtype=torch.float64)
-    reps = {"wide": (latent[:, :3, None, None] + torch.randn(N, 3, 10, 10, generator=g, dtype=torch.float64)).abs(),
-            "plain": (torch.relu(latent @ mix) + 5.0
-                      + 0.5 * torch.rand(N, DIMS["plain"], generator=g, dtype=torch.float64)),
-            "narrow": (latent[:, :1] + torch.randn(N, DIMS["narrow"], generator=g, dtype=torch.float64)).float()}
+    reps = {
+        "wide": (latent[:, :3, None, None] + torch.randn(N, 3, 10, 10, generator=g, dtype=torch.float64)).abs(),
+        "plain": (
+            torch.relu(latent @ mix) + 5.0 + 0.5 * torch.rand(N, DIMS["plain"], generator=g, dtype=torch.float64)
+        ),
+        "narrow": (latent[:, :1] + torch.randn(N, DIMS["narrow"], generator=g, dtype=torch.float64)).float(),
+    }
     return z_bar, z, reps
 
 
@@ -105,12 +120,20 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             loss, terms = obj(z_bar_leaf, z_leaf, local, WEIGHTS)
             counter.phase = "backward"
             loss.backward()
-            results[gather_dim] = {"loss": loss.detach(), "terms": terms, "grad_z_bar": z_bar_leaf.grad,
-                                   "grad_z": z_leaf.grad, "counts": dict(counter.counts)}
+            results[gather_dim] = {
+                "loss": loss.detach(),
+                "terms": terms,
+                "grad_z_bar": z_bar_leaf.grad,
+                "grad_z": z_leaf.grad,
+                "counts": dict(counter.counts),
+            }
             if gather_dim == SMALL_K:
                 sketch = obj.sketch("plain", DIMS["plain"])
-                results["sketch"] = {"source": sketch.source, "signs": sketch.signs,
-                                     "of_common_rows": sketch(reps["plain"][:4])}  # the same rows on both ranks
+                results["sketch"] = {
+                    "source": sketch.source,
+                    "signs": sketch.signs,
+                    "of_common_rows": sketch(reps["plain"][:4]),
+                }  # the same rows on both ranks
         save_rank_results(out_dir, rank, results)
     finally:
         dist.destroy_process_group()
@@ -135,8 +158,12 @@ def sketched_reference(k: int):
         if name == "wide":
             flat = standardize_columns(signed_power(flat, 0.5))
         sketched[name] = flat @ CountSketch(flat.shape[1], k, sketch_seed(name)).matrix()
-    plain = MVMRObjective(std_margin=2.0, standardized=[n for n in ("wide",) if DIMS[n] <= k],
-                          powers={n: 0.5 for n in ("wide",) if DIMS[n] <= k}, statistics={"wide": "dcov"})
+    plain = MVMRObjective(
+        std_margin=2.0,
+        standardized=[n for n in ("wide",) if DIMS[n] <= k],
+        powers={n: 0.5 for n in ("wide",) if DIMS[n] <= k},
+        statistics={"wide": "dcov"},
+    )
     return loss_and_grads(plain, z_bar, z, sketched)
 
 
@@ -296,8 +323,7 @@ def test_traffic_of_the_papers_imagenet_setting():
     assert exact.backward_reduced == {"z_bar": 2048 * 8192 * 4, "z": 2048 * 8192 * 4}
     assert exact.gathered["scatnet"] == 8 * (8 + 256 * 762048 * 2)
     assert sum(exact.gathered[name] for name in dims) == 8 * (5 * 8 + 256 * 1270080 * 2)
-    assert exact.received_bytes == pytest.approx(7 / 8 * sum(exact.gathered.values())
-                                                 + 2 * 7 / 8 * 2 * 2048 * 8192 * 4)
+    assert exact.received_bytes == pytest.approx(7 / 8 * sum(exact.gathered.values()) + 2 * 7 / 8 * 2 * 2048 * 8192 * 4)
     assert 4.90e9 < exact.received_bytes < 4.91e9  # 4.55 GB of representations, 0.35 GB for z̄ and z
     sketched = gathered_bytes_per_step(8, 256, 8192, dims, torch.bfloat16, gather_dim=4096, standardized=["scatnet"])
     assert sketched.sketched == {name: (dim, 4096) for name, dim in dims.items()}

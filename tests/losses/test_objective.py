@@ -1,4 +1,5 @@
 """MVMRObjective: every term against an independent float64 numpy / dcor computation."""
+
 import dcor
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ def batch(seed: int = 0, size: int = 24, dim: int = 16, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     z_bar = torch.randn(size, dim, generator=g, dtype=dtype) * 0.8
     z = z_bar + 0.3 * torch.randn(size, dim, generator=g, dtype=dtype)
-    reps = {"hog": torch.tanh(z_bar[:, :5] * 2) + 0.1 * torch.randn(size, 5, generator=g, dtype=dtype),
-            "pixels": torch.randn(size, 3, 4, 4, generator=g, dtype=dtype)}
+    reps = {
+        "hog": torch.tanh(z_bar[:, :5] * 2) + 0.1 * torch.randn(size, 5, generator=g, dtype=dtype),
+        "pixels": torch.randn(size, 3, 4, 4, generator=g, dtype=dtype),
+    }
     return z_bar, z, reps
 
 
@@ -39,15 +42,17 @@ def numpy_terms(z_bar, z, reps, margin=1.0, unbiased=False, normalize=False):
 def test_terms_and_weighted_loss_match_numpy(unbiased, normalize):
     z_bar, z, reps = batch(seed=1)
     weights = {"hog": 0.5, "pixels": -2.0}
-    objective = MVMRObjective(mse_weight=2.0, std_weight=3.0, dcor_weight=0.7, std_margin=1.5,
-                              unbiased=unbiased, normalize_z=normalize)
+    objective = MVMRObjective(
+        mse_weight=2.0, std_weight=3.0, dcor_weight=0.7, std_margin=1.5, unbiased=unbiased, normalize_z=normalize
+    )
     loss, terms = objective(z_bar, z, reps, weights)
     ref = numpy_terms(z_bar, z, reps, margin=1.5, unbiased=unbiased, normalize=normalize)
     assert set(terms) == set(ref) | {"loss"}
     for key, value in ref.items():
         assert terms[key].item() == pytest.approx(value, rel=1e-6, abs=1e-9), key
-    expected = (2.0 * ref["mse"] + 3.0 * ref["std"] + 0.7 * ref["dcor_zz"]
-                + 0.5 * ref["dcor/hog"] - 2.0 * ref["dcor/pixels"])
+    expected = (
+        2.0 * ref["mse"] + 3.0 * ref["std"] + 0.7 * ref["dcor_zz"] + 0.5 * ref["dcor/hog"] - 2.0 * ref["dcor/pixels"]
+    )
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert terms["loss"].item() == pytest.approx(expected, rel=1e-6)
     assert all(not t.requires_grad for t in terms.values())
@@ -148,6 +153,7 @@ def test_shape_errors_are_clear():
 
 def test_standardize_columns_matches_numpy_and_zeroes_constant_features():
     from mvmr.losses.objective import standardize_columns
+
     g = torch.Generator().manual_seed(3)
     rep = torch.randn(10, 2, 3, generator=g, dtype=torch.float64) * torch.tensor([1e-3, 1.0, 50.0]).double()
     rep[:, 1, 2] = 7.0  # constant over the batch
@@ -169,11 +175,12 @@ def test_standardized_representation_uses_z_scored_features_in_dcor():
         assert terms[key].item() == pytest.approx(value, rel=1e-9, abs=1e-12), key
     _, plain = MVMRObjective()(z_bar, z, reps, weights)
     assert abs(plain["dcor/hog"].item() - terms["dcor/hog"].item()) > 1e-3  # the option changes the term
-    torch.testing.assert_close(plain["dcor/pixels"], terms["dcor/pixels"])   # and only the named one
+    torch.testing.assert_close(plain["dcor/pixels"], terms["dcor/pixels"])  # and only the named one
 
 
 def test_signed_power_matches_numpy_keeps_signs_and_zeros():
     from mvmr.losses.objective import signed_power
+
     rep = torch.tensor([[-8.0, -1e-3, 0.0, 1e-3, 16.0]], dtype=torch.float64)
     expected = np.sign(rep.numpy()) * np.abs(rep.numpy()) ** 0.25
     np.testing.assert_allclose(signed_power(rep, 0.25).numpy(), expected, rtol=1e-12, atol=0)
@@ -207,7 +214,9 @@ def test_weights_given_to_the_constructor_are_the_ones_used():
     loss, terms = built(z_bar, z, reps)
     explicit, _ = MVMRObjective()(z_bar, z, reps, weights)
     assert loss.item() == pytest.approx(explicit.item(), rel=1e-12)
-    assert loss.item() == pytest.approx((terms["mse"] + terms["std"] + terms["dcor_zz"] + 2.0 * terms["dcor/a"]
-                                         - 0.5 * terms["dcor/b"]).item(), rel=1e-12)
+    assert loss.item() == pytest.approx(
+        (terms["mse"] + terms["std"] + terms["dcor_zz"] + 2.0 * terms["dcor/a"] - 0.5 * terms["dcor/b"]).item(),
+        rel=1e-12,
+    )
     with pytest.raises(ValueError, match="no weight for"):
         MVMRObjective()(z_bar, z, reps)

@@ -1,12 +1,12 @@
 """Nothing lost: deterministic resume, non-finite loss, interrupted runs; and a 2-process DDP run on the CPU."""
+
 import signal
 import subprocess
 import sys
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
-
 from conftest import ROOT, tiny_args
 from entry_callbacks import Crash
 
@@ -35,11 +35,17 @@ def bf16_cpu() -> bool:
     return cpu_supports_bf16()
 
 
-@pytest.mark.parametrize("precision", [
-    [],
-    pytest.param(["fp16=true", "dataset.size=32"], id="bf16-32px",  # 32 px: no 1x1 map at a strided conv
-                 marks=pytest.mark.skipif(not bf16_cpu(), reason="this CPU has no bf16")),
-])
+@pytest.mark.parametrize(
+    "precision",
+    [
+        [],
+        pytest.param(
+            ["fp16=true", "dataset.size=32"],
+            id="bf16-32px",  # 32 px: no 1x1 map at a strided conv
+            marks=pytest.mark.skipif(not bf16_cpu(), reason="this CPU has no bf16"),
+        ),
+    ],
+)
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, capsys, precision):
     import mvmr.cli.pretrain as cli
     import mvmr.protocols.pretrain as protocol
@@ -48,8 +54,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, mon
     straight = cli.pretrain(tiny_args(tmp_path, "straight", settings))
 
     original = protocol.extra_callbacks
-    monkeypatch.setattr(protocol, "extra_callbacks",
-                        lambda *a: original(*a) + [InterruptAfterValidation(epoch=1)])
+    monkeypatch.setattr(protocol, "extra_callbacks", lambda *a: original(*a) + [InterruptAfterValidation(epoch=1)])
     sigint = signal.getsignal(signal.SIGINT)
     with pytest.raises((SystemExit, KeyboardInterrupt)):
         cli.pretrain(tiny_args(tmp_path, "interrupted", settings))
@@ -65,12 +70,16 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, mon
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
-@pytest.mark.parametrize("crash, every, saved_step", [
-    (Crash(before_step=5), 2, 4),      # last written after the 1st of epoch 1's 3 batches
-    (Crash(end_of_epoch=0), 3, 3),     # last written by the periodic save on epoch 0's final batch
-])
-def test_periodic_checkpoint_resumes_mid_epoch_with_the_same_result(tmp_path, monkeypatch, capsys, crash, every,
-                                                                     saved_step):
+@pytest.mark.parametrize(
+    "crash, every, saved_step",
+    [
+        (Crash(before_step=5), 2, 4),  # last written after the 1st of epoch 1's 3 batches
+        (Crash(end_of_epoch=0), 3, 3),  # last written by the periodic save on epoch 0's final batch
+    ],
+)
+def test_periodic_checkpoint_resumes_mid_epoch_with_the_same_result(
+    tmp_path, monkeypatch, capsys, crash, every, saved_step
+):
     import mvmr.cli.pretrain as cli
     import mvmr.protocols.pretrain as protocol
 
@@ -134,13 +143,17 @@ def test_two_process_ddp_run_on_the_cpu_completes_with_its_own_views_per_rank(tm
     rank would draw the same view parameters for its sample j); the checkpoint holds both ranks' states."""
     entry = tmp_path / "recording_entry.py"
     entry.write_text(RECORDING_ENTRY.format(tests=str(ROOT / "tests"), out=str(tmp_path)))
-    args = tiny_args(tmp_path, "ddp", ["trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp",
-                                       "epochs=1", "n_workers=0"])
-    proc = subprocess.run([sys.executable, str(entry), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    args = tiny_args(
+        tmp_path,
+        "ddp",
+        ["trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp", "epochs=1", "n_workers=0"],
+    )
+    proc = subprocess.run([sys.executable, str(entry), *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "online probe (test)" in proc.stdout
-    assert proc.stdout.count("DDP loss traffic: loss collectives per rank and step (2 ranks x 32)") == 1  # rank 0 says it
+    assert (
+        proc.stdout.count("DDP loss traffic: loss collectives per rank and step (2 ranks x 32)") == 1
+    )  # rank 0 says it
     rank0, rank1 = (torch.load(tmp_path / f"rng_rank{r}.pt") for r in (0, 1))
     assert not torch.equal(rank0, rank1)
     from mvmr.methods.resilience import RNG_KEY, RNG_PER_RANK_KEY
@@ -217,14 +230,24 @@ def test_two_process_ddp_run_resumes_mid_epoch_with_the_same_result(tmp_path):
     """DDP, 2 processes: a run killed inside epoch 1 (no handler runs; last.ckpt is written every step) and
     re-run with the same command ends with exactly the weights of an uninterrupted DDP run. Each rank must
     continue its own shard of the epoch's permutation (Lightning's sampler wrapper would shift the shards)."""
-    settings = DETERMINISTIC + ["trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp",
-                                "n_workers=0", "trainer.checkpoint_every_n_steps=1"]
+    settings = DETERMINISTIC + [
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "trainer.strategy=ddp",
+        "n_workers=0",
+        "trainer.checkpoint_every_n_steps=1",
+    ]
     entry = tmp_path / "crashing_entry.py"
     entry.write_text(CRASHING_ENTRY.format(tests=str(ROOT / "tests"), step=4))
 
     def run(script, name):
-        proc = subprocess.run([sys.executable, str(script), *tiny_args(tmp_path, name, settings)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, str(script), *tiny_args(tmp_path, name, settings)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         return proc
 
     straight = run(ROOT / "main_self_supervised.py", "straight")

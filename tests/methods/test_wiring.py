@@ -2,12 +2,13 @@
 g(f(x̄)), g(f(x')) and φ(x̄) with the config's weights; a short pretraining that beats its untrained start; the
 linear-evaluation grid's choice on a problem whose best point is known; ScatNet's zeroth and first order on inputs
 whose transform is known without kymatio."""
+
 import dcor
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT
+
 from mvmr.config import load_config
 from mvmr.data import DatasetInfo
 from mvmr.methods.pretrain import MVMRPretrainModule
@@ -16,10 +17,21 @@ REPRESENTATIONS = "[{name: pixels, weight: 2.0}, {name: hog, weight: 3.0, params
 
 
 def tiny_module(extra=()) -> MVMRPretrainModule:
-    cfg = load_config(ROOT / "configs" / "digits_self_supervised.yaml",
-                      ["encoder.width=8", "encoder.out_dim=16-16", "dataset.size=16", "probe.enabled=false",
-                       "compile_view_ops=false", f"representations={REPRESENTATIONS}", "loss.std_weight=0.5",
-                       "loss.mse_weight=1.5", "loss.dcor_weight=0.7", *extra])
+    cfg = load_config(
+        ROOT / "configs" / "digits_self_supervised.yaml",
+        [
+            "encoder.width=8",
+            "encoder.out_dim=16-16",
+            "dataset.size=16",
+            "probe.enabled=false",
+            "compile_view_ops=false",
+            f"representations={REPRESENTATIONS}",
+            "loss.std_weight=0.5",
+            "loss.mse_weight=1.5",
+            "loss.dcor_weight=0.7",
+            *extra,
+        ],
+    )
     module = MVMRPretrainModule(cfg, DatasetInfo(10, 3, (0.5,) * 3, (0.25,) * 3))
     module.log = module.log_dict = lambda *a, **k: None  # no Trainer here
     return module.train()
@@ -36,8 +48,11 @@ def reference_loss(module, images: torch.Tensor, seed: int) -> float:
         z = module.projector(module.backbone(x_aug)).double().numpy()
         phi = {key: rep(x_bar).double().numpy() for key, rep in module.representations.items()}
     std = lambda a: np.maximum(0, cfg.loss.std_margin - np.sqrt(a.var(axis=0, ddof=1) + 1e-4)).mean()
-    loss = (cfg.loss.mse_weight * ((z_bar - z) ** 2).mean() + cfg.loss.std_weight * (std(z) + std(z_bar))
-            + cfg.loss.dcor_weight * (1 - dcor.distance_correlation(z_bar, z)))
+    loss = (
+        cfg.loss.mse_weight * ((z_bar - z) ** 2).mean()
+        + cfg.loss.std_weight * (std(z) + std(z_bar))
+        + cfg.loss.dcor_weight * (1 - dcor.distance_correlation(z_bar, z))
+    )
     for rep_cfg, (key, value) in zip(cfg.representations, phi.items()):
         loss += rep_cfg.weight * (1 - dcor.distance_correlation(value, z))
     return loss
@@ -65,16 +80,31 @@ def test_a_short_pretraining_lowers_the_loss_and_beats_its_untrained_encoder(tmp
     from mvmr.cli.pretrain import pretrain
 
     config = str(ROOT / "configs" / "digits_self_supervised.yaml")
-    common = ["encoder.width=16", "encoder.out_dim=64-64", "dataset.size=16", "fp16=false", "n_workers=0",
-              "trainer.progress_bar=false", "compile_view_ops=false", "eval.epochs=20", "eval.lrs=[0.01]",
-              "eval.wds=[0.0]", "eval.refit=false", f"run_dir={tmp_path}"]
+    common = [
+        "encoder.width=16",
+        "encoder.out_dim=64-64",
+        "dataset.size=16",
+        "fp16=false",
+        "n_workers=0",
+        "trainer.progress_bar=false",
+        "compile_view_ops=false",
+        "eval.epochs=20",
+        "eval.lrs=[0.01]",
+        "eval.wds=[0.0]",
+        "eval.refit=false",
+        f"run_dir={tmp_path}",
+    ]
     sets = lambda items: [arg for item in items for arg in ("--set", item)]
     trained = pretrain(["--config", config] + sets(common + ["epochs=6", "warmup_epochs=1", "name=trained"]))
-    untrained = pretrain(["--config", config] + sets(common + ["epochs=1", "warmup_epochs=0", "name=untrained",
-                                                               "trainer.limit_train_batches=1", "lr=1e-12"]))
+    untrained = pretrain(
+        ["--config", config]
+        + sets(common + ["epochs=1", "warmup_epochs=0", "name=untrained", "trainer.limit_train_batches=1", "lr=1e-12"])
+    )
     losses = [value for _, value in read_epoch_metrics(trained.path / "metrics.csv")["train/loss"]]
     assert losses[-1] < losses[0] - 0.05
-    evaluate_args = lambda run: ["--config", config, "--ckpt", str(run.last), "--retrain", "--no_progress"] + sets(common)
+    evaluate_args = lambda run: (
+        ["--config", config, "--ckpt", str(run.last), "--retrain", "--no_progress"] + sets(common)
+    )
     after, before = evaluate(evaluate_args(trained)), evaluate(evaluate_args(untrained))
     assert after["knn_top1"] > before["knn_top1"] + 5 and after["linear_top1"] > before["linear_top1"]
 
@@ -107,6 +137,6 @@ def test_scatnet_on_inputs_with_a_known_transform():
     assert out[1:].abs().max() < 1e-3
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     a, b = scatnet.scattering(x)[:, 0], scatnet.scattering(3 * x - 0.2)[:, 0]
-    torch.testing.assert_close(b[:, 0], 3 * a[:, 0] - 0.2, atol=1e-4, rtol=1e-4)   # S0 linear
+    torch.testing.assert_close(b[:, 0], 3 * a[:, 0] - 0.2, atol=1e-4, rtol=1e-4)  # S0 linear
     shifted = scatnet.scattering(x + 0.5)[:, 0]
     torch.testing.assert_close(shifted[:, 1:9], a[:, 1:9], atol=2e-3, rtol=0)  # |x * ψ| ignores a constant

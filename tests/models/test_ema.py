@@ -1,10 +1,11 @@
 """The moving average of the backbone (ema_decay): the update against a float64 recursion, checkpoint keys and
 which weights evaluation loads."""
+
 import pytest
 import torch
+from conftest import tiny_args
 from torch import nn
 
-from conftest import tiny_args
 from mvmr.checkpoint import backbone_prefix
 from mvmr.errors import CheckpointError
 from mvmr.models.ema import ema_decay_at, make_ema_copy, update_ema
@@ -43,7 +44,7 @@ def test_update_ema_rejects_a_different_structure():
 def test_decay_warms_up_then_stays_at_the_configured_value():
     assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
     assert ema_decay_at(90, 0.999) == pytest.approx(0.91)
-    assert ema_decay_at(10 ** 6, 0.999) == 0.999
+    assert ema_decay_at(10**6, 0.999) == 0.999
 
 
 def test_backbone_prefix_auto_online_and_ema():
@@ -83,8 +84,10 @@ def test_trained_ema_follows_the_recursion_and_evaluation_loads_it(tmp_path, mon
     assert seen["decays"] == [ema_decay_at(i, 0.5) for i in range(steps)]
     expected = seen["start"]
     for decay, online in zip(seen["decays"], seen["online"]):
-        expected = {k: (decay * v + (1 - decay) * online[k]) if v.is_floating_point() else online[k]
-                    for k, v in expected.items()}
+        expected = {
+            k: (decay * v + (1 - decay) * online[k]) if v.is_floating_point() else online[k]
+            for k, v in expected.items()
+        }
     state = torch.load(run.last, weights_only=False)["state_dict"]
     for key, value in expected.items():
         torch.testing.assert_close(state[f"ema_backbone.{key}"].to(value.dtype), value, rtol=1e-5, atol=1e-6)
@@ -96,6 +99,7 @@ def test_trained_ema_follows_the_recursion_and_evaluation_loads_it(tmp_path, mon
     assert torch.equal(ema.backbone.conv1.weight, state["ema_backbone.conv1.weight"])
     assert torch.equal(online.backbone.conv1.weight, state["backbone.conv1.weight"])
     from mvmr import load_encoder
+
     assert torch.equal(load_encoder(run.last, weights="online")[0].conv1.weight, state["backbone.conv1.weight"])
     evaluate(args + ["--ckpt", str(run.last), "--no_progress"])
     assert "backbone weights: ema" in capsys.readouterr().out

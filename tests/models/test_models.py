@@ -1,4 +1,5 @@
 """Encoder stems, projector shapes, optimiser schedules."""
+
 import math
 
 import pytest
@@ -93,8 +94,9 @@ def test_compile_option_compiles_in_place_and_keeps_checkpoint_keys():
 
     info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
     eager = MVMRPretrainModule(load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32"]), info)
-    compiled = MVMRPretrainModule(load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32",
-                                                     "compile=true"]), info)
+    compiled = MVMRPretrainModule(
+        load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32", "compile=true"]), info
+    )
     assert eager.backbone._compiled_call_impl is None
     assert compiled.backbone._compiled_call_impl is not None  # torch.compile'd forward (compiled on first call)
     assert list(compiled.state_dict()) == list(eager.state_dict())  # no '_orig_mod.' prefixes
@@ -107,9 +109,16 @@ def test_training_step_draws_x_prime_and_the_augmented_copy_in_one_call():
     from mvmr.methods.pretrain import MVMRPretrainModule
 
     info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
-    cfg = load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32", "dataset.size=16",
-                             "representations=[{name: augmented_pixels, weight: 1.0}, {name: pixels, weight: 1.0}]",
-                             "probe.enabled=false"])
+    cfg = load_config(
+        None,
+        [
+            "encoder.backbone=resnet18",
+            "encoder.out_dim=32-32",
+            "dataset.size=16",
+            "representations=[{name: augmented_pixels, weight: 1.0}, {name: pixels, weight: 1.0}]",
+            "probe.enabled=false",
+        ],
+    )
     module = MVMRPretrainModule(cfg, info)
     module.log = module.log_dict = lambda *a, **k: None
     calls, seen = [], {}
@@ -132,7 +141,7 @@ def test_training_step_draws_x_prime_and_the_augmented_copy_in_one_call():
     images = torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8)
     module.training_step((images, torch.full((6,), -1), torch.arange(6)), 0)
     assert calls == [12]  # one call for x' and the copy
-    (key, copy), = seen.items()
+    ((key, copy),) = seen.items()
     assert key.startswith("augmented_pixels") and copy.shape == (6, 1, 16, 16)
     reps = compute(module.eval_view(images), torch.arange(6), {key: copy})
     torch.testing.assert_close(reps[key], copy.reshape(6, -1))
@@ -145,8 +154,10 @@ def test_strided_convs_on_single_pixels_finds_layer4_at_16px():
 
     backbone, _ = build_backbone("resnet18", in_channels=3, small_map_matmul=False)
     backbone.train()
-    assert strided_convs_on_single_pixels(backbone, 3, 16) == ["layer4.0.conv1"]  # 16 -> 4 after the stem: 1x1 at layer4
-    assert strided_convs_on_single_pixels(backbone, 3, 32) == []                   # 2x2 there
+    assert strided_convs_on_single_pixels(backbone, 3, 16) == [
+        "layer4.0.conv1"
+    ]  # 16 -> 4 after the stem: 1x1 at layer4
+    assert strided_convs_on_single_pixels(backbone, 3, 32) == []  # 2x2 there
     assert backbone.training  # mode restored
     small, _ = build_backbone("resnet18", in_channels=3, small_kernel=True, small_map_matmul=False)
     assert strided_convs_on_single_pixels(small, 3, 16) == []
@@ -155,14 +166,14 @@ def test_strided_convs_on_single_pixels_finds_layer4_at_16px():
 
 
 def test_bf16_on_cpu_with_single_pixel_strided_conv_is_a_config_error():
-    from mvmr.hardware import check_precision_fits_model
     from mvmr.errors import ConfigError
+    from mvmr.hardware import check_precision_fits_model
     from mvmr.models import build_backbone
 
     backbone, _ = build_backbone("resnet18", in_channels=1, small_map_matmul=False)
     with pytest.raises(ConfigError, match=r"dataset.size=16 .*'layer4.0.conv1'.*small_map_matmul=true.*fp16=false"):
         check_precision_fits_model(backbone, 1, 16, "bf16-mixed", "cpu")
-    check_precision_fits_model(backbone, 1, 16, "32-true", "cpu")    # float32 is right
+    check_precision_fits_model(backbone, 1, 16, "32-true", "cpu")  # float32 is right
     check_precision_fits_model(backbone, 1, 16, "bf16-mixed", "gpu")  # not the CPU kernel
     check_precision_fits_model(backbone, 1, 32, "bf16-mixed", "cpu")
     as_matmul, _ = build_backbone("resnet18", in_channels=1)  # the default: that layer is a matrix product
@@ -175,9 +186,16 @@ def test_representation_standardize_and_power_options_reach_the_objective_by_key
     from mvmr.methods.pretrain import MVMRPretrainModule
 
     info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
-    cfg = load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32", "dataset.size=16",
-                             "representations=[{name: pixels, weight: 1.0, standardize: true}, "
-                             "{name: pixels, weight: 1.0, power: 0.5}, {name: local_std, weight: 1.0, standardize: true}]"])
+    cfg = load_config(
+        None,
+        [
+            "encoder.backbone=resnet18",
+            "encoder.out_dim=32-32",
+            "dataset.size=16",
+            "representations=[{name: pixels, weight: 1.0, standardize: true}, "
+            "{name: pixels, weight: 1.0, power: 0.5}, {name: local_std, weight: 1.0, standardize: true}]",
+        ],
+    )
     module = MVMRPretrainModule(cfg, info)
     keys = list(module.objective.representation_weights)
     assert module.objective.standardized == {keys[0], keys[2]}
@@ -193,8 +211,12 @@ def test_channels_last_config_stores_the_backbone_weights_channels_last():
 
     info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
     for enabled in (True, False):
-        module = MVMRPretrainModule(load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32",
-                                                       f"channels_last={str(enabled).lower()}"]), info)
+        module = MVMRPretrainModule(
+            load_config(
+                None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32", f"channels_last={str(enabled).lower()}"]
+            ),
+            info,
+        )
         weight = module.backbone.layer1[0].conv1.weight
         assert weight.is_contiguous(memory_format=torch.channels_last) is enabled
         assert weight.is_contiguous() is not enabled
@@ -206,8 +228,9 @@ def test_semi_supervised_module_stores_the_backbone_weights_channels_last():
     from mvmr.methods.semi_supervised import SemiSupervisedModule
 
     info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
-    module = SemiSupervisedModule(load_config(None, [], schema=SemiSupervisedConfig), info,
-                                  EncoderConfig(backbone="resnet18"), 10)
+    module = SemiSupervisedModule(
+        load_config(None, [], schema=SemiSupervisedConfig), info, EncoderConfig(backbone="resnet18"), 10
+    )
     assert module.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -217,8 +240,7 @@ def test_pool_grid_flattens_the_last_map_pooled_to_a_grid():
     torch.manual_seed(0)
     x = torch.randn(3, 1, 28, 28)
     for grid, expected_dim in [(1, 256), (2, 1024)]:
-        net, dim = build_backbone("resnet18", in_channels=1, small_kernel=True, maxpool=True, width=32,
-                                  pool_grid=grid)
+        net, dim = build_backbone("resnet18", in_channels=1, small_kernel=True, maxpool=True, width=32, pool_grid=grid)
         net.eval()
         with torch.no_grad():
             last = net.layer4(net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x))))))))
@@ -236,9 +258,18 @@ def test_pool_grid_survives_a_checkpoint_round_trip(tmp_path):
     from mvmr.methods.pretrain import MVMRPretrainModule
 
     info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
-    cfg = load_config(None, ["encoder.backbone=resnet18", "encoder.width=16", "encoder.out_dim=32-32",
-                             "encoder.small_kernel=true", "encoder.maxpool=true", "encoder.pool_grid=2",
-                             "dataset.size=28"])
+    cfg = load_config(
+        None,
+        [
+            "encoder.backbone=resnet18",
+            "encoder.width=16",
+            "encoder.out_dim=32-32",
+            "encoder.small_kernel=true",
+            "encoder.maxpool=true",
+            "encoder.pool_grid=2",
+            "dataset.size=28",
+        ],
+    )
     module = MVMRPretrainModule(cfg, info).eval()
     assert module.feature_dim == 4 * 128 and module.projector[0].in_features == 4 * 128
     path = tmp_path / "run.ckpt"
@@ -253,8 +284,8 @@ def test_pool_grid_survives_a_checkpoint_round_trip(tmp_path):
 @pytest.mark.parametrize("small_kernel, maxpool", [(True, True), (True, None), (False, None), (False, False)])
 @pytest.mark.parametrize("size", [8, 16, 28, 32, 33, 96])
 def test_last_map_side_matches_a_forward_pass(size, small_kernel, maxpool):
-    from mvmr.models import build_backbone
     from mvmr.config import last_map_side
+    from mvmr.models import build_backbone
 
     net, _ = build_backbone("resnet18", in_channels=1, small_kernel=small_kernel, maxpool=maxpool, width=8)
     net.eval()
@@ -299,9 +330,19 @@ def test_built_optimiser_is_fused_on_cpu_and_follows_the_float64_formula(name):
     torch.manual_seed(0)
     w0 = torch.randn(7, 5, dtype=torch.float64)
     p = torch.nn.Parameter(w0.float().clone())
-    cfg = SimpleNamespace(optimizer=name, wd=0.05, momentum=0.9, warmup_epochs=0, milestones=[],
-                          scheduler="multistep", schedule_epoch="run", epochs=10, min_lr=None, lr=0.01,
-                          accumulate_grad_batches=1)
+    cfg = SimpleNamespace(
+        optimizer=name,
+        wd=0.05,
+        momentum=0.9,
+        warmup_epochs=0,
+        milestones=[],
+        scheduler="multistep",
+        schedule_epoch="run",
+        epochs=10,
+        min_lr=None,
+        lr=0.01,
+        accumulate_grad_batches=1,
+    )
     opt = build_optimizer(cfg, [{"params": [p], "weight_decay": 0.05}], 0.01, 100, 10)["optimizer"]
     assert opt.defaults["fused"] is True and all(group["fused"] for group in opt.param_groups)
     w, state = w0.clone(), {}
@@ -332,11 +373,20 @@ def test_both_trainers_build_x_prime_from_the_config(compile_view_ops):
     from mvmr.methods.semi_supervised import SemiSupervisedModule
 
     info = DatasetInfo(n_classes=10, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3)
-    overrides = ["encoder.backbone=resnet18", "encoder.out_dim=32-32", "dataset.size=32", "dataset.aug_policy=custom",
-                 "dataset.crop_scale=[0.3,0.4]", f"compile_view_ops={str(compile_view_ops).lower()}"]
-    modules = [MVMRPretrainModule(load_config(None, overrides + ["representations=[]"]), info),
-               SemiSupervisedModule(load_config(None, overrides[2:], schema=SemiSupervisedConfig), info,
-                                    EncoderConfig(backbone="resnet18"), 10)]
+    overrides = [
+        "encoder.backbone=resnet18",
+        "encoder.out_dim=32-32",
+        "dataset.size=32",
+        "dataset.aug_policy=custom",
+        "dataset.crop_scale=[0.3,0.4]",
+        f"compile_view_ops={str(compile_view_ops).lower()}",
+    ]
+    modules = [
+        MVMRPretrainModule(load_config(None, overrides + ["representations=[]"]), info),
+        SemiSupervisedModule(
+            load_config(None, overrides[2:], schema=SemiSupervisedConfig), info, EncoderConfig(backbone="resnet18"), 10
+        ),
+    ]
     for module in modules:
         jitters = [m for m in module.train_view.modules() if isinstance(m, ColourJitter)]
         crops = [m for m in module.train_view.modules() if isinstance(m, ResizedCropFlip)]

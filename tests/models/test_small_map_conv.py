@@ -1,4 +1,5 @@
 """Convolutions on tiny maps as one matrix product: the same function as F.conv2d (values and gradients)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,13 +12,10 @@ from mvmr.models.small_map_conv import SmallMapConv2d, conv2d_as_matmul, tap_sel
 def test_tap_selection_by_hand_for_a_2x2_map():
     """3x3 kernel, stride 1, padding 1 on a 2x2 map: input p reaches output q through tap (1 + py - qy, 1 + px - qx)."""
     select = tap_selection((3, 3), (1, 1), (1, 1), (2, 2)).view(4, 4, 9)
-    assert torch.equal(select.sum(-1), torch.ones(4, 4))   # every pair is linked by exactly one tap
+    assert torch.equal(select.sum(-1), torch.ones(4, 4))  # every pair is linked by exactly one tap
     taps = select.argmax(-1)
     # rows: input (0,0) (0,1) (1,0) (1,1); columns: output in the same order; taps numbered ky * 3 + kx
-    expected = torch.tensor([[4, 3, 1, 0],
-                             [5, 4, 2, 1],
-                             [7, 6, 4, 3],
-                             [8, 7, 5, 4]])
+    expected = torch.tensor([[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]])
     assert torch.equal(taps, expected)
 
 
@@ -28,8 +26,10 @@ def test_tap_selection_leaves_unlinked_pairs_empty():
     assert select[3, 3, 1, 1].argmax() == 8 and select[0, 0, 0, 0].argmax() == 4
 
 
-@pytest.mark.parametrize("c, o, h, w, stride", [(6, 5, 2, 2, 1), (6, 5, 1, 1, 1), (6, 5, 1, 1, 2), (4, 3, 1, 2, 2),
-                                                (4, 3, 2, 1, 1), (4, 3, 4, 4, 2)])
+@pytest.mark.parametrize(
+    "c, o, h, w, stride",
+    [(6, 5, 2, 2, 1), (6, 5, 1, 1, 1), (6, 5, 1, 1, 2), (4, 3, 1, 2, 2), (4, 3, 2, 1, 1), (4, 3, 4, 4, 2)],
+)
 def test_matmul_form_equals_conv2d_in_float64(c, o, h, w, stride):
     torch.manual_seed(0)
     x = torch.randn(5, c, h, w, dtype=torch.float64, requires_grad=True)
@@ -45,7 +45,7 @@ def test_matmul_form_equals_conv2d_in_float64(c, o, h, w, stride):
 def test_module_takes_the_matmul_path_only_where_it_does_at_most_half_the_multiply_adds():
     conv = SmallMapConv2d(8, 8, 3, padding=1, bias=False)
     assert conv.uses_matmul(torch.zeros(1, 8, 2, 2)) and conv.uses_matmul(torch.zeros(1, 8, 1, 1))
-    assert not conv.uses_matmul(torch.zeros(1, 8, 3, 3))    # equal counts: measured slower
+    assert not conv.uses_matmul(torch.zeros(1, 8, 3, 3))  # equal counts: measured slower
     assert not conv.uses_matmul(torch.zeros(1, 8, 1, 5))
     assert not SmallMapConv2d(8, 8, 1, bias=False).uses_matmul(torch.zeros(1, 8, 1, 1))
     assert not SmallMapConv2d(8, 8, 3, padding=1, bias=True).uses_matmul(torch.zeros(1, 8, 2, 2))
@@ -78,11 +78,15 @@ def test_bf16_weight_gradient_on_single_pixel_strided_input_is_right():
     F.conv2d(x.double(), reference, stride=2, padding=1).square().sum().backward()
     for grad in grads:
         assert torch.equal(grad, grads[0])  # the same on every call
-        torch.testing.assert_close(grad.double(), reference.grad, rtol=0.05, atol=0.05 * reference.grad.abs().max().item())
+        torch.testing.assert_close(
+            grad.double(), reference.grad, rtol=0.05, atol=0.05 * reference.grad.abs().max().item()
+        )
 
 
 def test_use_small_map_matmul_keeps_parameters_and_state_dict():
-    plain, _ = build_backbone("resnet18", in_channels=1, small_kernel=True, maxpool=True, width=8, small_map_matmul=False)
+    plain, _ = build_backbone(
+        "resnet18", in_channels=1, small_kernel=True, maxpool=True, width=8, small_map_matmul=False
+    )
     keys = list(plain.state_dict())
     weight = plain.layer4[1].conv2.weight
     assert not any(isinstance(m, SmallMapConv2d) for m in plain.modules())

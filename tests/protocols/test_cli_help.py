@@ -1,15 +1,26 @@
 """Every script answers --help without doing work and before torch / Lightning load; examples in --help work."""
+
 import os
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
-SCRIPTS = ["main_self_supervised.py", "main_clip_self_supervised.py", "main_semi_supervised.py", "main_voc.py",
-           "evaluate_self_supervised.py", "evaluate_semi_supervised.py", "evaluate_voc.py", "scripts/embed.py",
-           "scripts/plot_run.py", "scripts/demo.py", "scripts/config_reference.py", "benchmarks/data_path.py"]
+SCRIPTS = [
+    "main_self_supervised.py",
+    "main_clip_self_supervised.py",
+    "main_semi_supervised.py",
+    "main_voc.py",
+    "evaluate_self_supervised.py",
+    "evaluate_semi_supervised.py",
+    "evaluate_voc.py",
+    "scripts/embed.py",
+    "scripts/plot_run.py",
+    "scripts/demo.py",
+    "scripts/config_reference.py",
+    "benchmarks/data_path.py",
+]
 PROBE = """
 import runpy, sys
 sys.argv = [{script!r}, "--help"]
@@ -25,9 +36,14 @@ print("EXIT", code, "HEAVY", sorted(m for m in ("torch", "pytorch_lightning") if
 def test_help_is_harmless_and_loads_no_torch(script, tmp_path):
     config_doc = ROOT / "docs" / "CONFIG.md"
     before = config_doc.stat().st_mtime_ns
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(script=script, path=str(ROOT / script))],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(script=script, path=str(ROOT / script))],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert "usage:" in proc.stdout, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     heavy_ok = script.startswith("benchmarks/")  # benchmarks are measurement scripts: torch is their subject
@@ -40,8 +56,15 @@ def test_every_flag_has_help_text():
 
     from mvmr.cli import embed, evaluate, pretrain, semi, voc
 
-    parsers = [pretrain.build_parser("x"), evaluate.build_parser(), semi.train_parser(), semi.eval_parser(),
-               voc.train_parser(), voc.eval_parser(), embed.build_parser()]
+    parsers = [
+        pretrain.build_parser("x"),
+        evaluate.build_parser(),
+        semi.train_parser(),
+        semi.eval_parser(),
+        voc.train_parser(),
+        voc.eval_parser(),
+        embed.build_parser(),
+    ]
     for parser in parsers:
         for action in parser._actions:
             if not isinstance(action, argparse._HelpAction):
@@ -51,8 +74,10 @@ def test_every_flag_has_help_text():
 def test_checkpoint_flag_is_ckpt_with_the_seed_and_authors_names_as_aliases():
     from mvmr.cli import evaluate, semi, voc
 
-    for parser, aliases in [(evaluate.build_parser(), ("--path_ckpt", "-p")),
-                            (semi.train_parser(), ("--path_ckpt", "-p")),
-                            (voc.train_parser(), ("--path_self", "--path_ckpt", "-p"))]:
+    for parser, aliases in [
+        (evaluate.build_parser(), ("--path_ckpt", "-p")),
+        (semi.train_parser(), ("--path_ckpt", "-p")),
+        (voc.train_parser(), ("--path_self", "--path_ckpt", "-p")),
+    ]:
         action = next(a for a in parser._actions if "--ckpt" in a.option_strings)
         assert action.option_strings[0] == "--ckpt" and set(aliases) <= set(action.option_strings)

@@ -1,11 +1,11 @@
 """End to end on real data (digits): pretrain -> checkpoints/logs -> evaluate; resume; CLI errors."""
+
 import subprocess
 import sys
 
 import pytest
 import torch
 import yaml
-
 from conftest import DIGITS, ROOT, tiny_args
 
 
@@ -45,11 +45,13 @@ def test_evaluate_probe_and_retrain(pretrained_run, capsys):
     assert "linear (retrained on train" in out and "k-NN (k=20, cosine)" in out
     assert "linear (refit on train+val" in out
     assert res["linear_top1"] > 30 and res["refit_top1"] > 30  # well above chance (10%) after a few steps
-    res = evaluate(base + ["--ckpt", str(run.best), "--retrain", "--epochs", "1", "--no_progress",
-                           "--set", "eval.refit=false"])
+    res = evaluate(
+        base + ["--ckpt", str(run.best), "--retrain", "--epochs", "1", "--no_progress", "--set", "eval.refit=false"]
+    )
     assert "refit_top1" not in res and "refit on train+val" not in capsys.readouterr().out
-    res = evaluate(base + ["--ckpt", str(run.best), "--retrain", "--epochs", "2", "--no_progress",
-                           "--set", "eval.mirror=true"])
+    res = evaluate(
+        base + ["--ckpt", str(run.best), "--retrain", "--epochs", "2", "--no_progress", "--set", "eval.mirror=true"]
+    )
     assert "linear (retrained on train, center + mirror" in capsys.readouterr().out
     assert res["linear_top1"] > 30 and res["knn_top1"] > 30
     evaluate(base + ["--ckpt", str(run.best), "--no_progress", "--set", "eval.mirror=true"])
@@ -74,15 +76,18 @@ def _run(args):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optimizer=rmsprop", "allowed: adam, adamw, lars, sgd"),
-    ("dataset.name=nope", "unknown dataset 'nope'"),
-    ("representations=[{name: sift}]", "unknown representation 'sift'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer=rmsprop", "allowed: adam, adamw, lars, sgd"),
+        ("dataset.name=nope", "unknown dataset 'nope'"),
+        ("representations=[{name: sift}]", "unknown representation 'sift'"),
+    ],
+)
 def test_cli_config_errors_are_one_line_exit_2(override, message, tmp_path):
     proc = _run(["main_self_supervised.py", "--config", DIGITS, "--set", override, "--set", f"run_dir={tmp_path}"])
     assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and message in lines[-1], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
@@ -141,7 +146,9 @@ def test_plot_run_writes_curves_and_tsne(pretrained_run, tmp_path):
 def test_auto_lr_and_auto_bs_suggestions_are_used_and_recorded(tmp_path, capsys):
     from mvmr.cli.pretrain import pretrain
 
-    run = pretrain(tiny_args(tmp_path, "tuned", ["epochs=1", "trainer.limit_train_batches=2"]) + ["--auto_lr", "--auto_bs"])
+    run = pretrain(
+        tiny_args(tmp_path, "tuned", ["epochs=1", "trainer.limit_train_batches=2"]) + ["--auto_lr", "--auto_bs"]
+    )
     out = capsys.readouterr().out
     assert "--auto_lr: lr = " in out and "--auto_bs: batch_size = " in out
     cfg = yaml.safe_load((run.path / "config.yaml").read_text())
@@ -150,8 +157,13 @@ def test_auto_lr_and_auto_bs_suggestions_are_used_and_recorded(tmp_path, capsys)
 
 
 def test_auto_bs_under_ddp_is_a_one_line_explanation(tmp_path):
-    proc = _run(["main_self_supervised.py", *tiny_args(tmp_path, "ddp_tune", ["trainer.devices=2",
-                 "trainer.accelerator=cpu", "trainer.strategy=ddp"]), "--auto_bs"])
+    proc = _run(
+        [
+            "main_self_supervised.py",
+            *tiny_args(tmp_path, "ddp_tune", ["trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp"]),
+            "--auto_bs",
+        ]
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "tune on one device" in proc.stderr.strip().splitlines()[-1]
 

@@ -1,13 +1,14 @@
 """End to end: semi-supervised fine-tuning, distillation (mvmr and open_clip teachers) and VOC07, on tiny
 real-format data, each reusing the tiny pretraining run of conftest.py."""
+
 import json
 
 import pytest
 import torch
-
 from conftest import ROOT, tiny_args
 from fixtures_clip import write_tiny_open_clip
 from fixtures_voc import write_voc
+
 from mvmr.errors import CheckpointError, ConfigError
 
 SEMI = str(ROOT / "configs" / "digits_semi_supervised.yaml")
@@ -19,8 +20,16 @@ def sets(*items: str) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
-SEMI_TINY = ("epochs=2", "batch_size=32", "dataset.size=16", "dataset.to_rgb=true", "trainer.limit_train_batches=3",
-             "trainer.progress_bar=false", "log_every=1", "fp16=false")  # 1x1 maps at 16 px: see conftest.TINY
+SEMI_TINY = (
+    "epochs=2",
+    "batch_size=32",
+    "dataset.size=16",
+    "dataset.to_rgb=true",
+    "trainer.limit_train_batches=3",
+    "trainer.progress_bar=false",
+    "log_every=1",
+    "fp16=false",
+)  # 1x1 maps at 16 px: see conftest.TINY
 
 
 def test_semi_supervised_loads_pretrained_backbone_trains_and_evaluates(pretrained_run, tmp_path, capsys):
@@ -28,13 +37,13 @@ def test_semi_supervised_loads_pretrained_backbone_trains_and_evaluates(pretrain
     from mvmr.methods.semi_supervised import SemiSupervisedModule
 
     pre, _ = pretrained_run
-    run = train(["--config", SEMI, "--path_ckpt", str(pre.best)] +
-                sets(*SEMI_TINY, f"run_dir={tmp_path}", "name=semi"))
+    run = train(["--config", SEMI, "--path_ckpt", str(pre.best)] + sets(*SEMI_TINY, f"run_dir={tmp_path}", "name=semi"))
     out = capsys.readouterr().out
     assert "fine-tuned" in out and run.best.is_file() and run.last.is_file()
     assert "(130 labelled training images)" in out  # 10% of the 1,294 labelled digits, class-balanced
-    res = evaluate(["--config", SEMI, "--ckpt", str(run.best), "--no_progress"] + sets("dataset.size=16",
-                                                                                        "dataset.to_rgb=true"))
+    res = evaluate(
+        ["--config", SEMI, "--ckpt", str(run.best), "--no_progress"] + sets("dataset.size=16", "dataset.to_rgb=true")
+    )
     assert 10 < res["top1"] <= 100 and res["top5"] >= res["top1"]
     # the fine-tuning started from the pretrained weights: a fresh module built from them holds them exactly
     from mvmr.config import SemiSupervisedConfig, load_config
@@ -53,8 +62,10 @@ def test_semi_supervised_refuses_a_checkpoint_of_another_encoder(pretrained_run,
 
     pre, _ = pretrained_run
     with pytest.raises(CheckpointError, match=r"does not match the configured encoder: backbone\..* is"):
-        train(["--config", SEMI, "--path_ckpt", str(pre.best)] +
-              sets(*SEMI_TINY, f"run_dir={tmp_path}", "encoder={backbone: resnet18, small_kernel: true}"))
+        train(
+            ["--config", SEMI, "--path_ckpt", str(pre.best)]
+            + sets(*SEMI_TINY, f"run_dir={tmp_path}", "encoder={backbone: resnet18, small_kernel: true}")
+        )
 
 
 def test_distillation_of_a_checkpoint_of_this_project(pretrained_run, tmp_path, capsys):
@@ -86,20 +97,41 @@ def test_distillation_of_an_open_clip_image_tower_from_a_local_file(tmp_path, vo
 
     name = "mvmr-e2e-tiny-vit"
     _, weights = write_tiny_open_clip(tmp_path, name)
-    teacher = json.dumps({"name": "teacher", "weight": 1.0,
-                          "params": {"kind": "open_clip", "model_name": name, "pretrained": str(weights)}})
+    teacher = json.dumps(
+        {
+            "name": "teacher",
+            "weight": 1.0,
+            "params": {"kind": "open_clip", "model_name": name, "pretrained": str(weights)},
+        }
+    )
     run = distill(tiny_args(tmp_path, "clip", [f"representations=[{teacher}]", "epochs=1"]))
     assert "train/dcor/teacher" in (run.path / "metrics.csv").read_text().splitlines()[0]
 
     weights.unlink()  # the distilled student is used without its teacher
     from mvmr.cli.evaluate import evaluate
+
     for mode in (["--retrain", "--epochs", "2"], []):  # retrained head, then the online probe
         result = evaluate(tiny_args(tmp_path, "clip", ["epochs=1"]) + ["--ckpt", str(run.last), "--no_progress"] + mode)
         assert 0 <= result["knn_top1"] <= 100
-    voc = train(["--config_voc", VOC, "--config_self", str(ROOT / "configs" / "digits_clip_self_supervised.yaml"),
-                 "--path_self", str(run.last), "--no_progress"]
-                + sets(f"dataset.path={voc_root}", "dataset.size=16", "n_workers=0", "protocol=svm",
-                       f"run_dir={tmp_path}", "name=voc_distilled"))
+    voc = train(
+        [
+            "--config_voc",
+            VOC,
+            "--config_self",
+            str(ROOT / "configs" / "digits_clip_self_supervised.yaml"),
+            "--path_self",
+            str(run.last),
+            "--no_progress",
+        ]
+        + sets(
+            f"dataset.path={voc_root}",
+            "dataset.size=16",
+            "n_workers=0",
+            "protocol=svm",
+            f"run_dir={tmp_path}",
+            "name=voc_distilled",
+        )
+    )
     assert (voc.checkpoints / "best.ckpt").is_file()
 
 
@@ -115,10 +147,12 @@ def test_voc_trains_on_frozen_features_and_reports_ap(pretrained_run, voc_root, 
     from mvmr.cli.voc import evaluate, train
 
     pre, pre_args = pretrained_run
-    overrides = sets(f"dataset.path={voc_root}", "dataset.size=16", "n_workers=0", "epochs=20",
-                     f"protocol={protocol}")
-    run = train(["--config_voc", VOC, "--config_self", pre_args[1], "--path_self", str(pre.best),
-                 "--no_progress"] + overrides + sets(f"run_dir={tmp_path}", f"name=voc_{protocol}"))
+    overrides = sets(f"dataset.path={voc_root}", "dataset.size=16", "n_workers=0", "epochs=20", f"protocol={protocol}")
+    run = train(
+        ["--config_voc", VOC, "--config_self", pre_args[1], "--path_self", str(pre.best), "--no_progress"]
+        + overrides
+        + sets(f"run_dir={tmp_path}", f"name=voc_{protocol}")
+    )
     ckpt = run.checkpoints / "best.ckpt"
     assert ckpt.is_file()
     res = evaluate(["--config", VOC, "--ckpt", str(ckpt), "--no_progress"] + overrides)
@@ -133,5 +167,14 @@ def test_voc_refuses_a_grayscale_encoder(tmp_path, voc_root):
 
     grey = pretrain(tiny_args(tmp_path, "grey", ["dataset.to_rgb=false", "epochs=1", "trainer.limit_train_batches=1"]))
     with pytest.raises(CheckpointError, match="VOC07 is RGB"):
-        train(["--config_voc", VOC, "--config_self", str(ROOT / "configs" / "digits_self_supervised.yaml"),
-               "--path_self", str(grey.last)] + sets(f"dataset.path={voc_root}", f"run_dir={tmp_path}"))
+        train(
+            [
+                "--config_voc",
+                VOC,
+                "--config_self",
+                str(ROOT / "configs" / "digits_self_supervised.yaml"),
+                "--path_self",
+                str(grey.last),
+            ]
+            + sets(f"dataset.path={voc_root}", f"run_dir={tmp_path}")
+        )

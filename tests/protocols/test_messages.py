@@ -1,4 +1,5 @@
 """The library's lines for the user: stdout for information, stderr for warnings, first process only."""
+
 from mvmr import messages
 
 

@@ -1,16 +1,29 @@
 """Your own images, end to end: a flat folder pretrains, is plotted and embedded; a labelled layout gets the probe
 and the evaluations. The shipped configs/image_folder_self_supervised.yaml, shrunk in size only."""
+
 import numpy as np
 import pytest
-
 from conftest import ROOT
 from fixtures_data import write_image_folder
+
 from mvmr.errors import DataError
 
 CONFIG = str(ROOT / "configs" / "image_folder_self_supervised.yaml")
-SMALL = ["dataset.size=32", "encoder.width=8", "encoder.out_dim=32-32", "batch_size=8", "epochs=2",
-         "warmup_epochs=1", "n_workers=0", "fp16=false", "compile_view_ops=false", "trainer.progress_bar=false",
-         "log_every=1", "eval.epochs=2", "hog.pool=4"]
+SMALL = [
+    "dataset.size=32",
+    "encoder.width=8",
+    "encoder.out_dim=32-32",
+    "batch_size=8",
+    "epochs=2",
+    "warmup_epochs=1",
+    "n_workers=0",
+    "fp16=false",
+    "compile_view_ops=false",
+    "trainer.progress_bar=false",
+    "log_every=1",
+    "eval.epochs=2",
+    "hog.pool=4",
+]
 
 
 def sets(*items):
@@ -35,17 +48,32 @@ def test_a_folder_without_labels_pretrains_plots_and_embeds(tmp_path, capsys):
     from mvmr.cli.pretrain import pretrain
 
     folder = flat_folder(tmp_path / "photos")
-    args = ["--config", CONFIG] + sets(*SMALL, "representations=[{name: pixels, weight: 3.0, standardize: true}, "
-                                               "{name: augmented_pixels, weight: 3.0, standardize: true}, "
-                                               "{name: hog, weight: 6.0, standardize: true, params: {nbins: 9, pool: 4}}]",
-                                       f"dataset.path={folder}", f"run_dir={tmp_path / 'runs'}")
+    args = ["--config", CONFIG] + sets(
+        *SMALL,
+        "representations=[{name: pixels, weight: 3.0, standardize: true}, "
+        "{name: augmented_pixels, weight: 3.0, standardize: true}, "
+        "{name: hog, weight: 6.0, standardize: true, params: {nbins: 9, pool: 4}}]",
+        f"dataset.path={folder}",
+        f"run_dir={tmp_path / 'runs'}",
+    )
     run = pretrain(args)
     out = capsys.readouterr().out
     assert "has no labels: no online probe and no test report" in out and run.last.is_file()
     written = plot([str(run.path), "--tsne_points", "20", "--no_progress"])
     assert sorted(p.name for p in written) == ["run.png", "tsne.png"]
-    npz = embed(["--ckpt", str(run.last), "--data", str(folder), "--out", str(tmp_path / "emb.npz"), "--workers", "0",
-                 "--no_progress"])
+    npz = embed(
+        [
+            "--ckpt",
+            str(run.last),
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "emb.npz"),
+            "--workers",
+            "0",
+            "--no_progress",
+        ]
+    )
     saved = np.load(npz)
     assert saved["features"].shape == (24, 8 * 8) and saved["features"].dtype == np.float32
     assert sorted(saved["paths"]) == sorted(str(p.relative_to(folder)) for p in folder.rglob("*.jpg"))
@@ -63,8 +91,17 @@ def test_embeddings_are_the_backbone_features_of_x_bar(tmp_path):
     from mvmr.cli.pretrain import pretrain
 
     folder = flat_folder(tmp_path / "photos", n=8)
-    run = pretrain(["--config", CONFIG] + sets(*SMALL, "representations=[]", "epochs=1", "warmup_epochs=0",
-                                               f"dataset.path={folder}", f"run_dir={tmp_path / 'runs'}"))
+    run = pretrain(
+        ["--config", CONFIG]
+        + sets(
+            *SMALL,
+            "representations=[]",
+            "epochs=1",
+            "warmup_epochs=0",
+            f"dataset.path={folder}",
+            f"run_dir={tmp_path / 'runs'}",
+        )
+    )
     paths = sorted(folder.rglob("*.jpg"))
     features = embed_images(run.last, paths, progress=False)
     backbone, transform = load_encoder(run.last)
@@ -77,10 +114,15 @@ def test_a_labelled_layout_gets_the_probe_and_the_evaluations(tmp_path, capsys):
     from mvmr.cli.evaluate import evaluate
     from mvmr.cli.pretrain import pretrain
 
-    write_image_folder(tmp_path / "labelled", classes=("cat", "dog"), per_class=8, splits=("train", "val"),
-                       ext="jpg", size=(60, 50))
-    args = ["--config", CONFIG] + sets(*SMALL, "representations=[{name: pixels, weight: 3.0, standardize: true}]",
-                                       f"dataset.path={tmp_path / 'labelled'}", f"run_dir={tmp_path / 'runs'}")
+    write_image_folder(
+        tmp_path / "labelled", classes=("cat", "dog"), per_class=8, splits=("train", "val"), ext="jpg", size=(60, 50)
+    )
+    args = ["--config", CONFIG] + sets(
+        *SMALL,
+        "representations=[{name: pixels, weight: 3.0, standardize: true}]",
+        f"dataset.path={tmp_path / 'labelled'}",
+        f"run_dir={tmp_path / 'runs'}",
+    )
     run = pretrain(args)
     assert "online probe (test)" in capsys.readouterr().out
     results = evaluate(["--config", CONFIG, "--ckpt", str(run.last), "--retrain", "--no_progress"] + args[2:])

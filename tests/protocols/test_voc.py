@@ -1,4 +1,5 @@
 """VOC2007 data (XML parsing, difficult handling, decoding, errors) and metrics (AP, mAP, per-class SVMs)."""
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_voc import CLASSES, COLOURS, write_voc
 from PIL import Image
 from sklearn.metrics import average_precision_score, precision_recall_curve
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -15,9 +17,14 @@ from sklearn.svm import LinearSVC
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from fixtures_voc import CLASSES, COLOURS, write_voc
-from mvmr.data.voc import (VOC_CLASSES, VOCMultiLabel, available_splits, parse_annotation, resolve_eval_split,
-                           voc2007_dir)
+from mvmr.data.voc import (
+    VOC_CLASSES,
+    VOCMultiLabel,
+    available_splits,
+    parse_annotation,
+    resolve_eval_split,
+    voc2007_dir,
+)
 from mvmr.errors import DataError
 from mvmr.evaluation.voc import average_precision, fit_linear_svms, mean_average_precision
 
@@ -58,8 +65,13 @@ def test_parse_annotation_difficult_handling(tmp_path):
     assert positive.dtype == bool and positive.shape == difficult_only.shape == (20,)
 
 
-@pytest.mark.parametrize("xml, part", [("<annotation><object><name>unicorn</name></object></annotation>", "unicorn"),
-                                       ("<annotation><object>", "cannot read")])
+@pytest.mark.parametrize(
+    "xml, part",
+    [
+        ("<annotation><object><name>unicorn</name></object></annotation>", "unicorn"),
+        ("<annotation><object>", "cannot read"),
+    ],
+)
 def test_parse_annotation_errors_are_one_line(tmp_path, xml, part):
     (tmp_path / "bad.xml").write_text(xml)
     with pytest.raises(DataError) as excinfo:
@@ -114,8 +126,13 @@ def test_strip_colour_survives_decoding(voc_root):
 def test_missing_data_errors_are_one_line(tmp_path):
     with pytest.raises(DataError) as excinfo:
         VOCMultiLabel(tmp_path / "nowhere", "trainval", 16)
-    assert_one_line_data_error(excinfo, str(tmp_path / "nowhere" / "VOCdevkit" / "VOC2007"),
-                               "VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar", "set dataset.path")
+    assert_one_line_data_error(
+        excinfo,
+        str(tmp_path / "nowhere" / "VOCdevkit" / "VOC2007"),
+        "VOCtrainval_06-Nov-2007.tar",
+        "VOCtest_06-Nov-2007.tar",
+        "set dataset.path",
+    )
     write_voc(tmp_path / "partial", n_train=4, n_test=0, with_test=False)
     with pytest.raises(DataError) as excinfo:
         VOCMultiLabel(tmp_path / "partial", "test", 16)
@@ -273,8 +290,7 @@ def test_svms_reach_high_map_and_choose_costs_by_cv():
         expected = cross_val_score(svc, xn, y0, cv=cv, scoring="average_precision").mean()
         assert svms.cv_ap[0, j] == pytest.approx(expected, abs=1e-9)
     refit = LinearSVC(C=svms.costs[0], class_weight={1: 2, 0: 1}, dual="auto", max_iter=10_000).fit(xn, y0)
-    np.testing.assert_allclose(scores[:, 0], refit.decision_function(normalize(x[80:].astype(np.float64))),
-                               atol=1e-6)
+    np.testing.assert_allclose(scores[:, 0], refit.decision_function(normalize(x[80:].astype(np.float64))), atol=1e-6)
 
 
 def test_svm_training_drops_ignored_entries():

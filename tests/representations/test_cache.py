@@ -1,4 +1,5 @@
 """Representation cache: rows equal direct computation, invalidation, reuse, crash safety, projection."""
+
 import json
 import pickle
 
@@ -67,8 +68,9 @@ class Noisy(Sine):
 
 
 def loader(shuffle=False, batch_size=7, dataset=None):
-    return DataLoader(dataset or IndexedImages(), batch_size=batch_size, shuffle=shuffle,
-                      generator=torch.Generator().manual_seed(1))
+    return DataLoader(
+        dataset or IndexedImages(), batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(1)
+    )
 
 
 def build(root, reps, **kw):
@@ -171,13 +173,16 @@ def test_only_missing_representations_are_computed(tmp_path):
     assert cache2.paths["a"] == cache.paths["a"] and cache2.paths["b"] != cache.paths["b"]
 
 
-@pytest.mark.parametrize("change", [
-    {"fingerprint": {**FINGERPRINT, "size": 9}},
-    {"fingerprint": {**FINGERPRINT, "view": {"mean": 0.4, "std": 0.25}}},
-    {"dtype": torch.float32},
-    {"max_dim": 16},
-    {"rep": Sine(scale=4.0)},  # representation parameters shown in its repr
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"fingerprint": {**FINGERPRINT, "size": 9}},
+        {"fingerprint": {**FINGERPRINT, "view": {"mean": 0.4, "std": 0.25}}},
+        {"dtype": torch.float32},
+        {"max_dim": 16},
+        {"rep": Sine(scale=4.0)},  # representation parameters shown in its repr
+    ],
+)
 def test_any_change_gives_a_new_file(tmp_path, change):
     base = build(tmp_path, {"sine": Sine()})
     rep = change.pop("rep", Sine())
@@ -286,8 +291,10 @@ def test_cache_stores_projection_above_max_dim(tmp_path):
 def test_real_representations_cached_and_invalidated_by_their_settings(tmp_path):
     registry = pytest.importorskip("mvmr.representations.registry")
     make = registry.build_representation
-    reps = {"hog": make("hog", {"pool": 4}, in_channels=3, image_size=8),
-            "scatnet": make("scatnet", {"J": 1, "L": 4}, in_channels=3, image_size=8)}
+    reps = {
+        "hog": make("hog", {"pool": 4}, in_channels=3, image_size=8),
+        "scatnet": make("scatnet", {"J": 1, "L": 4}, in_channels=3, image_size=8),
+    }
     cache = build(tmp_path, reps, dtype=torch.float32)
     x = eval_view(IndexedImages().images)
     for key, rep in reps.items():
@@ -306,9 +313,18 @@ def test_training_step_from_float16_rows_equals_the_float32_upcast(tmp_path):
     from mvmr.methods.pretrain import MVMRPretrainModule
 
     info = DatasetInfo(n_classes=10, channels=1, mean=(0.5,), std=(0.25,))
-    cfg = load_config(None, ["encoder.backbone=resnet18", "encoder.out_dim=32-32", "dataset.size=16", "fp16=false",
-                             "representations=[{name: pixels, weight: 1.0}, {name: hog, weight: 2.0, standardize: true},"
-                             " {name: local_std, weight: 1.0}]", "probe.enabled=false"])
+    cfg = load_config(
+        None,
+        [
+            "encoder.backbone=resnet18",
+            "encoder.out_dim=32-32",
+            "dataset.size=16",
+            "fp16=false",
+            "representations=[{name: pixels, weight: 1.0}, {name: hog, weight: 2.0, standardize: true},"
+            " {name: local_std, weight: 1.0}]",
+            "probe.enabled=false",
+        ],
+    )
     torch.manual_seed(0)
     module = MVMRPretrainModule(cfg, info)
     module.log = module.log_dict = lambda *a, **k: None

@@ -1,4 +1,5 @@
 """Representation cache and disk space: size estimate, refusal before any work, full disk without SIGBUS."""
+
 import errno
 import os
 import re
@@ -71,8 +72,9 @@ class NoDim(Wide):
 def build(root, reps, **kw):
     kw.setdefault("fingerprint", FINGERPRINT)
     kw.setdefault("progress", False)
-    return RepresentationCache.build(reps, kw.pop("loader", None) or DataLoader(IndexedImages(), batch_size=7),
-                                     eval_view, root, **kw)
+    return RepresentationCache.build(
+        reps, kw.pop("loader", None) or DataLoader(IndexedImages(), batch_size=7), eval_view, root, **kw
+    )
 
 
 def estimate(root, reps, **kw):
@@ -190,21 +192,34 @@ def test_callback_passes_cache_max_gb(tmp_path, world_size, global_zero):
     from mvmr.methods.callbacks import build_callbacks
 
     root = tmp_path / "shared-cache"
-    cfg = load_config(None, ["representations=[{name: pixels, weight: 1.0}]", f"cache.dir={root}",
-                             "cache.max_gb=1e-6", "trainer.progress_bar=false"])
+    cfg = load_config(
+        None,
+        [
+            "representations=[{name: pixels, weight: 1.0}]",
+            f"cache.dir={root}",
+            "cache.max_gb=1e-6",
+            "trainer.progress_bar=false",
+        ],
+    )
     rep = Wide()
 
     class View(nn.Module):
         def forward(self, x):
             return eval_view(x)
 
-    module = SimpleNamespace(representations=nn.ModuleDict({"pixels": rep}), eval_view=View(),
-                             device=torch.device("cpu"), info=SimpleNamespace(mean=(0.5,), std=(0.25,)))
-    datamodule = SimpleNamespace(num_pretrain_samples=N,
-                                 pretrain_dataloader=lambda **kw: DataLoader(IndexedImages(), batch_size=7))
+    module = SimpleNamespace(
+        representations=nn.ModuleDict({"pixels": rep}),
+        eval_view=View(),
+        device=torch.device("cpu"),
+        info=SimpleNamespace(mean=(0.5,), std=(0.25,)),
+    )
+    datamodule = SimpleNamespace(
+        num_pretrain_samples=N, pretrain_dataloader=lambda **kw: DataLoader(IndexedImages(), batch_size=7)
+    )
     barriers = []
-    trainer = SimpleNamespace(is_global_zero=global_zero, world_size=world_size,
-                              strategy=SimpleNamespace(barrier=barriers.append))
+    trainer = SimpleNamespace(
+        is_global_zero=global_zero, world_size=world_size, strategy=SimpleNamespace(barrier=barriers.append)
+    )
     [callback] = build_callbacks(cfg, module, datamodule, run=None)
     with pytest.raises(ConfigError, match=r"cache.max_gb=1e-06 allows"):
         callback.setup(trainer, module, "fit")
@@ -219,7 +234,7 @@ def test_estimate_equals_the_bytes_written(tmp_path, settings):
     assert set(planned) == {"a", "b", "c"}
     itemsize = 4 if settings.get("dtype") == torch.float32 else 2
     for key, repeat in (("a", 1), ("b", 3), ("c", 2)):
-        dim = min(repeat * D, settings.get("max_dim", 10 ** 9))
+        dim = min(repeat * D, settings.get("max_dim", 10**9))
         assert 0 < planned[key] - N * dim * itemsize < 4096  # array + header and metadata
     cache = build(tmp_path, reps, **settings)
     for key, path in cache.paths.items():
@@ -235,8 +250,11 @@ def test_float16_overflow_still_widens_and_stays_within_twice_the_estimate(tmp_p
     assert np.load(cache.paths["big"]).dtype == np.float32
     written = sum(p.stat().st_size for p in tmp_path.iterdir())
     assert planned < written <= 2 * planned
-    np.testing.assert_allclose(cache["big"](np.arange(N)).numpy(),
-                               (np.sin(IndexedImages().images.numpy() / 255.0) + 1e5).reshape(N, -1), rtol=1e-6)
+    np.testing.assert_allclose(
+        cache["big"](np.arange(N)).numpy(),
+        (np.sin(IndexedImages().images.numpy() / 255.0) + 1e5).reshape(N, -1),
+        rtol=1e-6,
+    )
     assert_only_complete_entries(tmp_path)
 
 
@@ -286,7 +304,7 @@ def test_disk_full_mid_build_is_a_one_line_error_and_leaves_no_partial_file(tmp_
         def write_text(self, text, *args, **kwargs):
             count[0] += 1
             if count[0] > 1:
-                real_write_text(self, text[:len(text) // 2], *args, **kwargs)
+                real_write_text(self, text[: len(text) // 2], *args, **kwargs)
                 raise no_space()
             return real_write_text(self, text, *args, **kwargs)
 
@@ -327,8 +345,9 @@ def test_rows_are_never_written_through_a_writable_memory_map(tmp_path, monkeypa
 
     monkeypatch.setattr(np.memmap, "__new__", memmap)
     cache = build(tmp_path, {"a": Wide(), "big": Wide(offset=1e5)})  # float16, and a widening to float32
-    np.testing.assert_allclose(cache["a"](np.arange(N)).numpy(),
-                               np.sin(IndexedImages().images.numpy() / 255.0).reshape(N, -1), atol=1e-3)
+    np.testing.assert_allclose(
+        cache["a"](np.arange(N)).numpy(), np.sin(IndexedImages().images.numpy() / 255.0).reshape(N, -1), atol=1e-3
+    )
 
 
 # ---------------------------------------------------------------------------- (c) a real small file system
@@ -369,8 +388,10 @@ FILL_SCRIPT = textwrap.dedent("""
     sys.exit(main(None))
 """)
 # mount a tmpfs of $1 bytes on $2 in a private mount namespace, run $3 $4 $2/cache $5, list what is left
-IN_TMPFS = ('mount -t tmpfs -o size="$1" tmpfs "$2" || exit 97; "$3" "$4" "$2/cache" "$5"; rc=$?; '
-            'echo "left: [$(ls -A "$2/cache" 2>/dev/null | tr "\\n" " ")]"; exit $rc')
+IN_TMPFS = (
+    'mount -t tmpfs -o size="$1" tmpfs "$2" || exit 97; "$3" "$4" "$2/cache" "$5"; rc=$?; '
+    'echo "left: [$(ls -A "$2/cache" 2>/dev/null | tr "\\n" " ")]"; exit $rc'
+)
 
 
 def private_mount_command():
@@ -380,8 +401,12 @@ def private_mount_command():
     probe = Path(os.environ.get("TMPDIR", "/tmp"))
     for command in (["unshare", "-Urm"], ["unshare", "-m"]):
         try:
-            done = subprocess.run([*command, "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$1"', "sh", str(probe)],
-                                  capture_output=True, timeout=30, check=False)
+            done = subprocess.run(
+                [*command, "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$1"', "sh", str(probe)],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if done.returncode == 0:
@@ -397,8 +422,13 @@ def test_real_small_file_system_gives_the_error_line_not_sigbus(tmp_path, mode, 
     script, mount_point = tmp_path / "fill_cache.py", tmp_path / "mnt"
     script.write_text(FILL_SCRIPT)
     mount_point.mkdir()
-    done = subprocess.run([*command, "sh", "-c", IN_TMPFS, "sh", str(size), str(mount_point), sys.executable,
-                           str(script), mode], capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [*command, "sh", "-c", IN_TMPFS, "sh", str(size), str(mount_point), sys.executable, str(script), mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if done.returncode == 97:
         pytest.skip(f"tmpfs mount refused: {done.stderr.strip()}")
     assert done.returncode not in (-signal.SIGBUS, 128 + signal.SIGBUS), done.stderr[-2000:]

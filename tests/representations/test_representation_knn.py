@@ -1,10 +1,10 @@
 """benchmarks/representation_knn.py: its k-NN and z-scoring against scikit-learn."""
+
 import numpy as np
 import torch
+from conftest import load_benchmark
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
-
-from conftest import load_benchmark
 
 
 def test_knn_top1_matches_sklearn_majority_vote_and_z_score_matches_standard_scaler():

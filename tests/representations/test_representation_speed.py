@@ -5,11 +5,13 @@ Each reference is the previous implementation kept reachable here: kymatio's own
 std and dCor-centring formulas. Inputs: random, and structured ones (constant, stripes, edges at the bin
 boundaries, a checkerboard, an impulse, a large offset), at 32, 96 and 224 px and several channel counts.
 """
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+
 # kymatio's 2-D torch frontend (``kymatio.torch`` would also import the 1-D/3-D ones, which fail with this SciPy)
 from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
 
@@ -32,8 +34,14 @@ def structured(kind: str, batch: int, channels: int, size: int, seed: int = 0) -
         k = torch.arange(1, batch * channels + 1, dtype=torch.float32).view(batch, channels, 1, 1)
         return torch.sin(2 * math.pi * (k * cols + 2 * rows) / size)
     if kind == "edges":  # steps at 0°, 45°, 90° and 135°: gradient angles on the HOG bin centres and wrap point
-        images = torch.stack([(cols > size / 2).float(), (rows + cols > size).float(), (rows > size / 3).float(),
-                              (cols - rows > 0).float()])
+        images = torch.stack(
+            [
+                (cols > size / 2).float(),
+                (rows + cols > size).float(),
+                (rows > size / 3).float(),
+                (cols - rows > 0).float(),
+            ]
+        )
         return images[torch.arange(batch * channels) % 4].view(batch, channels, size, size) * 2 - 1
     if kind == "checkerboard":
         return (((rows // 3 + cols // 3) % 2) * 2 - 1).expand(batch, channels, size, size).clone()
@@ -56,9 +64,19 @@ def assert_close_to_scale(out: torch.Tensor, ref: torch.Tensor, rel: float) -> N
 
 
 # ------------------------------------------------------------------ ScatNet == kymatio's torch frontend
-@pytest.mark.parametrize("size, batch, channels, J, L, max_order", [
-    (32, 4, 3, 2, 8, 2), (96, 2, 3, 2, 8, 2), (224, 1, 2, 2, 8, 2),  # the authors' J, L at the three sizes
-    (32, 2, 1, 3, 4, 2), (33, 2, 2, 1, 6, 1), (17, 3, 1, 2, 3, 1), (64, 1, 3, 4, 5, 2), (96, 1, 1, 3, 8, 2)])
+@pytest.mark.parametrize(
+    "size, batch, channels, J, L, max_order",
+    [
+        (32, 4, 3, 2, 8, 2),
+        (96, 2, 3, 2, 8, 2),
+        (224, 1, 2, 2, 8, 2),  # the authors' J, L at the three sizes
+        (32, 2, 1, 3, 4, 2),
+        (33, 2, 2, 1, 6, 1),
+        (17, 3, 1, 2, 3, 1),
+        (64, 1, 3, 4, 5, 2),
+        (96, 1, 1, 3, 8, 2),
+    ],
+)
 def test_scattering_equals_kymatio_frontend(size, batch, channels, J, L, max_order):
     ours = Scattering2D(J, (size, size), L=L, max_order=max_order)
     ref = ScatteringTorch2D(J=J, shape=(size, size), L=L, max_order=max_order)
@@ -134,15 +152,21 @@ def hog_reference(x: torch.Tensor, nbins: int, pool: int) -> torch.Tensor:
     lower, upper, upper_share = linear_bins(orientation * (nbins / math.pi), nbins, circular=True)
     position = torch.arange(covered) // pool
     cell = (position[:, None] * cells + position[None, :]).expand_as(lower)
-    n_cells = cells ** 2
-    hist = scatter_two_bins((lower * n_cells + cell).flatten(1), (upper * n_cells + cell).flatten(1),
-                            (magnitude * (1 - upper_share)).flatten(1), (magnitude * upper_share).flatten(1),
-                            nbins * n_cells)
-    return hist.div_(pool ** 2).reshape(batch, -1)
+    n_cells = cells**2
+    hist = scatter_two_bins(
+        (lower * n_cells + cell).flatten(1),
+        (upper * n_cells + cell).flatten(1),
+        (magnitude * (1 - upper_share)).flatten(1),
+        (magnitude * upper_share).flatten(1),
+        nbins * n_cells,
+    )
+    return hist.div_(pool**2).reshape(batch, -1)
 
 
-@pytest.mark.parametrize("size, channels, nbins, pool", [
-    (32, 3, 9, 8), (96, 3, 9, 8), (224, 1, 9, 8), (96, 2, 24, 8), (30, 3, 9, 8), (31, 1, 4, 5), (12, 2, 6, 4)])
+@pytest.mark.parametrize(
+    "size, channels, nbins, pool",
+    [(32, 3, 9, 8), (96, 3, 9, 8), (224, 1, 9, 8), (96, 2, 24, 8), (30, 3, 9, 8), (31, 1, 4, 5), (12, 2, 6, 4)],
+)
 def test_hog_equals_previous_formula(size, channels, nbins, pool):
     rep = build_representation("hog", {"nbins": nbins, "pool": pool}, in_channels=channels, image_size=size)
     for kind in KINDS:
@@ -159,7 +183,7 @@ def local_std_reference(x: torch.Tensor) -> torch.Tensor:
     sum_d2 = torch.zeros_like(x)
     for dy in range(3):
         for dx in range(3):
-            d = padded[..., dy:dy + size, dx:dx + size] - x
+            d = padded[..., dy : dy + size, dx : dx + size] - x
             sum_d += d
             sum_d2 += d * d
     mean_d = sum_d / 9
@@ -182,8 +206,15 @@ def previous_centred_chunks(x: torch.Tensor, dtype: torch.dtype, chunk_size: int
         yield centred.sub_(centred.mean(dim=0, keepdim=True))
 
 
-@pytest.mark.parametrize("in_dtype, dtype", [(torch.float32, torch.float32), (torch.float16, torch.float32),
-                                             (torch.float32, torch.float64), (torch.float64, torch.float64)])
+@pytest.mark.parametrize(
+    "in_dtype, dtype",
+    [
+        (torch.float32, torch.float32),
+        (torch.float16, torch.float32),
+        (torch.float32, torch.float64),
+        (torch.float64, torch.float64),
+    ],
+)
 @pytest.mark.parametrize("chunk_size", [7, 64, 1000])
 def test_centred_chunks_equal_previous_passes(in_dtype, dtype, chunk_size):
     x = (3.0 + torch.randn(16, 300, generator=torch.Generator().manual_seed(2))).to(in_dtype)
@@ -227,7 +258,7 @@ def subsampled_second_order_reference(x: torch.Tensor, J: int, L: int) -> torch.
         j1 = psi[n1]["j"]
         u1 = backend.cdgmm(u0, psi[n1]["levels"][0])
         if j1 > 0:
-            u1 = backend.subsample_fourier(u1, k=2 ** j1)
+            u1 = backend.subsample_fourier(u1, k=2**j1)
         u1 = backend.rfft(backend.modulus(backend.ifft(u1)))
         for n2 in range(len(psi)):
             j2 = psi[n2]["j"]
@@ -237,7 +268,7 @@ def subsampled_second_order_reference(x: torch.Tensor, J: int, L: int) -> torch.
             u2 = backend.rfft(backend.modulus(backend.ifft(u2)))
             second.append(backend.unpad(backend.irfft(backend.cdgmm(u2, phi_j))))
     exact = frontend(x.contiguous())
-    first = exact[..., :1 + J * L, :, :]
+    first = exact[..., : 1 + J * L, :, :]
     return torch.cat([first, torch.stack(second, -3).reshape(*x.shape[:-2], -1, *first.shape[-2:])], -3)
 
 
@@ -272,7 +303,7 @@ def natural_crops(count: int, size: int, seed: int = 0) -> torch.Tensor:
         image = photos[rng.integers(len(photos))]
         side = int(rng.uniform(0.25, 1.0) * min(image.shape[:2]))
         top, left = rng.integers(0, image.shape[0] - side + 1), rng.integers(0, image.shape[1] - side + 1)
-        crop = resize(image[top:top + side, left:left + side], (size, size), anti_aliasing=True)
+        crop = resize(image[top : top + side, left : left + side], (size, size), anti_aliasing=True)
         crops.append(torch.from_numpy(crop).permute(2, 0, 1).float())
     return (torch.stack(crops) - 0.5) / 0.25
 
@@ -287,19 +318,29 @@ def test_subsampled_second_order_barely_moves_the_dcor_terms():
     pytest.importorskip("skimage")
     x = natural_crops(48, 96)
     exact = build_representation("scatnet", {"J": 2, "L": 8}, in_channels=3, image_size=96)(x)
-    approx = build_representation("scatnet", {"J": 2, "L": 8, "subsample_second_order": True}, in_channels=3,
-                                  image_size=96)(x)
+    approx = build_representation(
+        "scatnet", {"J": 2, "L": 8, "subsample_second_order": True}, in_channels=3, image_size=96
+    )(x)
     second = slice(17 * 24 * 24, 81 * 24 * 24)  # channel 0's second-order block (the others alike)
     moved = ((approx[:, second] - exact[:, second]).norm() / exact[:, second].norm()).item()
     assert 0.01 < moved < 0.2
     assert dcor.distance_correlation(approx, exact).item() > 0.9999
     assert dcor.distance_correlation(standardize_columns(approx), standardize_columns(exact)).item() > 0.999
-    views = {"pixels": x.reshape(48, -1), "8x8 means": F.avg_pool2d(x, 8).reshape(48, -1),
-             "HOG": build_representation("hog", {"nbins": 9, "pool": 8}, in_channels=3, image_size=96)(x)}
+    views = {
+        "pixels": x.reshape(48, -1),
+        "8x8 means": F.avg_pool2d(x, 8).reshape(48, -1),
+        "HOG": build_representation("hog", {"nbins": 9, "pool": 8}, in_channels=3, image_size=96)(x),
+    }
     for name, other in views.items():
         for transform in (lambda t: t, standardize_columns):
-            delta = (dcor.distance_correlation(transform(approx), other)
-                     - dcor.distance_correlation(transform(exact), other)).abs().item()
+            delta = (
+                (
+                    dcor.distance_correlation(transform(approx), other)
+                    - dcor.distance_correlation(transform(exact), other)
+                )
+                .abs()
+                .item()
+            )
             assert delta < 5e-3, (name, delta)
 
 
@@ -332,7 +373,9 @@ def test_isolated_uncached_work_names_every_piece():
     stepper = step_time.Stepper(step_time.make_module(32, 4, step_time.AUTHORS), None)
     pieces = step_time.isolated_uncached_work(stepper, images, rounds=1)
     keys = [key for key in stepper.module.representations]
-    assert list(pieces) == (["the augmented copy's view (one more per step each)"]
-                            + [f"{key}: φ(x̄)" for key in keys if key != "augmented_pixels"]
-                            + [f"{key}: its dCor term" for key in keys])
+    assert list(pieces) == (
+        ["the augmented copy's view (one more per step each)"]
+        + [f"{key}: φ(x̄)" for key in keys if key != "augmented_pixels"]
+        + [f"{key}: its dCor term" for key in keys]
+    )
     assert all(math.isfinite(seconds) for seconds in pieces.values())

@@ -1,4 +1,5 @@
 """Representations φ_k: every formula against an independent float64 reference or a hand-worked case."""
+
 import math
 
 import numpy as np
@@ -14,10 +15,23 @@ from mvmr.representations.gabor import gabor_sigma
 
 HAND_CRAFTED = ["augmented_pixels", "color_histogram", "dct", "gabor", "hog", "local_std", "pixels", "scatnet"]
 ALL = sorted(HAND_CRAFTED + ["teacher"])  # the teacher needs weights on disk: tested in test_teacher.py
-EXAMPLE_DIMS = {"augmented_pixels": 27648, "color_histogram": 96, "dct": 27648, "gabor": 20736, "hog": 10368,
-                "local_std": 27648, "pixels": 27648, "scatnet": 139968}  # 3×96×96, defaults (hand-computed)
-SMALL = {"hog": {"nbins": 6, "pool": 4}, "scatnet": {"J": 2, "L": 4}, "gabor": {"scales": 2, "pool": 4},
-         "color_histogram": {"bins": 8}, "dct": {"keep": 5}}
+EXAMPLE_DIMS = {
+    "augmented_pixels": 27648,
+    "color_histogram": 96,
+    "dct": 27648,
+    "gabor": 20736,
+    "hog": 10368,
+    "local_std": 27648,
+    "pixels": 27648,
+    "scatnet": 139968,
+}  # 3×96×96, defaults (hand-computed)
+SMALL = {
+    "hog": {"nbins": 6, "pool": 4},
+    "scatnet": {"J": 2, "L": 4},
+    "gabor": {"scales": 2, "pool": 4},
+    "color_histogram": {"bins": 8},
+    "dct": {"keep": 5},
+}
 
 
 def flip_augment(x: torch.Tensor) -> torch.Tensor:
@@ -27,8 +41,14 @@ def flip_augment(x: torch.Tensor) -> torch.Tensor:
 
 
 def build(name, params=None, channels=2, size=12, **kw):
-    return build_representation(name, params if params is not None else SMALL.get(name, {}),
-                                in_channels=channels, image_size=size, augment=flip_augment, **kw)
+    return build_representation(
+        name,
+        params if params is not None else SMALL.get(name, {}),
+        in_channels=channels,
+        image_size=size,
+        augment=flip_augment,
+        **kw,
+    )
 
 
 def images(batch=3, channels=2, size=12, seed=0):
@@ -54,19 +74,22 @@ def test_unknown_parameter_names_the_entry_and_allowed_keys():
         build("pixels", {"keep": 3})
 
 
-@pytest.mark.parametrize("name, params, message", [
-    ("hog", {"nbins": -1}, "hog.nbins must be an int >= 2, got -1"),
-    ("hog", {"nbins": True}, "hog.nbins must be an int >= 2, got True"),
-    ("hog", {"pool": "8"}, "hog.pool must be an int >= 1, got '8'"),
-    ("hog", {"pool": 13}, "hog.pool must be <= the image size 12, got 13"),
-    ("scatnet", {"max_order": 3}, "scatnet.max_order must be an int in [1, 2], got 3"),
-    ("scatnet", {"J": 4}, "scatnet.J must be <= log2 of the image size 12 (2^J <= image size), got 4"),
-    ("dct", {"keep": 0}, "dct.keep must be an int >= 1 or null, got 0"),
-    ("dct", {"keep": 13}, "dct.keep must be <= the image size 12 or null, got 13"),
-    ("color_histogram", {"low": 1, "high": 1}, "color_histogram.high must be > color_histogram.low (1), got 1.0"),
-    ("color_histogram", {"low": float("nan")}, "color_histogram.low must be a finite number, got nan"),
-    ("gabor", {"wavelength": 0}, "gabor.wavelength must be a finite number > 0, got 0"),
-])
+@pytest.mark.parametrize(
+    "name, params, message",
+    [
+        ("hog", {"nbins": -1}, "hog.nbins must be an int >= 2, got -1"),
+        ("hog", {"nbins": True}, "hog.nbins must be an int >= 2, got True"),
+        ("hog", {"pool": "8"}, "hog.pool must be an int >= 1, got '8'"),
+        ("hog", {"pool": 13}, "hog.pool must be <= the image size 12, got 13"),
+        ("scatnet", {"max_order": 3}, "scatnet.max_order must be an int in [1, 2], got 3"),
+        ("scatnet", {"J": 4}, "scatnet.J must be <= log2 of the image size 12 (2^J <= image size), got 4"),
+        ("dct", {"keep": 0}, "dct.keep must be an int >= 1 or null, got 0"),
+        ("dct", {"keep": 13}, "dct.keep must be <= the image size 12 or null, got 13"),
+        ("color_histogram", {"low": 1, "high": 1}, "color_histogram.high must be > color_histogram.low (1), got 1.0"),
+        ("color_histogram", {"low": float("nan")}, "color_histogram.low must be a finite number, got nan"),
+        ("gabor", {"wavelength": 0}, "gabor.wavelength must be a finite number > 0, got 0"),
+    ],
+)
 def test_invalid_parameter_messages(name, params, message):
     with pytest.raises(ConfigError) as err:
         build(name, params)
@@ -117,7 +140,7 @@ def test_batch_items_are_independent_and_half_input_is_upcast(name):
     rep = build(name)
     x = images()
     together = rep(x)
-    alone = torch.cat([rep(x[i:i + 1]) for i in range(3)])
+    alone = torch.cat([rep(x[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
     half = rep(x.bfloat16())
     assert half.dtype == torch.float32
@@ -194,7 +217,7 @@ def hog_reference(x: np.ndarray, nbins: int, pool: int) -> np.ndarray:
                     distance = abs(theta - k * delta)
                     distance = min(distance, math.pi - distance)  # circular at π
                     out[c, k, i // pool, j // pool] += magnitude * max(0.0, 1 - distance / delta)
-    return out / pool ** 2
+    return out / pool**2
 
 
 @pytest.mark.parametrize("size, nbins, pool", [(12, 6, 4), (13, 5, 3), (8, 24, 1)])
@@ -247,11 +270,13 @@ def test_scatnet_matches_kymatio_numpy_frontend():
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("size, J, L, max_order, per_channel", [
-    (16, 2, 4, 2, 1 + 2 * 4 + 16 * 2 * 1 // 2), (17, 2, 3, 1, 1 + 2 * 3), (9, 3, 2, 2, 1 + 3 * 2 + 4 * 3 * 2 // 2)])
+@pytest.mark.parametrize(
+    "size, J, L, max_order, per_channel",
+    [(16, 2, 4, 2, 1 + 2 * 4 + 16 * 2 * 1 // 2), (17, 2, 3, 1, 1 + 2 * 3), (9, 3, 2, 2, 1 + 3 * 2 + 4 * 3 * 2 // 2)],
+)
 def test_scatnet_dimension_formula(size, J, L, max_order, per_channel):
     rep = build("scatnet", {"J": J, "L": L, "max_order": max_order}, channels=2, size=size)
-    assert rep.output_dim() == 2 * per_channel * (size // 2 ** J) ** 2
+    assert rep.output_dim() == 2 * per_channel * (size // 2**J) ** 2
     assert rep(images(batch=1, size=size)).shape == (1, rep.output_dim())
 
 
@@ -347,11 +372,13 @@ def test_gabor_response_matches_scipy_correlation_reference():
     for s, wavelength in enumerate([2.0, 4.0]):
         sigma = gabor_sigma(wavelength, 1.0)
         radius = math.ceil(3 * sigma)
-        y, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1].astype(float)
+        y, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1].astype(float)
         for o in range(3):
             theta = o * math.pi / 3
-            kernel = np.exp(-(xx ** 2 + y ** 2) / (2 * sigma ** 2) + 2j * math.pi / wavelength * (
-                xx * math.cos(theta) + y * math.sin(theta))) / (2 * math.pi * sigma ** 2)
+            kernel = np.exp(
+                -(xx**2 + y**2) / (2 * sigma**2)
+                + 2j * math.pi / wavelength * (xx * math.cos(theta) + y * math.sin(theta))
+            ) / (2 * math.pi * sigma**2)
             real = scipy.ndimage.correlate(image, kernel.real, mode="nearest")
             imag = scipy.ndimage.correlate(image, kernel.imag, mode="nearest")
             ref = np.hypot(real, imag).reshape(4, 3, 4, 3).mean(axis=(1, 3))

@@ -8,15 +8,16 @@
   here again from torchvision's transforms and applied to the batch.
 The defaults are unchanged.
 """
+
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_clip import refuse_network, write_tiny_open_clip
 from torchvision import transforms
 
-from fixtures_clip import refuse_network, write_tiny_open_clip
 from mvmr.errors import ConfigError
 from mvmr.representations import build_representation
 
@@ -33,8 +34,8 @@ def images(batch=2, channels=2, size=12, seed=0):
 
 def normalise(pixels, mean=DATA_MEAN, std=DATA_STD):
     """[0, 1] pixels -> x̄ (float32); with these statistics x̄ spans about [-2, 2]."""
-    mean = torch.tensor(mean[:pixels.shape[1]], dtype=torch.float64).view(1, -1, 1, 1)
-    std = torch.tensor(std[:pixels.shape[1]], dtype=torch.float64).view(1, -1, 1, 1)
+    mean = torch.tensor(mean[: pixels.shape[1]], dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(std[: pixels.shape[1]], dtype=torch.float64).view(1, -1, 1, 1)
     return ((pixels.double() - mean) / std).float()
 
 
@@ -59,7 +60,7 @@ def authors_hog_reference(plane: np.ndarray, nbins: int, pool: int) -> np.ndarra
     hist = np.zeros((nbins, height, width))
     for i in range(height):
         for j in range(width):
-            window = padded[i:i + 3, j:j + 3]  # cross-correlation, as F.conv2d
+            window = padded[i : i + 3, j : j + 3]  # cross-correlation, as F.conv2d
             r0, r1 = (sobel * window).sum(), (sobel.T * window).sum()
             magnitude = math.sqrt(r0 * r0 + r1 * r1)
             t = math.atan2(r0, r1) / math.pi * nbins
@@ -69,7 +70,7 @@ def authors_hog_reference(plane: np.ndarray, nbins: int, pool: int) -> np.ndarra
     out = np.zeros((nbins, cells_y, cells_x))
     for a in range(cells_y):
         for b in range(cells_x):
-            out[:, a, b] = hist[:, a * pool:(a + 1) * pool, b * pool:(b + 1) * pool].mean(axis=(1, 2))
+            out[:, a, b] = hist[:, a * pool : (a + 1) * pool, b * pool : (b + 1) * pool].mean(axis=(1, 2))
     return out
 
 
@@ -79,7 +80,7 @@ def test_authors_hog_matches_float64_loop_reference(size, nbins, pool):
     rep = hog({"nbins": nbins, "pool": pool, "variant": "authors"}, size=size)
     cells = size // pool
     out = rep(x)
-    assert out.shape == (2, rep.output_dim()) == (2, 2 * nbins * cells ** 2)
+    assert out.shape == (2, rep.output_dim()) == (2, 2 * nbins * cells**2)
     out = out.reshape(2, 2, nbins, cells, cells)
     for b in range(2):
         for c in range(2):
@@ -124,7 +125,7 @@ def test_authors_hog_keeps_the_size_layout_and_differs_from_ours():
     ours, theirs = hog({"nbins": 6, "pool": 4}), hog({"nbins": 6, "pool": 4, "variant": "authors"})
     assert ours.variant == "mvmr" and theirs.output_dim() == ours.output_dim() == 2 * 6 * 3 * 3
     assert (ours(x) - theirs(x)).abs().max() > 0.1
-    alone = torch.cat([theirs(x[i:i + 1]) for i in range(2)])  # each sample on its own
+    alone = torch.cat([theirs(x[i : i + 1]) for i in range(2)])  # each sample on its own
     torch.testing.assert_close(theirs(x), alone, rtol=0, atol=0)
 
 
@@ -144,8 +145,14 @@ def tiny_clip(tmp_path_factory):
 
 
 def clip_teacher(path, size=32, **params):
-    full = {"kind": "open_clip", "model_name": TINY, "pretrained": str(path), "dataset_mean": list(DATA_MEAN),
-            "dataset_std": list(DATA_STD), **params}
+    full = {
+        "kind": "open_clip",
+        "model_name": TINY,
+        "pretrained": str(path),
+        "dataset_mean": list(DATA_MEAN),
+        "dataset_std": list(DATA_STD),
+        **params,
+    }
     return build_representation("teacher", full, in_channels=3, image_size=size)
 
 
@@ -168,8 +175,9 @@ def bilinear_reference(x: np.ndarray, size: int) -> np.ndarray:
         i0, i1, wy = taps(i, height)
         for j in range(size):
             j0, j1, wx = taps(j, width)
-            out[..., i, j] = ((1 - wy) * ((1 - wx) * x[..., i0, j0] + wx * x[..., i0, j1])
-                              + wy * ((1 - wx) * x[..., i1, j0] + wx * x[..., i1, j1]))
+            out[..., i, j] = (1 - wy) * ((1 - wx) * x[..., i0, j0] + wx * x[..., i0, j1]) + wy * (
+                (1 - wx) * x[..., i1, j0] + wx * x[..., i1, j1]
+            )
     return out
 
 
@@ -217,13 +225,15 @@ def augmented(draw=None, channels=3, size=40, augment=no_augment):
 def their_transform(size, antialias=False):
     """Their ``get_feature_extraction`` transform, typed again; antialias=False: their torchvision 0.13
     (environment.yml) resized tensors without antialiasing."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(size=size, antialias=antialias),
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomApply([transforms.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-        transforms.RandomGrayscale(p=0.2),
-        transforms.GaussianBlur(kernel_size=2 * int(.05 * size) + 1),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size=size, antialias=antialias),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            transforms.RandomGrayscale(p=0.2),
+            transforms.GaussianBlur(kernel_size=2 * int(0.05 * size) + 1),
+        ]
+    )
 
 
 @pytest.mark.parametrize("channels", [3, 1])
@@ -279,15 +289,23 @@ def test_sample_draw_is_unchanged():
 
 # ================================================================== all three: validation and cache key
 def teacher_params(path):
-    return {"kind": "open_clip", "model_name": TINY, "pretrained": str(path), "dataset_mean": list(DATA_MEAN),
-            "dataset_std": list(DATA_STD)}
+    return {
+        "kind": "open_clip",
+        "model_name": TINY,
+        "pretrained": str(path),
+        "dataset_mean": list(DATA_MEAN),
+        "dataset_std": list(DATA_STD),
+    }
 
 
-@pytest.mark.parametrize("name, key, value, message", [
-    ("hog", "variant", "author", "hog.variant must be one of mvmr, authors, got 'author'"),
-    ("teacher", "input_convention", "clip", "teacher.input_convention must be one of teacher, authors, got 'clip'"),
-    ("augmented_pixels", "draw", None, "augmented_pixels.draw must be one of sample, batch, got None"),
-])
+@pytest.mark.parametrize(
+    "name, key, value, message",
+    [
+        ("hog", "variant", "author", "hog.variant must be one of mvmr, authors, got 'author'"),
+        ("teacher", "input_convention", "clip", "teacher.input_convention must be one of teacher, authors, got 'clip'"),
+        ("augmented_pixels", "draw", None, "augmented_pixels.draw must be one of sample, batch, got None"),
+    ],
+)
 def test_unknown_values_are_one_line_config_errors(tiny_clip, name, key, value, message):
     base = teacher_params(tiny_clip[1]) if name == "teacher" else {}
     with pytest.raises(ConfigError) as err:
@@ -298,15 +316,20 @@ def test_unknown_values_are_one_line_config_errors(tiny_clip, name, key, value, 
 def test_batch_draw_refuses_channel_counts_torchvision_colour_ops_cannot_take():
     with pytest.raises(ConfigError) as err:
         augmented("batch", channels=2)
-    assert str(err.value) == ("augmented_pixels.draw must be sample for 2-channel images (torchvision's colour "
-                              "transforms take 1 or 3 channels), got 'batch'")
+    assert str(err.value) == (
+        "augmented_pixels.draw must be sample for 2-channel images (torchvision's colour "
+        "transforms take 1 or 3 channels), got 'batch'"
+    )
 
 
-@pytest.mark.parametrize("name, key, default, other", [
-    ("hog", "variant", "mvmr", "authors"),
-    ("teacher", "input_convention", "teacher", "authors"),
-    ("augmented_pixels", "draw", "sample", "batch"),
-])
+@pytest.mark.parametrize(
+    "name, key, default, other",
+    [
+        ("hog", "variant", "mvmr", "authors"),
+        ("teacher", "input_convention", "teacher", "authors"),
+        ("augmented_pixels", "draw", "sample", "batch"),
+    ],
+)
 def test_each_switch_is_in_the_repr_the_cache_hashes(tiny_clip, name, key, default, other):
     base = teacher_params(tiny_clip[1]) if name == "teacher" else {}
 

@@ -3,6 +3,7 @@
 No downloads: a tiny open_clip architecture with random weights, a random torchvision resnet18 and a tiny
 checkpoint of this project, each saved to a temporary file and loaded through ``pretrained=<file>``.
 """
+
 import dataclasses
 import os
 
@@ -11,10 +12,10 @@ import open_clip
 import pytest
 import torch
 import torchvision
+from fixtures_clip import refuse_network, write_tiny_open_clip
 from PIL import Image
 from torch import nn
 
-from fixtures_clip import refuse_network, write_tiny_open_clip
 from mvmr.errors import ConfigError, DataError
 from mvmr.representations import build_representation
 
@@ -62,8 +63,13 @@ def build_teacher(params, channels=3, size=32, mean=DATA_MEAN, std=DATA_STD):
 
 
 def clip_teacher(path, channels=3, size=32, mean=DATA_MEAN, std=DATA_STD, **params):
-    return build_teacher({"kind": "open_clip", "model_name": TINY, "pretrained": str(path), **params},
-                         channels=channels, size=size, mean=mean, std=std)
+    return build_teacher(
+        {"kind": "open_clip", "model_name": TINY, "pretrained": str(path), **params},
+        channels=channels,
+        size=size,
+        mean=mean,
+        std=std,
+    )
 
 
 def pil_bicubic(pixels, size):
@@ -111,8 +117,9 @@ def test_preprocessing_agrees_with_open_clips_own_transform_on_uint8(tiny_clip):
     coarse = random_pixels(batch=1, size=5, seed=2)  # a smooth image: PIL's uint8 passes clip noise's overshoot
     smooth = torch.nn.functional.interpolate(coarse, size=(20, 20), mode="bilinear", align_corners=True)[0]
     image = (smooth * 255).round().to(torch.uint8)
-    transform = open_clip.image_transform(model.visual.image_size, is_train=False,
-                                          mean=model.visual.image_mean, std=model.visual.image_std)
+    transform = open_clip.image_transform(
+        model.visual.image_size, is_train=False, mean=model.visual.image_mean, std=model.visual.image_std
+    )
     official = transform(Image.fromarray(image.permute(1, 2, 0).numpy()))
     ours = rep.teacher.prepare(image[None].float() / 255)[0]
     # PIL rounds the resized image to uint8: about 1/255 per pixel, divided by CLIP's std (~0.27).
@@ -139,8 +146,11 @@ def empty_caches(tmp_path, monkeypatch):
 
 def test_tag_cached_on_disk_is_used_with_the_tags_mean_std(tiny_clip, empty_caches, monkeypatch):
     model, path = tiny_clip
-    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, TINY,
-                        {"cached_tag": {"hf_hub": "mvmr-test/tiny/", "mean": (0.5,) * 3, "std": (0.5,) * 3}})
+    monkeypatch.setitem(
+        open_clip.pretrained._PRETRAINED,
+        TINY,
+        {"cached_tag": {"hf_hub": "mvmr-test/tiny/", "mean": (0.5,) * 3, "std": (0.5,) * 3}},
+    )
     snapshot = empty_caches / "hub" / "models--mvmr-test--tiny" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
     (snapshot.parents[1] / "refs").mkdir()
@@ -149,17 +159,27 @@ def test_tag_cached_on_disk_is_used_with_the_tags_mean_std(tiny_clip, empty_cach
     rep = build_teacher({"kind": "open_clip", "model_name": TINY, "pretrained": "cached_tag"})
     assert rep.weights_identity[0] == str((snapshot / "open_clip_pytorch_model.bin").resolve())
     pixels = random_pixels(seed=4)
-    torch.testing.assert_close(rep(normalise(pixels)), encode(model, (pixels.double() - 0.5) / 0.5),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        rep(normalise(pixels)), encode(model, (pixels.double() - 0.5) / 0.5), rtol=1e-5, atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("pretrained, message", [
-    ("laion400m_e32", "teacher.pretrained: the weights of open_clip ViT-B-16 tag 'laion400m_e32' are not in the "
-                      "local cache and nothing is downloaded at run time; pass a local file "
-                      "(teacher.pretrained=/path/to/weights)"),
-    ("no_such_tag", "teacher.pretrained: 'no_such_tag' is neither a file nor an open_clip tag of ViT-B-16; "
-                    "pass a local file (teacher.pretrained=/path/to/weights)"),
-])
+@pytest.mark.parametrize(
+    "pretrained, message",
+    [
+        (
+            "laion400m_e32",
+            "teacher.pretrained: the weights of open_clip ViT-B-16 tag 'laion400m_e32' are not in the "
+            "local cache and nothing is downloaded at run time; pass a local file "
+            "(teacher.pretrained=/path/to/weights)",
+        ),
+        (
+            "no_such_tag",
+            "teacher.pretrained: 'no_such_tag' is neither a file nor an open_clip tag of ViT-B-16; "
+            "pass a local file (teacher.pretrained=/path/to/weights)",
+        ),
+    ],
+)
 def test_tag_without_local_weights_is_one_line_data_error_offline(empty_caches, pretrained, message):
     with pytest.raises(DataError) as err:
         build_teacher({"pretrained": pretrained})  # default kind open_clip, model ViT-B-16
@@ -169,8 +189,10 @@ def test_tag_without_local_weights_is_one_line_data_error_offline(empty_caches, 
 def test_missing_file_and_unreadable_file_are_one_line_data_errors(tmp_path):
     with pytest.raises(DataError) as err:
         build_teacher({"kind": "torchvision", "pretrained": str(tmp_path / "missing.pt")})
-    assert str(err.value) == (f"teacher.pretrained: file '{tmp_path / 'missing.pt'}' not found; "
-                              "pass a local file (teacher.pretrained=/path/to/weights)")
+    assert str(err.value) == (
+        f"teacher.pretrained: file '{tmp_path / 'missing.pt'}' not found; "
+        "pass a local file (teacher.pretrained=/path/to/weights)"
+    )
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     rep = build_teacher({"kind": "torchvision", "model_name": "resnet18", "pretrained": str(garbage)})
@@ -207,14 +229,21 @@ def test_mvmr_checkpoint_backbone_with_its_own_stats_and_size(tmp_path):
     from mvmr.data import DatasetInfo
     from mvmr.methods.pretrain import MVMRPretrainModule
 
-    cfg = build_dataclass(PretrainConfig, {"dataset": {"name": "digits", "size": 24},
-                                           "encoder": {"backbone": "resnet18", "out_dim": "16-16"}})
+    cfg = build_dataclass(
+        PretrainConfig,
+        {"dataset": {"name": "digits", "size": 24}, "encoder": {"backbone": "resnet18", "out_dim": "16-16"}},
+    )
     info = DatasetInfo(10, 1, (0.3,), (0.2,), [str(i) for i in range(10)])
     torch.manual_seed(0)
     module = MVMRPretrainModule(cfg, info).eval()
     path = tmp_path / "teacher.ckpt"
-    torch.save({"state_dict": module.state_dict(),
-                "hyper_parameters": {"config": to_dict(cfg), "info": dataclasses.asdict(info)}}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": {"config": to_dict(cfg), "info": dataclasses.asdict(info)},
+        },
+        path,
+    )
     rep = build_teacher({"kind": "mvmr", "pretrained": str(path)}, channels=1, size=16, mean=(0.5,), std=(0.25,))
     pixels = random_pixels(channels=1, size=16, seed=6)
     out = rep(normalise(pixels, (0.5,), (0.25,)))
@@ -283,19 +312,33 @@ def test_repr_names_the_teacher_and_tracks_the_weights_file(tiny_clip, tmp_path)
 
 
 # ------------------------------------------------------------------ config errors
-@pytest.mark.parametrize("params, message", [
-    ({"kind": "clip"}, "teacher.kind must be one of open_clip, torchvision, mvmr, got 'clip'"),
-    ({"pretrained": None}, "teacher.pretrained must be a local weights file (open_clip: or a tag whose weights "
-                           "are cached on disk), got None"),
-    ({"dataset_mean": None}, "teacher.dataset_mean must be a list of finite numbers, one per channel, got None"),
-    ({"dataset_mean": [0.5]}, "teacher.dataset_mean must be a list of 3 numbers (one per channel), got (0.5,)"),
-    ({"dataset_std": [0.2, 0.0, 0.2]}, "teacher.dataset_std must be a list of finite numbers > 0, got (0.2, 0.0, 0.2)"),
-    ({"input_size": 0}, "teacher.input_size must be an int >= 1 or null, got 0"),
-    ({"model_name": "ViT-X-99"}, "teacher.model_name must be an open_clip architecture (open_clip.list_models()) "
-                                 "for kind open_clip, got 'ViT-X-99'"),
-    ({"kind": "torchvision", "model_name": "resnet7"}, "teacher.model_name must be a torchvision classifier for kind "
-                                                       "torchvision, got 'resnet7'"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"kind": "clip"}, "teacher.kind must be one of open_clip, torchvision, mvmr, got 'clip'"),
+        (
+            {"pretrained": None},
+            "teacher.pretrained must be a local weights file (open_clip: or a tag whose weights "
+            "are cached on disk), got None",
+        ),
+        ({"dataset_mean": None}, "teacher.dataset_mean must be a list of finite numbers, one per channel, got None"),
+        ({"dataset_mean": [0.5]}, "teacher.dataset_mean must be a list of 3 numbers (one per channel), got (0.5,)"),
+        (
+            {"dataset_std": [0.2, 0.0, 0.2]},
+            "teacher.dataset_std must be a list of finite numbers > 0, got (0.2, 0.0, 0.2)",
+        ),
+        ({"input_size": 0}, "teacher.input_size must be an int >= 1 or null, got 0"),
+        (
+            {"model_name": "ViT-X-99"},
+            "teacher.model_name must be an open_clip architecture (open_clip.list_models()) "
+            "for kind open_clip, got 'ViT-X-99'",
+        ),
+        (
+            {"kind": "torchvision", "model_name": "resnet7"},
+            "teacher.model_name must be a torchvision classifier for kind torchvision, got 'resnet7'",
+        ),
+    ],
+)
 def test_invalid_parameters_are_one_line_config_errors(tiny_clip, params, message):
     _, path = tiny_clip
     with pytest.raises(ConfigError) as err:

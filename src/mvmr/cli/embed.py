@@ -1,4 +1,5 @@
 """``scripts/embed.py``: backbone features of every image in a folder, for a nearest-neighbour search or a plot."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Embed every image under a folder with a trained encoder; writes features (N, D) and paths (N,)",
         epilog=f"example: {EXAMPLE}\nread it back: d = numpy.load('embeddings.npz'); d['features'], d['paths']",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--ckpt", "-p", required=True, help="checkpoint of a run (or a .ckpt / .pth of the authors')")
     parser.add_argument("--data", "-d", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--out", "-o", required=True, help="output .npz file (features float32, paths)")
@@ -30,9 +32,9 @@ def embed(argv: Sequence[str] | None = None) -> Path:
     import numpy as np
 
     from mvmr.api import embed_images
-    from mvmr.hardware import default_device
     from mvmr.data.datasets.folders import IMAGE_EXTENSIONS, list_images
     from mvmr.errors import DataError
+    from mvmr.hardware import default_device
 
     folder = Path(args.data).expanduser()
     if not folder.is_dir():
@@ -40,8 +42,9 @@ def embed(argv: Sequence[str] | None = None) -> Path:
     paths = list_images(folder)
     if not paths:
         raise DataError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) under '{folder}'")
-    features = embed_images(args.ckpt, paths, args.device or default_device(), args.batch_size, args.workers,
-                            progress=not args.no_progress)
+    features = embed_images(
+        args.ckpt, paths, args.device or default_device(), args.batch_size, args.workers, progress=not args.no_progress
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     relative = np.array([str(p.relative_to(folder)) for p in paths])

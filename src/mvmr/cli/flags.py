@@ -1,5 +1,6 @@
 """Command-line flags and the error wrapper shared by every entry script; imports nothing heavy, so that
 ``--help`` answers before torch and Lightning load."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ from mvmr.errors import MVMRError
 
 def int_at_least(low: int) -> Callable[[str], int]:
     """argparse type: an integer >= ``low`` (a bad value is a one-line usage error, not a traceback later)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -20,6 +22,7 @@ def int_at_least(low: int) -> Callable[[str], int]:
         if value < low:
             raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
         return value
+
     return parse
 
 
@@ -42,12 +45,22 @@ def run_main(fn: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[st
 
 
 def add_common_flags(parser: argparse.ArgumentParser, *, tuning: bool = True) -> None:
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted, YAML-typed), e.g. --set dataset.size=32; repeatable")
-    parser.add_argument("--print_config", action="store_true",
-                        help="print the resolved config as YAML (what <run>/config.yaml holds) and exit, without "
-                             "building a model or reading data")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted, YAML-typed), e.g. --set dataset.size=32; repeatable",
+    )
+    parser.add_argument(
+        "--print_config",
+        action="store_true",
+        help="print the resolved config as YAML (what <run>/config.yaml holds) and exit, without "
+        "building a model or reading data",
+    )
     if tuning:
-        parser.add_argument("--auto_bs", action="store_true", help="find the largest batch size that fits (Lightning Tuner)")
+        parser.add_argument(
+            "--auto_bs", action="store_true", help="find the largest batch size that fits (Lightning Tuner)"
+        )
         parser.add_argument("--auto_lr", action="store_true", help="pick the learning rate with Lightning's LR finder")
         parser.add_argument("--resume", default=None, metavar="CKPT", help="resume from this checkpoint")

@@ -1,6 +1,7 @@
 """``scripts/plot_run.py <run dir>``: one figure of the run (every loss term as the quantity it measures, the
 learning rate, the online probe) and a t-SNE of backbone features (test images coloured by class; the training
 images of an unlabelled folder)."""
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,13 @@ def term_curve(key: str, points: list[tuple[int, float]]) -> tuple[str, list[int
     if name == "dcov_zz" or name.startswith("dcov/"):
         label = "dCov²(z̄, z)" if name == "dcov_zz" else f"dCov²({name.split('/', 1)[1]}(x̄), z)"
         return label, epochs, [-v for v in values]
-    labels = {"mse": "MSE(z̄, z)", "std": "variance hinge (z and z̄)", "loss": "total loss",
-              "probe_loss": "probe cross-entropy", "probe_top1": "probe top-1 (train batches)"}
+    labels = {
+        "mse": "MSE(z̄, z)",
+        "std": "variance hinge (z and z̄)",
+        "loss": "total loss",
+        "probe_loss": "probe cross-entropy",
+        "probe_top1": "probe top-1 (train batches)",
+    }
     return labels.get(name, name), epochs, values
 
 
@@ -68,8 +74,9 @@ def spans_decades(values: Sequence[float]) -> bool:
     return len(positive) == len(values) and len(values) > 1 and max(positive) > 10 * min(positive)
 
 
-def plot_curves(series: dict[str, list[tuple[int, float]]], out_dir: Path,
-                rates: dict[str, list[tuple[int, float]]] | None = None) -> list[Path]:
+def plot_curves(
+    series: dict[str, list[tuple[int, float]]], out_dir: Path, rates: dict[str, list[tuple[int, float]]] | None = None
+) -> list[Path]:
     """One figure, ``run.png``: the total loss, the invariance / variance terms, the dependence terms (dCor or
     dCov² with each representation, higher = more dependent), the learning rate and the online probe's accuracy,
     each panel with a legend; an axis is logarithmic where its curves span more than a decade."""
@@ -79,19 +86,26 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], out_dir: Path,
     import matplotlib.pyplot as plt
 
     terms = {key: term_curve(key, points) for key, points in series.items() if key.startswith(TRAIN_PREFIX)}
-    groups = [("total loss", [k for k in terms if k.endswith("/loss")], "loss"),
-              ("invariance and variance terms", [k for k in terms if k.endswith(("/mse", "/std"))], "term"),
-              ("dependence with z (higher: more dependent)",
-               [k for k in terms if "/dcor" in k or "/dcov" in k], "statistic"),
-              ("online probe (train batches)", [k for k in terms if "probe" in k], "value")]
+    groups = [
+        ("total loss", [k for k in terms if k.endswith("/loss")], "loss"),
+        ("invariance and variance terms", [k for k in terms if k.endswith(("/mse", "/std"))], "term"),
+        ("dependence with z (higher: more dependent)", [k for k in terms if "/dcor" in k or "/dcov" in k], "statistic"),
+        ("online probe (train batches)", [k for k in terms if "probe" in k], "value"),
+    ]
     panels = [(title, [terms[k] for k in keys], ylabel) for title, keys, ylabel in groups if keys]
     if rates:
-        panels.append(("learning rate", [(key.removeprefix(LR_PREFIX), *map(list, zip(*points)))
-                                         for key, points in rates.items()], "lr"))
+        panels.append(
+            (
+                "learning rate",
+                [(key.removeprefix(LR_PREFIX), *map(list, zip(*points))) for key, points in rates.items()],
+                "lr",
+            )
+        )
     accuracy = [k for k in series if k.startswith("val/top")]
     if accuracy:
-        panels.append(("online probe (validation split)",
-                       [(k, *map(list, zip(*series[k]))) for k in accuracy], "accuracy %"))
+        panels.append(
+            ("online probe (validation split)", [(k, *map(list, zip(*series[k]))) for k in accuracy], "accuracy %")
+        )
     if not panels:
         return []
     cols = min(3, len(panels))
@@ -108,7 +122,7 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], out_dir: Path,
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, frameon=False)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"run {out_dir.parent.name if out_dir.name == 'plots' else out_dir.name}")
     fig.tight_layout()

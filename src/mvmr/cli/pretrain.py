@@ -1,5 +1,6 @@
 """``main_self_supervised.py`` / ``main_clip_self_supervised.py``: parse the command line, then run
 :mod:`mvmr.protocols.pretrain` (imported after parsing, so that ``--help`` answers before torch loads)."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,34 +9,48 @@ from typing import Any, Sequence
 from mvmr.cli.flags import add_common_flags, run_main
 
 EXAMPLES = {
-    "main_self_supervised.py": ("python main_self_supervised.py --config configs/digits_self_supervised.yaml\n"
-                                "  python main_self_supervised.py -c configs/stl10_self_supervised.yaml "
-                                "--set dataset.path=/data/stl10 --print_config"),
-    "main_clip_self_supervised.py": ("python main_clip_self_supervised.py --config configs/digits_clip_self_supervised.yaml\n"
-                                     "  python main_clip_self_supervised.py -c configs/stl10_clip_self_supervised.yaml "
-                                     "--set clip.pretrained=/path/open_clip_model.bin"),
+    "main_self_supervised.py": (
+        "python main_self_supervised.py --config configs/digits_self_supervised.yaml\n"
+        "  python main_self_supervised.py -c configs/stl10_self_supervised.yaml "
+        "--set dataset.path=/data/stl10 --print_config"
+    ),
+    "main_clip_self_supervised.py": (
+        "python main_clip_self_supervised.py --config configs/digits_clip_self_supervised.yaml\n"
+        "  python main_clip_self_supervised.py -c configs/stl10_clip_self_supervised.yaml "
+        "--set clip.pretrained=/path/open_clip_model.bin"
+    ),
 }
 
 
 def build_parser(description: str, script: str = "main_self_supervised.py") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, epilog=f"examples:\n  {EXAMPLES[script]}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "-c", required=True,
-                        help="YAML config, e.g. configs/digits_self_supervised.yaml (the authors' config files "
-                             "work as they are)")
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog=f"examples:\n  {EXAMPLES[script]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        "-c",
+        required=True,
+        help="YAML config, e.g. configs/digits_self_supervised.yaml (the authors' config files work as they are)",
+    )
     add_common_flags(parser)
     return parser
 
 
-def pretrain(argv: Sequence[str] | None = None, description: str = "MV-MR self-supervised pretraining",
-             require_teacher: bool = False) -> Any:
+def pretrain(
+    argv: Sequence[str] | None = None,
+    description: str = "MV-MR self-supervised pretraining",
+    require_teacher: bool = False,
+) -> Any:
     """Parse ``argv``, load and check the config, then pretrain; with --print_config print it and stop."""
     script = "main_clip_self_supervised.py" if require_teacher else "main_self_supervised.py"
     args = build_parser(description, script).parse_args(argv)
     from mvmr.config import PretrainConfig, config_yaml, load_config
 
-    cfg = load_config(args.config, args.set, schema=PretrainConfig,
-                      protocol="distillation" if require_teacher else "self_supervised")
+    cfg = load_config(
+        args.config, args.set, schema=PretrainConfig, protocol="distillation" if require_teacher else "self_supervised"
+    )
     if args.print_config:
         print(config_yaml(cfg), end="")
         return None
@@ -46,8 +61,9 @@ def pretrain(argv: Sequence[str] | None = None, description: str = "MV-MR self-s
 
 def distill(argv: Sequence[str] | None = None) -> Any:
     """MV-MR distillation of a frozen teacher: pretraining whose representations include a ``teacher`` term."""
-    return pretrain(argv, "MV-MR knowledge distillation of a frozen teacher (e.g. CLIP's image tower)",
-                    require_teacher=True)
+    return pretrain(
+        argv, "MV-MR knowledge distillation of a frozen teacher (e.g. CLIP's image tower)", require_teacher=True
+    )
 
 
 main = run_main(pretrain)

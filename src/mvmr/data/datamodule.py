@@ -4,6 +4,7 @@ Every loader yields ``(images uint8 (B, C, H, W), labels long (B,), indices long
 the sample's position in that loader's dataset, stable across epochs (a key for per-sample caches).
 Labels are -1 for unlabelled samples.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -15,12 +16,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mvmr.data.datasets import (DatasetInfo, FileImageDataset, ImageDataset, balanced_subset, build_dataset,
-                                stratified_split)
+from mvmr.data.datasets import (
+    DatasetInfo,
+    FileImageDataset,
+    ImageDataset,
+    balanced_subset,
+    build_dataset,
+    stratified_split,
+)
 from mvmr.data.loader_crops import decode_with_crops
 from mvmr.data.views import LoaderCrops
-from mvmr.parallel import distributed_world
 from mvmr.errors import ConfigError, DataError
+from mvmr.parallel import distributed_world
 
 
 class IndexedSubset(Dataset):
@@ -30,8 +37,10 @@ class IndexedSubset(Dataset):
 
     def __init__(self, parts: Sequence[tuple[ImageDataset, np.ndarray]], crops: LoaderCrops | None = None):
         if crops is not None and not all(isinstance(dataset, FileImageDataset) for dataset, _ in parts):
-            raise ConfigError("dataset.crops_in_loader needs image files (imagenet, image_folder); "
-                              "set dataset.crops_in_loader=false for this dataset")
+            raise ConfigError(
+                "dataset.crops_in_loader needs image files (imagenet, image_folder); "
+                "set dataset.crops_in_loader=false for this dataset"
+            )
         self.crops = crops
         self.parts = [(dataset, np.asarray(positions, dtype=np.int64)) for dataset, positions in parts]
         self._ends = np.cumsum([len(positions) for _, positions in self.parts], dtype=np.int64)
@@ -75,12 +84,18 @@ def positions_listed(path: str, dataset: ImageDataset) -> np.ndarray:
     positions = []
     for number, line in enumerate(listed, 1):
         entry = line.replace("\\", "/")
-        matches = [p for p in by_basename.get(entry.rsplit("/", 1)[-1], [])
-                   if names[p] == entry or names[p].endswith("/" + entry.lstrip("/"))]
+        matches = [
+            p
+            for p in by_basename.get(entry.rsplit("/", 1)[-1], [])
+            if names[p] == entry or names[p].endswith("/" + entry.lstrip("/"))
+        ]
         if len(matches) != 1:
             problem = "matches no train image" if not matches else f"matches {len(matches)} train images"
-            fix = "list file names, relative paths or, for array datasets, sample indices" if not matches \
+            fix = (
+                "list file names, relative paths or, for array datasets, sample indices"
+                if not matches
                 else "use a longer relative path"
+            )
             raise DataError(f"dataset.split_file '{path}' line {number}: {line!r} {problem}; {fix}")
         positions.append(matches[0])
     return np.unique(np.asarray(positions, dtype=np.int64))
@@ -96,8 +111,9 @@ class MVMRDataModule(pl.LightningDataModule):
       train samples (a flat image folder) + the dataset's extra unlabelled part (stl10), labels -1 where unknown.
     """
 
-    def __init__(self, cfg_dataset: Any, batch_size: int, n_workers: int, seed: int = 0,
-                 eval_batch_size: int | None = None):
+    def __init__(
+        self, cfg_dataset: Any, batch_size: int, n_workers: int, seed: int = 0, eval_batch_size: int | None = None
+    ):
         super().__init__()
         self.cfg = cfg_dataset
         self.batch_size = batch_size  # Lightning's batch-size finder changes this attribute
@@ -135,8 +151,10 @@ class MVMRDataModule(pl.LightningDataModule):
         labelled = np.flatnonzero(train.targets >= 0)
         listed = positions_listed(cfg.split_file, train) if cfg.split_file else None
         if listed is not None and (train.targets[listed] < 0).any():
-            raise DataError(f"dataset.split_file '{cfg.split_file}' lists unlabelled images; "
-                            f"list images of the labelled train split")
+            raise DataError(
+                f"dataset.split_file '{cfg.split_file}' lists unlabelled images; "
+                f"list images of the labelled train split"
+            )
         pool = labelled if listed is None else np.setdiff1d(labelled, listed)
         held, _ = stratified_split(train.targets[pool], cfg.val_fraction, self.seed)
         val = pool[held]
@@ -169,10 +187,16 @@ class MVMRDataModule(pl.LightningDataModule):
         # a private generator: creating an iterator draws a worker base seed, which must not advance the global
         # RNG that the on-device views use (a resumed run re-creates iterators)
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
-                          drop_last=drop_last and len(dataset) >= batch_size,  # never an empty epoch
-                          num_workers=self.n_workers, persistent_workers=self.n_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            generator=generator,
+            drop_last=drop_last and len(dataset) >= batch_size,  # never an empty epoch
+            num_workers=self.n_workers,
+            persistent_workers=self.n_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def resume_within_epoch(self, epoch: int, batches_done: int) -> None:
         """Shuffled loaders built from now on start epoch ``epoch`` after its first ``batches_done`` batches
@@ -216,8 +240,14 @@ class EpochSeededSampler(DistributedSampler):
     a mid-epoch checkpoint); ``len`` stays the same so Lightning's batch count is unchanged.
     """
 
-    def __init__(self, n: int, seed: int, resume_at: tuple[int, int] | None = None,
-                 num_replicas: int | None = None, rank: int | None = None):
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        resume_at: tuple[int, int] | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
         world, this_rank = distributed_world()
         num_replicas = world if num_replicas is None else num_replicas
         rank = this_rank if rank is None else rank
@@ -232,7 +262,7 @@ class EpochSeededSampler(DistributedSampler):
         order = torch.randperm(self.n, generator=generator).tolist()
         padding = self.total_size - self.n
         order += (order * (padding // max(self.n, 1) + 1))[:padding]
-        order = order[self.rank:self.total_size:self.num_replicas]
+        order = order[self.rank : self.total_size : self.num_replicas]
         if self.resume_at is not None and self.resume_at[0] == self.epoch:
-            order = order[self.resume_at[1]:]
+            order = order[self.resume_at[1] :]
         return iter(order)

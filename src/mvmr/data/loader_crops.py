@@ -7,6 +7,7 @@ from that square. :func:`decode_with_crops` decodes each file once, at the small
 every output (PIL's ``draft``: the decoder skips the detail that the downscaling would throw away), and returns
 the square and the crops as fixed-size uint8 tensors; the colour ops then run on the device.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,9 @@ def draft_target(width: int, height: int, load_size: int, boxes: torch.Tensor, s
     return math.ceil(width / reduction), math.ceil(height / reduction)
 
 
-def decode_with_crops(path: str | Path, mode: str, load_size: int, crops: LoaderCrops
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_with_crops(
+    path: str | Path, mode: str, load_size: int, crops: LoaderCrops
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode ``path`` once: (the load_size square uint8 (C, load_size, load_size), ``crops.count`` random
     resized crops of the whole image uint8 (count, C, size, size)). Crop boxes are drawn per call from torch's
     generator (each loader worker has its own seed) in the coordinates of the full-size image, then mapped onto

@@ -4,6 +4,7 @@ Labels follow the VOC07 classification convention: a class is positive in an ima
 non-difficult object of that class is annotated; when it appears only as "difficult" objects the entry is
 flagged in ``difficult_only`` and excluded from AP (neither positive nor negative).
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
@@ -16,9 +17,28 @@ from torch.utils.data import Dataset
 from mvmr.data.datasets.base import StringTable, load_image
 from mvmr.errors import DataError
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 VOC_SPLITS = ("trainval", "train", "val", "test")
 CLASS_INDEX = {name: i for i, name in enumerate(VOC_CLASSES)}
 
@@ -30,9 +50,11 @@ def voc2007_dir(root: str | Path) -> Path:
 
 def missing_data_error(expected: str, root: str | Path) -> DataError:
     """One-line DataError: what was expected where, and how to obtain VOC2007."""
-    return DataError(f"VOC2007: {expected} not found; download VOCtrainval_06-Nov-2007.tar and "
-                     f"VOCtest_06-Nov-2007.tar from the PASCAL VOC site, extract both into '{root}' "
-                     f"(they create VOCdevkit/VOC2007), set dataset.path")
+    return DataError(
+        f"VOC2007: {expected} not found; download VOCtrainval_06-Nov-2007.tar and "
+        f"VOCtest_06-Nov-2007.tar from the PASCAL VOC site, extract both into '{root}' "
+        f"(they create VOCdevkit/VOC2007), set dataset.path"
+    )
 
 
 def split_file(root: str | Path, split: str) -> Path:
@@ -83,8 +105,10 @@ def parse_annotation(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     for obj in objects:
         name = (obj.findtext("name") or "").strip()
         if name not in CLASS_INDEX:
-            raise DataError(f"VOC2007: annotation '{path}' has an object of unknown class {name!r}; "
-                            f"expected one of the 20 VOC classes")
+            raise DataError(
+                f"VOC2007: annotation '{path}' has an object of unknown class {name!r}; "
+                f"expected one of the 20 VOC classes"
+            )
         flag = (obj.findtext("difficult") or "0").strip()
         if flag not in ("0", "1"):
             raise DataError(f"VOC2007: annotation '{path}' has <difficult>{flag}</difficult>; expected 0 or 1")

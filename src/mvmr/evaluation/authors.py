@@ -11,6 +11,7 @@ data; this one does what their script does, including choosing the epoch on the 
   ``authors`` view policy) and encoded by the frozen backbone every epoch; after each epoch the test top-1 of x̄
   (no ten-crop); the best epoch's test top-1 is the result.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ class AuthorsRetrain:
 
 
 @torch.no_grad()
-def _test_logits(backbone: Callable, head: nn.Module, loader, view: nn.Module, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _test_logits(
+    backbone: Callable, head: nn.Module, loader, view: nn.Module, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     logits, labels = [], []
     for images, y, _ in loader:
         x = view(images.to(device))
@@ -51,18 +54,30 @@ def _test_logits(backbone: Callable, head: nn.Module, loader, view: nn.Module, d
     return torch.cat(logits), torch.cat(labels).long()
 
 
-def probe_accuracy_authors(backbone: Callable, probe: nn.Module, loader, mirrored_view: nn.Module,
-                           device) -> dict[int, float]:
+def probe_accuracy_authors(
+    backbone: Callable, probe: nn.Module, loader, mirrored_view: nn.Module, device
+) -> dict[int, float]:
     """Top-1/top-5 (%) of the online probe on ``loader`` with logits averaged over x̄ and its mirror image
     (``mirrored_view``: (B, C, H, W) uint8 -> (B, 2, C, s, s)), as their ``evaluate_finetuner``."""
     logits, labels = _test_logits(backbone, probe, loader, mirrored_view, device)
     return topk_accuracy(logits, labels)
 
 
-def retrain_head_authors(backbone: Callable, feature_dim: int, n_classes: int, train_loader, train_view: nn.Module,
-                         test_loader, test_view: nn.Module, epochs: int, device, init: Optional[nn.Linear] = None,
-                         lr: float = RETRAIN_LR, progress: bool = True,
-                         log: Optional[Callable[[str], None]] = print) -> AuthorsRetrain:
+def retrain_head_authors(
+    backbone: Callable,
+    feature_dim: int,
+    n_classes: int,
+    train_loader,
+    train_view: nn.Module,
+    test_loader,
+    test_view: nn.Module,
+    epochs: int,
+    device,
+    init: Optional[nn.Linear] = None,
+    lr: float = RETRAIN_LR,
+    progress: bool = True,
+    log: Optional[Callable[[str], None]] = print,
+) -> AuthorsRetrain:
     """Their ``evaluate_retrain`` (see the module docstring). ``train_view``: the augmentation of the training
     images, random per sample, uint8 batch -> normalised (B, C, s, s); ``test_view``: x̄."""
     head = nn.Linear(feature_dim, n_classes).to(device)

@@ -1,4 +1,5 @@
 """Feature extraction on frozen backbones (done once; classifiers then train on the tensors)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -9,9 +10,14 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def extract_features(backbone: Callable[[torch.Tensor], torch.Tensor], loader, view: nn.Module,
-                     device: torch.device | str = "cpu", desc: str = "features",
-                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    backbone: Callable[[torch.Tensor], torch.Tensor],
+    loader,
+    view: nn.Module,
+    device: torch.device | str = "cpu",
+    desc: str = "features",
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``backbone(view(images))`` over a loader of (uint8 images, labels, index).
 
     Returns features (N, D) float32 on the CPU and labels (N,) int64. A view that returns

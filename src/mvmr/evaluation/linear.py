@@ -1,4 +1,5 @@
 """Linear evaluation on frozen features: hyper-parameters chosen on a validation split, never on test."""
+
 from __future__ import annotations
 
 import copy
@@ -14,10 +15,10 @@ from mvmr.evaluation.metrics import topk_accuracy
 
 @dataclass
 class LinearFit:
-    head: nn.Module            # standardisation folded in: raw features (N, D) -> logits (N, K)
+    head: nn.Module  # standardisation folded in: raw features (N, D) -> logits (N, K)
     lr: float
     wd: float
-    epochs: int                # the epoch with the best validation top-1
+    epochs: int  # the epoch with the best validation top-1
     val_top1: float
 
 
@@ -40,10 +41,19 @@ class StandardisedLinear(nn.Module):
         return logits.mean(dim=1) if logits.ndim == 3 else logits
 
 
-def fit_epochs(head: nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tensor], n: int,
-               val_score: Optional[Callable[[], float]], epochs: int, batch_size: int, lr: float, wd: float,
-               generator: torch.Generator, log: Optional[Callable[[int, float, float], None]] = None,
-               stop_after: Optional[int] = None) -> tuple[int, float]:
+def fit_epochs(
+    head: nn.Module,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    val_score: Optional[Callable[[], float]],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    wd: float,
+    generator: torch.Generator,
+    log: Optional[Callable[[int, float, float], None]] = None,
+    stop_after: Optional[int] = None,
+) -> tuple[int, float]:
     """AdamW + cosine over ``epochs`` passes of shuffled mini-batches of row indices into ``batch_loss``; after
     each epoch ``val_score()`` (higher is better). Loads the best epoch's weights; returns (epoch, score).
     ``stop_after`` ends the same schedule after that many epochs. Without ``val_score`` the head keeps the
@@ -76,9 +86,19 @@ def fit_epochs(head: nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tenso
     return best_epoch, best_score
 
 
-def _train_one(x: torch.Tensor, y: torch.Tensor, val_x: Optional[torch.Tensor], val_y: Optional[torch.Tensor],
-               n_classes: int, lr: float, wd: float, epochs: int, batch_size: int, seed: int,
-               stop_after: Optional[int] = None) -> tuple[StandardisedLinear, int, float]:
+def _train_one(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    val_x: Optional[torch.Tensor],
+    val_y: Optional[torch.Tensor],
+    n_classes: int,
+    lr: float,
+    wd: float,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    stop_after: Optional[int] = None,
+) -> tuple[StandardisedLinear, int, float]:
     g = torch.Generator().manual_seed(seed)
     flat = x if x.ndim == 2 else x.flatten(0, 1)
     head = StandardisedLinear(flat.mean(0), flat.std(0).clamp_min(1e-6), n_classes)
@@ -90,14 +110,24 @@ def _train_one(x: torch.Tensor, y: torch.Tensor, val_x: Optional[torch.Tensor], 
         return F.cross_entropy(head(xb), y[idx])
 
     val_score = None if val_x is None else (lambda: topk_accuracy(head(val_x), val_y, (1,))[1])
-    best_epoch, best_acc = fit_epochs(head, batch_loss, x.shape[0], val_score, epochs, batch_size, lr, wd, g,
-                                      stop_after=stop_after)
+    best_epoch, best_acc = fit_epochs(
+        head, batch_loss, x.shape[0], val_score, epochs, batch_size, lr, wd, g, stop_after=stop_after
+    )
     return head, best_epoch, best_acc
 
 
-def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-               n_classes: int, lrs: list[float], wds: list[float], epochs: int, batch_size: int = 256,
-               seed: int = 0) -> LinearFit:
+def fit_linear(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    n_classes: int,
+    lrs: list[float],
+    wds: list[float],
+    epochs: int,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> LinearFit:
     """Grid over (lr, wd); for each, keep the epoch with the best validation top-1; return the best."""
     best: LinearFit | None = None
     for lr in lrs:
@@ -109,14 +139,36 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     return best
 
 
-def refit_linear(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                 n_classes: int, fit: LinearFit, epochs: int, batch_size: int = 256, seed: int = 0) -> nn.Module:
+def refit_linear(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    n_classes: int,
+    fit: LinearFit,
+    epochs: int,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> nn.Module:
     """The usual last step of the protocol: a new head on train + validation rows, trained with the lr/wd that
     ``fit`` chose on validation, on the same ``epochs``-long cosine schedule, stopped at ``fit``'s epoch (no
     validation is left to select with). Standardisation statistics come from the combined rows."""
     if train_x.ndim != val_x.ndim:
-        raise ValueError(f"train features {tuple(train_x.shape)} and validation features {tuple(val_x.shape)} "
-                         "must have the same layout to be refit together")
-    head, _, _ = _train_one(torch.cat([train_x, val_x]), torch.cat([train_y, val_y]), None, None, n_classes,
-                            fit.lr, fit.wd, epochs, batch_size, seed, stop_after=fit.epochs)
+        raise ValueError(
+            f"train features {tuple(train_x.shape)} and validation features {tuple(val_x.shape)} "
+            "must have the same layout to be refit together"
+        )
+    head, _, _ = _train_one(
+        torch.cat([train_x, val_x]),
+        torch.cat([train_y, val_y]),
+        None,
+        None,
+        n_classes,
+        fit.lr,
+        fit.wd,
+        epochs,
+        batch_size,
+        seed,
+        stop_after=fit.epochs,
+    )
     return head

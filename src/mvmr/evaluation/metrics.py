@@ -1,4 +1,5 @@
 """Top-k accuracy on whole splits."""
+
 from __future__ import annotations
 
 import torch

@@ -15,6 +15,7 @@ sklearn's ``average_precision_score`` is the non-interpolated sum (R_n - R_{n-1}
 "area" >= sklearn's AP, with equality exactly when precision never rises again after a recall step
 (e.g. a perfect ranking). Both group ties the same way.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -58,8 +59,9 @@ def average_precision(scores: Any, targets: Any, ignore: Any = None, method: str
     targets = np.asarray(targets, dtype=np.float64).reshape(-1)
     keep = np.ones_like(scores, bool) if ignore is None else ~np.asarray(ignore, bool).reshape(-1)
     if not scores.shape == targets.shape == keep.shape:
-        raise ValueError(f"scores, targets, ignore must have one shape, got {scores.shape}, {targets.shape}, "
-                         f"{keep.shape}")
+        raise ValueError(
+            f"scores, targets, ignore must have one shape, got {scores.shape}, {targets.shape}, {keep.shape}"
+        )
     if not np.isin(targets, (0.0, 1.0)).all():
         raise ValueError("targets must be 0 or 1")
     if not np.isfinite(scores[keep]).all():
@@ -78,8 +80,9 @@ def average_precision(scores: Any, targets: Any, ignore: Any = None, method: str
     return float(interpolated[reached].mean())
 
 
-def mean_average_precision(scores: Any, targets: Any, ignore: Any = None,
-                           method: str = "11point") -> tuple[float, list[float]]:
+def mean_average_precision(
+    scores: Any, targets: Any, ignore: Any = None, method: str = "11point"
+) -> tuple[float, list[float]]:
     """(mAP, per-class AP) of scores (N, K), targets (N, K), ignore (N, K) bool, over the whole split.
 
     Classes with no positive get AP NaN and are left out of the mean.
@@ -139,22 +142,32 @@ def cross_validated_ap(x: np.ndarray, y: np.ndarray, costs: Sequence[float], fol
     return np.array([np.mean([fold_ap(cost, train, test) for train, test in splits]) for cost in costs])
 
 
-def fit_class(x: np.ndarray, y: np.ndarray, costs: Sequence[float], folds: int, seed: int,
-              name: str) -> tuple[LinearSVC, float, np.ndarray]:
+def fit_class(
+    x: np.ndarray, y: np.ndarray, costs: Sequence[float], folds: int, seed: int, name: str
+) -> tuple[LinearSVC, float, np.ndarray]:
     """(SVM refit on all rows with the best cost, that cost, CV AP per cost) for one class."""
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     n_folds = min(folds, n_pos, n_neg)
     if n_folds < 2:
-        raise DataError(f"VOC SVM: class '{name}' has {n_pos} positive and {n_neg} negative training images; "
-                        f"cross-validation needs at least 2 of each (use a larger training split)")
+        raise DataError(
+            f"VOC SVM: class '{name}' has {n_pos} positive and {n_neg} negative training images; "
+            f"cross-validation needs at least 2 of each (use a larger training split)"
+        )
     cv_ap = cross_validated_ap(x, y, costs, n_folds, seed)
     best = float(costs[int(np.argmax(cv_ap))])  # ties: the smallest-index (first listed) cost
     return fit_svm(x, y, best), best, cv_ap
 
 
-def fit_linear_svms(train_x: Any, train_y: Any, ignore: Any = None, costs: Sequence[float] = SVM_COSTS,
-                    folds: int = 3, seed: int = 0, class_names: Sequence[str] | None = None,
-                    n_jobs: int = 1) -> LinearSVMs:
+def fit_linear_svms(
+    train_x: Any,
+    train_y: Any,
+    ignore: Any = None,
+    costs: Sequence[float] = SVM_COSTS,
+    folds: int = 3,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    n_jobs: int = 1,
+) -> LinearSVMs:
     """Goyal et al. (2019) VOC07 protocol: per class, a LinearSVC on L2-normalised features train_x (N, D).
 
     train_y (N, K) in {0, 1}; ignore (N, K) bool rows are dropped from that class's training set.
@@ -170,8 +183,12 @@ def fit_linear_svms(train_x: Any, train_y: Any, ignore: Any = None, costs: Seque
     names = list(class_names) if class_names is not None else [str(k) for k in range(y.shape[1])]
     costs = tuple(float(c) for c in costs)
     fitted = Parallel(n_jobs=n_jobs, prefer="threads")(
-        delayed(fit_class)(x[keep[:, k]], y[keep[:, k], k], costs, folds, seed, names[k]) for k in range(y.shape[1]))
-    return LinearSVMs(coef_=np.stack([svm.coef_[0] for svm, _, _ in fitted]),
-                      intercept_=np.array([svm.intercept_[0] for svm, _, _ in fitted]),
-                      costs=np.array([cost for _, cost, _ in fitted]), cost_grid=costs,
-                      cv_ap=np.stack([ap for _, _, ap in fitted]))
+        delayed(fit_class)(x[keep[:, k]], y[keep[:, k], k], costs, folds, seed, names[k]) for k in range(y.shape[1])
+    )
+    return LinearSVMs(
+        coef_=np.stack([svm.coef_[0] for svm, _, _ in fitted]),
+        intercept_=np.array([svm.intercept_[0] for svm, _, _ in fitted]),
+        costs=np.array([cost for _, cost, _ in fitted]),
+        cost_grid=costs,
+        cv_ap=np.stack([ap for _, _, ap in fitted]),
+    )

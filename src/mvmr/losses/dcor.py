@@ -8,6 +8,7 @@ because the statistic is a ratio of sums over B² products that half precision c
 Pairwise distances come from a Gram matrix accumulated over column chunks, so a (B, D) input with
 huge D (flattened images: D ~ 10⁵) costs O(B²) extra memory, never a (B, B, D) broadcast.
 """
+
 from __future__ import annotations
 
 import threading
@@ -71,7 +72,7 @@ def _centred_chunks(x: torch.Tensor, dtype: torch.dtype, chunk_size: int) -> Ite
     batch = x.shape[0]
     workspace = _workspace(batch * min(chunk_size, x.shape[1]), dtype, x.device)
     for chunk in x.split(chunk_size, dim=1):
-        centred = workspace[:chunk.numel()].view(chunk.shape)
+        centred = workspace[: chunk.numel()].view(chunk.shape)
         if chunk.dtype == dtype:  # no upcast: centre straight into the workspace (one pass fewer over the chunk)
             yield torch.sub(chunk, chunk.mean(dim=0, keepdim=True), out=centred)
         else:  # upcast first (a mixed-dtype subtraction is slower than the copy), then centre in place
@@ -131,8 +132,9 @@ def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def pairwise_distances(x: torch.Tensor, chunk_size: Optional[int] = None,
-                       dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def pairwise_distances(
+    x: torch.Tensor, chunk_size: Optional[int] = None, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
     """Euclidean distance matrix: x (B, ...) -> (B, B), zero diagonal, float32 or float64.
 
     Coinciding rows (the diagonal, exact duplicates) get distance 0 and a zero (sub)gradient; other
@@ -161,20 +163,24 @@ def u_centre(a: torch.Tensor) -> torch.Tensor:
     Ã_ij = a_ij − a_i·/(B−2) − a_·j/(B−2) + a_··/((B−1)(B−2)) for i ≠ j (a_i· etc. are sums).
     """
     n = a.shape[0]
-    centred = (a - a.sum(dim=1, keepdim=True) / (n - 2) - a.sum(dim=0, keepdim=True) / (n - 2)
-               + a.sum() / ((n - 1) * (n - 2)))
+    centred = (
+        a - a.sum(dim=1, keepdim=True) / (n - 2) - a.sum(dim=0, keepdim=True) / (n - 2) + a.sum() / ((n - 1) * (n - 2))
+    )
     return centred * (1 - torch.eye(n, dtype=a.dtype, device=a.device))
 
 
 def check_unbiased_batch(batch: int) -> None:
     """The U-centred estimator divides by (B−2)(B−3)·…: it needs B >= 4."""
     if batch < 4:
-        raise ConfigError(f"the bias-corrected dCor / dCov² needs at least 4 samples per batch, got {batch}; "
-                          "use a larger batch or set loss.unbiased=false")
+        raise ConfigError(
+            f"the bias-corrected dCor / dCov² needs at least 4 samples per batch, got {batch}; "
+            "use a larger batch or set loss.unbiased=false"
+        )
 
 
-def centred_distances(x: torch.Tensor, unbiased: bool = False, chunk_size: Optional[int] = None,
-                      dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def centred_distances(
+    x: torch.Tensor, unbiased: bool = False, chunk_size: Optional[int] = None, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
     """x (B, ...) -> the (B, B) double-centred (or U-centred when ``unbiased``) distance matrix.
 
     Compute it once per tensor and pair it with several others via :func:`correlation_from_centred`
@@ -213,8 +219,9 @@ def covariance_from_centred(a: torch.Tensor, b: torch.Tensor, unbiased: bool = F
         return (a * b).sum() / (n * (n - 3) if unbiased else n * n)
 
 
-def distance_correlation(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False,
-                         chunk_size: Optional[int] = None) -> torch.Tensor:
+def distance_correlation(
+    x: torch.Tensor, y: torch.Tensor, unbiased: bool = False, chunk_size: Optional[int] = None
+) -> torch.Tensor:
     """Sample distance correlation between x (B, p) and y (B, q) -> scalar tensor.
 
     ``unbiased=False``: the V-statistic dCor = sqrt(dCov²(x,y) / sqrt(dVar²(x)·dVar²(y))) in [0, 1]
@@ -228,8 +235,9 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor, unbiased: bool = Fals
     return correlation_from_centred(a, b, unbiased)
 
 
-def distance_covariance_sqr(x: torch.Tensor, y: torch.Tensor, unbiased: bool = False,
-                            chunk_size: Optional[int] = None) -> torch.Tensor:
+def distance_covariance_sqr(
+    x: torch.Tensor, y: torch.Tensor, unbiased: bool = False, chunk_size: Optional[int] = None
+) -> torch.Tensor:
     """Squared sample distance covariance between x (B, p) and y (B, q) -> scalar tensor.
 
     ``unbiased=False``: the V-statistic dCov² = mean_ij A_ij B_ij >= 0 of the double-centred distance
@@ -244,12 +252,12 @@ def distance_covariance_sqr(x: torch.Tensor, y: torch.Tensor, unbiased: bool = F
     return covariance_from_centred(a, b, unbiased)
 
 
-def _centred_pair(x: torch.Tensor, y: torch.Tensor, unbiased: bool, chunk_size: Optional[int],
-                  statistic: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def _centred_pair(
+    x: torch.Tensor, y: torch.Tensor, unbiased: bool, chunk_size: Optional[int], statistic: str
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The two centred distance matrices of a paired sample, in one common compute dtype."""
     x, y = as_batch_matrix(x), as_batch_matrix(y)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{statistic} needs paired samples, got batch sizes {x.shape[0]} and {y.shape[0]}")
     dtype = compute_dtype(x, y)
-    return (centred_distances(x, unbiased, chunk_size, dtype),
-            centred_distances(y, unbiased, chunk_size, dtype))
+    return (centred_distances(x, unbiased, chunk_size, dtype), centred_distances(y, unbiased, chunk_size, dtype))

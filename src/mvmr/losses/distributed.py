@@ -5,6 +5,7 @@ Every rank computes the same loss L on the gathered global batch. The backward o
 averages parameter gradients over the W ranks, so the result is exactly the gradient one process
 would get on the full global batch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,7 +37,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad_global: torch.Tensor):
         grad_global = grad_global.clone(memory_format=torch.contiguous_format)  # all_reduce is in place
         dist.all_reduce(grad_global, op=dist.ReduceOp.SUM)
-        return grad_global[ctx.start: ctx.stop]
+        return grad_global[ctx.start : ctx.stop]
 
 
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:

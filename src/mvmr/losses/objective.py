@@ -1,5 +1,6 @@
 """The MV-MR objective: invariance + variance hinge + distance correlations or covariances (METHOD.md,
 "The loss"; docs/statistics.md)."""
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, Mapping, Optional, Tuple
@@ -9,12 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvmr.errors import ConfigError
-from mvmr.numerics import autocast_disabled
-from mvmr.losses.dcor import (centred_distances, compute_dtype, correlation_from_centred,
-                              covariance_from_centred)
+from mvmr.losses.dcor import centred_distances, compute_dtype, correlation_from_centred, covariance_from_centred
 from mvmr.losses.distributed import distributed_world_size, gather_with_grad
 from mvmr.losses.sketch import CountSketch, global_column_moments, sketch_seed
 from mvmr.losses.traffic import LossTraffic, gathered_bytes_per_step
+from mvmr.numerics import autocast_disabled
 
 STD_EPS = 1e-4
 COLUMN_STD_FLOOR = 1e-6
@@ -82,16 +82,28 @@ class MVMRObjective(nn.Module):
     stay float64) with autocast disabled.
     """
 
-    def __init__(self, mse_weight: float = 1.0, std_weight: float = 1.0, dcor_weight: float = 1.0,
-                 std_margin: float = 1.0, unbiased: bool = False, normalize_z: bool = False,
-                 gather: bool = True, standardized: Iterable[str] = (), powers: Mapping[str, float] | None = None,
-                 statistic: str = "dcor", statistics: Mapping[str, Optional[str]] | None = None,
-                 gather_dim: Optional[int] = None, sketch_seed: int = 0,
-                 representation_weights: Mapping[str, float] | None = None):
+    def __init__(
+        self,
+        mse_weight: float = 1.0,
+        std_weight: float = 1.0,
+        dcor_weight: float = 1.0,
+        std_margin: float = 1.0,
+        unbiased: bool = False,
+        normalize_z: bool = False,
+        gather: bool = True,
+        standardized: Iterable[str] = (),
+        powers: Mapping[str, float] | None = None,
+        statistic: str = "dcor",
+        statistics: Mapping[str, Optional[str]] | None = None,
+        gather_dim: Optional[int] = None,
+        sketch_seed: int = 0,
+        representation_weights: Mapping[str, float] | None = None,
+    ):
         super().__init__()
         self.representation_weights = {name: float(w) for name, w in (representation_weights or {}).items()}
-        if gather_dim is not None and (isinstance(gather_dim, bool) or not isinstance(gather_dim, int)
-                                       or gather_dim < 1):
+        if gather_dim is not None and (
+            isinstance(gather_dim, bool) or not isinstance(gather_dim, int) or gather_dim < 1
+        ):
             raise ValueError(f"gather_dim must be a positive integer or None, got {gather_dim!r}")
         self.gather_dim = gather_dim
         self.sketch_seed = int(sketch_seed)
@@ -117,15 +129,21 @@ class MVMRObjective(nn.Module):
         self.gather = gather
 
     def extra_repr(self) -> str:
-        return (f"mse_weight={self.mse_weight}, std_weight={self.std_weight}, dcor_weight={self.dcor_weight}, "
-                f"std_margin={self.std_margin}, unbiased={self.unbiased}, normalize_z={self.normalize_z}, "
-                f"gather={self.gather}, standardized={sorted(self.standardized)}, powers={self.powers}, "
-                f"statistic={self.statistic!r}, statistics={self.statistics}, gather_dim={self.gather_dim}, "
-                f"representation_weights={self.representation_weights}")
+        return (
+            f"mse_weight={self.mse_weight}, std_weight={self.std_weight}, dcor_weight={self.dcor_weight}, "
+            f"std_margin={self.std_margin}, unbiased={self.unbiased}, normalize_z={self.normalize_z}, "
+            f"gather={self.gather}, standardized={sorted(self.standardized)}, powers={self.powers}, "
+            f"statistic={self.statistic!r}, statistics={self.statistics}, gather_dim={self.gather_dim}, "
+            f"representation_weights={self.representation_weights}"
+        )
 
-    def forward(self, z_bar: torch.Tensor, z: torch.Tensor, representations: Mapping[str, torch.Tensor],
-                representation_weights: Mapping[str, float] | None = None
-                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        z_bar: torch.Tensor,
+        z: torch.Tensor,
+        representations: Mapping[str, torch.Tensor],
+        representation_weights: Mapping[str, float] | None = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """z_bar, z: (B, D); representations: name -> (B, d_k); weights: name -> w_k (None: the weights given to
         the constructor).
 
@@ -149,8 +167,10 @@ class MVMRObjective(nn.Module):
                     reps, sketched = self._sketch_local(reps, z.shape[0], dtype)
                 reps = {name: gather_with_grad(rep) for name, rep in reps.items()}
             if z.shape[0] < 2:
-                raise ConfigError(f"the MV-MR loss needs at least 2 samples per batch, got {z.shape[0]}; "
-                                  "use a larger batch or drop the last incomplete batch")
+                raise ConfigError(
+                    f"the MV-MR loss needs at least 2 samples per batch, got {z.shape[0]}; "
+                    "use a larger batch or drop the last incomplete batch"
+                )
 
             centred_z = centred_distances(z, self.unbiased)  # shared by every dCor / dCov²(·, z) term
             terms = {
@@ -159,8 +179,7 @@ class MVMRObjective(nn.Module):
             }
             zz_key = f"{self.statistic}_zz"
             terms[zz_key] = self._dependence(self.statistic, centred_distances(z_bar, self.unbiased), centred_z)
-            loss = (self.mse_weight * terms["mse"] + self.std_weight * terms["std"]
-                    + self.dcor_weight * terms[zz_key])
+            loss = self.mse_weight * terms["mse"] + self.std_weight * terms["std"] + self.dcor_weight * terms[zz_key]
             for name, rep in reps.items():
                 if name in self.powers and name not in sketched:
                     rep = signed_power(rep.to(dtype), self.powers[name])
@@ -183,8 +202,9 @@ class MVMRObjective(nn.Module):
             self._sketches[key] = CountSketch(dim, self.gather_dim, sketch_seed(name, self.sketch_seed))
         return self._sketches[key]
 
-    def _sketch_local(self, reps: Mapping[str, torch.Tensor], global_batch: int,
-                      dtype: torch.dtype) -> Tuple[Dict[str, torch.Tensor], frozenset]:
+    def _sketch_local(
+        self, reps: Mapping[str, torch.Tensor], global_batch: int, dtype: torch.dtype
+    ) -> Tuple[Dict[str, torch.Tensor], frozenset]:
         """This rank's rows of every φ_k wider than ``gather_dim`` -> (B_r, gather_dim) sketches in ``dtype``,
         after the signed power and the standardisation with the global batch's column moments (all-reduced;
         the same on every rank). Returns (representations, names sketched); the others are unchanged."""
@@ -209,16 +229,29 @@ class MVMRObjective(nn.Module):
             sketched.add(name)
         return out, frozenset(sketched)
 
-    def traffic(self, world_size: int, batch_per_rank: int, embedding_dim: int,
-                representation_dims: Mapping[str, int],
-                representation_dtypes: torch.dtype | Mapping[str, torch.dtype] = torch.float32,
-                compute_dtype: torch.dtype = torch.float32) -> LossTraffic:
+    def traffic(
+        self,
+        world_size: int,
+        batch_per_rank: int,
+        embedding_dim: int,
+        representation_dims: Mapping[str, int],
+        representation_dtypes: torch.dtype | Mapping[str, torch.dtype] = torch.float32,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> LossTraffic:
         """Bytes this objective's collectives move per rank and step:
         :func:`~mvmr.losses.traffic.gathered_bytes_per_step` with this objective's ``gather``, ``gather_dim`` and
         ``standardized``."""
-        return gathered_bytes_per_step(world_size, batch_per_rank, embedding_dim, representation_dims,
-                                       representation_dtypes, gather=self.gather, gather_dim=self.gather_dim,
-                                       standardized=self.standardized, compute_dtype=compute_dtype)
+        return gathered_bytes_per_step(
+            world_size,
+            batch_per_rank,
+            embedding_dim,
+            representation_dims,
+            representation_dtypes,
+            gather=self.gather,
+            gather_dim=self.gather_dim,
+            standardized=self.standardized,
+            compute_dtype=compute_dtype,
+        )
 
     def _dependence(self, statistic: str, centred_a: torch.Tensor, centred_b: torch.Tensor) -> torch.Tensor:
         """The term to minimise: 1 − dCor (``"dcor"``) or −dCov² (``"dcov"``) of two centred matrices."""
@@ -227,16 +260,26 @@ class MVMRObjective(nn.Module):
         return 1 - correlation_from_centred(centred_a, centred_b, self.unbiased)
 
     @staticmethod
-    def _check_inputs(z_bar: torch.Tensor, z: torch.Tensor, representations: Mapping[str, torch.Tensor],
-                      representation_weights: Mapping[str, float]) -> None:
+    def _check_inputs(
+        z_bar: torch.Tensor,
+        z: torch.Tensor,
+        representations: Mapping[str, torch.Tensor],
+        representation_weights: Mapping[str, float],
+    ) -> None:
         if z.dim() != 2 or z_bar.shape != z.shape:
-            raise ValueError(f"z_bar and z must both be (B, D) embeddings, got {tuple(z_bar.shape)} and {tuple(z.shape)}")
+            raise ValueError(
+                f"z_bar and z must both be (B, D) embeddings, got {tuple(z_bar.shape)} and {tuple(z.shape)}"
+            )
         for name, rep in representations.items():
             if rep.dim() < 1 or rep.shape[0] != z.shape[0]:
-                raise ValueError(f"representation '{name}' must have the batch size {z.shape[0]} of z "
-                                 f"as its first dim, got shape {tuple(rep.shape)}")
+                raise ValueError(
+                    f"representation '{name}' must have the batch size {z.shape[0]} of z "
+                    f"as its first dim, got shape {tuple(rep.shape)}"
+                )
         missing = sorted(set(representations) - set(representation_weights))
         unused = sorted(set(representation_weights) - set(representations))
         if missing or unused:
-            raise ValueError(f"representation weights must match the representations: "
-                             f"no weight for {missing}, no representation for {unused}")
+            raise ValueError(
+                f"representation weights must match the representations: "
+                f"no weight for {missing}, no representation for {unused}"
+            )

@@ -14,6 +14,7 @@ stored as a permutation and a sign vector (d values each), applied in O(B·d) ti
 (hence no TF32 rounding either). For every vector x: E‖Sx‖² = ‖x‖² and Var ‖Sx‖² <= 2‖x‖⁴/k, the
 variance of a dense Gaussian projection to k dims.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -101,8 +102,9 @@ class CountSketch:
         """Positions (columns) per chunk: a multiple of k holding about ``SKETCH_CHUNK_ELEMENTS`` elements."""
         return self.out_dim * max(1, SKETCH_CHUNK_ELEMENTS // max(1, batch * self.out_dim))
 
-    def __call__(self, x: torch.Tensor, dtype: Optional[torch.dtype] = None,
-                 transform: Optional[ColumnTransform] = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, dtype: Optional[torch.dtype] = None, transform: Optional[ColumnTransform] = None
+    ) -> torch.Tensor:
         """x (B, ...) flattened to (B, d) -> (B, k) in ``dtype`` (default: float32, float64 for float64 x).
 
         ``transform(block, columns)`` is applied to each upcast chunk of columns before the sketch (it must
@@ -131,9 +133,13 @@ class CountSketch:
         return out
 
 
-def global_column_moments(x: torch.Tensor, count: int, dtype: torch.dtype,
-                          transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                          chunk_columns: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def global_column_moments(
+    x: torch.Tensor,
+    count: int,
+    dtype: torch.dtype,
+    transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    chunk_columns: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-column mean and biased std (d,) of ``transform(x)`` over the GLOBAL batch of ``count`` rows.
 
     x (B_r, ...) is this rank's part; two all-reduces of d values (the sums, then the centred sums of

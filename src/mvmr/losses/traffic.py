@@ -14,6 +14,7 @@ What :class:`~mvmr.losses.objective.MVMRObjective` does on each of W ranks with 
 ``received_bytes`` is what one rank receives over the network with ring algorithms (NCCL's): an
 all-gather returning n bytes receives (W−1)/W·n; an all-reduce of n bytes receives 2(W−1)/W·n.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -77,24 +78,35 @@ class LossTraffic:
         """One line: totals, the time on the link, and the largest contributor."""
         if self.world_size <= 1 or not self.gathered:
             return f"loss collectives: none (world size {self.world_size}, nothing gathered)"
-        per_name = {name: self.gathered.get(name, 0) + self.forward_reduced.get(name, 0)
-                    + self.backward_reduced.get(name, 0) for name in {**self.gathered, **self.backward_reduced}}
+        per_name = {
+            name: self.gathered.get(name, 0) + self.forward_reduced.get(name, 0) + self.backward_reduced.get(name, 0)
+            for name in {**self.gathered, **self.backward_reduced}
+        }
         top = max(per_name, key=per_name.get)
-        sketch = (f", sketched {', '.join(f'{n} {d}->{k}' for n, (d, k) in self.sketched.items())}"
-                  if self.sketched else "")
-        return (f"loss collectives per rank and step ({self.world_size} ranks x {self.batch_per_rank}): "
-                f"forward {_format_bytes(self.forward_bytes)} gathered/reduced, backward "
-                f"{_format_bytes(self.backward_bytes)} reduced; {_format_bytes(self.received_bytes)} received "
-                f"~ {1000 * self.seconds(link_gbit_s):.1f} ms at {link_gbit_s:g} Gb/s; largest {top} "
-                f"{_format_bytes(per_name[top])}{sketch}")
+        sketch = (
+            f", sketched {', '.join(f'{n} {d}->{k}' for n, (d, k) in self.sketched.items())}" if self.sketched else ""
+        )
+        return (
+            f"loss collectives per rank and step ({self.world_size} ranks x {self.batch_per_rank}): "
+            f"forward {_format_bytes(self.forward_bytes)} gathered/reduced, backward "
+            f"{_format_bytes(self.backward_bytes)} reduced; {_format_bytes(self.received_bytes)} received "
+            f"~ {1000 * self.seconds(link_gbit_s):.1f} ms at {link_gbit_s:g} Gb/s; largest {top} "
+            f"{_format_bytes(per_name[top])}{sketch}"
+        )
 
 
-def gathered_bytes_per_step(world_size: int, batch_per_rank: int, embedding_dim: int,
-                            representation_dims: Mapping[str, int],
-                            representation_dtypes: torch.dtype | Mapping[str, torch.dtype] = torch.float32,
-                            *, gather: bool = True, gather_dim: Optional[int] = None,
-                            standardized: Iterable[str] = (),
-                            compute_dtype: torch.dtype = torch.float32) -> LossTraffic:
+def gathered_bytes_per_step(
+    world_size: int,
+    batch_per_rank: int,
+    embedding_dim: int,
+    representation_dims: Mapping[str, int],
+    representation_dtypes: torch.dtype | Mapping[str, torch.dtype] = torch.float32,
+    *,
+    gather: bool = True,
+    gather_dim: Optional[int] = None,
+    standardized: Iterable[str] = (),
+    compute_dtype: torch.dtype = torch.float32,
+) -> LossTraffic:
     """Bytes the loss's collectives move on each rank per training step (module docstring).
 
     ``representation_dims``: name -> d_k as the loss receives φ_k (flattened; after the cache's ``max_dim``

@@ -1,4 +1,5 @@
 """Training callbacks beyond logging and checkpointing."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,12 +22,24 @@ class RepresentationCacheCallback(pl.Callback):
 
     def fingerprint(self, module) -> dict:
         d = self.cfg.dataset
-        return {"dataset": {"name": d.name, "path": d.path, "size": d.size, "to_rgb": d.to_rgb,
-                            "classes_file": d.classes_file, "val_fraction": d.val_fraction, "seed": self.cfg.seed,
-                            "load_size": d.load_size, "n": self.datamodule.num_pretrain_samples},
-                "view": {"mean": list(module.info.mean), "std": list(module.info.std), "size": d.size},
-                "representations": {k: {"name": r.name, "params": r.params}
-                                    for k, r in zip(module.representations.keys(), self.cfg.representations)}}
+        return {
+            "dataset": {
+                "name": d.name,
+                "path": d.path,
+                "size": d.size,
+                "to_rgb": d.to_rgb,
+                "classes_file": d.classes_file,
+                "val_fraction": d.val_fraction,
+                "seed": self.cfg.seed,
+                "load_size": d.load_size,
+                "n": self.datamodule.num_pretrain_samples,
+            },
+            "view": {"mean": list(module.info.mean), "std": list(module.info.std), "size": d.size},
+            "representations": {
+                k: {"name": r.name, "params": r.params}
+                for k, r in zip(module.representations.keys(), self.cfg.representations)
+            },
+        }
 
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
         if stage != "fit" or not any(getattr(r, "deterministic", False) for r in pl_module.representations.values()):
@@ -34,14 +47,23 @@ class RepresentationCacheCallback(pl.Callback):
         dtype = torch.float16 if self.cfg.cache.dtype == "float16" else torch.float32
         loader = self.datamodule.pretrain_dataloader(shuffle=False, drop_last=False)
 
-        common = dict(representations=dict(pl_module.representations), loader=loader,
-                      eval_view=pl_module.eval_view.to(pl_module.device), root=self.root,
-                      fingerprint=self.fingerprint(pl_module), device=pl_module.device, dtype=dtype,
-                      max_dim=self.cfg.cache.max_dim, seed=self.cfg.seed, max_gb=self.cfg.cache.max_gb)
+        common = dict(
+            representations=dict(pl_module.representations),
+            loader=loader,
+            eval_view=pl_module.eval_view.to(pl_module.device),
+            root=self.root,
+            fingerprint=self.fingerprint(pl_module),
+            device=pl_module.device,
+            dtype=dtype,
+            max_dim=self.cfg.cache.max_dim,
+            seed=self.cfg.seed,
+            max_gb=self.cfg.cache.max_gb,
+        )
 
         def build():
-            return RepresentationCache.build(**common,
-                                             progress=trainer.is_global_zero and self.cfg.trainer.progress_bar)
+            return RepresentationCache.build(
+                **common, progress=trainer.is_global_zero and self.cfg.trainer.progress_bar
+            )
 
         if trainer.world_size > 1:  # a refusal must stop every rank, not leave the others waiting at the barrier
             RepresentationCache.check_fits(**common)

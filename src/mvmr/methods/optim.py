@@ -1,4 +1,5 @@
 """Optimisers (adam, adamw, sgd, lars) and per-step learning-rate schedules, as registries."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,10 +23,10 @@ class LARS(torch.optim.Optimizer):
     and no weight decay adaptation; the others use the trust ratio ``eta * ||w|| / ||g + wd w||``.
     """
 
-    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.02):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
-                                      lars_exclude=False))
+    def __init__(
+        self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02
+    ):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -38,8 +39,9 @@ class LARS(torch.optim.Optimizer):
                 if not group["lars_exclude"]:
                     grad = grad.add(p, alpha=group["weight_decay"])
                     w_norm, g_norm = torch.norm(p), torch.norm(grad)
-                    ratio = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
-                                        torch.ones_like(w_norm))
+                    ratio = torch.where(
+                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm)
+                    )
                     grad = grad.mul(ratio)
                 buf = self.state[p].get("momentum_buffer")
                 if buf is None:
@@ -56,6 +58,7 @@ def fused_supported(groups: list[dict]) -> bool:
     ``benchmarks/results/speed.md``). A run resumed from a checkpoint of the per-tensor optimiser keeps it."""
     try:  # private helper; the two devices below have had fused Adam/AdamW/SGD since torch 2.4
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
         devices = set(_get_fused_kernels_supported_devices())
     except ImportError:
         devices = {"cpu", "cuda"}
@@ -83,8 +86,9 @@ def _lars(groups, lr, wd, momentum, fused=False):  # our own loop; no fused kern
     return LARS(groups, lr=lr, weight_decay=wd, momentum=momentum)
 
 
-def param_groups(model: nn.Module, wd: float, extra: list[dict] | None = None,
-                 decay_norm_and_bias: bool = False) -> list[dict]:
+def param_groups(
+    model: nn.Module, wd: float, extra: list[dict] | None = None, decay_norm_and_bias: bool = False
+) -> list[dict]:
     """Split ``model``'s trainable parameters: weights get ``wd``; biases and norm parameters get none (or ``wd``
     too with ``decay_norm_and_bias``, as the authors' Adam over all encoder parameters)."""
     decay, no_decay = [], []
@@ -92,8 +96,10 @@ def param_groups(model: nn.Module, wd: float, extra: list[dict] | None = None,
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": wd},
-              {"params": no_decay, "weight_decay": wd if decay_norm_and_bias else 0.0, "lars_exclude": True}]
+    groups = [
+        {"params": decay, "weight_decay": wd},
+        {"params": no_decay, "weight_decay": wd if decay_norm_and_bias else 0.0, "lars_exclude": True},
+    ]
     return [g for g in groups if g["params"]] + list(extra or [])
 
 
@@ -134,6 +140,7 @@ def warmup_cosine(lengths: ScheduleLengths) -> Callable[[int], float]:
             return floor + (1 - floor) * step / lengths.warmup
         progress = min(1.0, (step - lengths.warmup) / max(1, lengths.total - lengths.warmup))
         return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return factor
 
 
@@ -162,8 +169,10 @@ def authors_epoch_cosine(lengths: ScheduleLengths) -> Callable[[int], float]:
     ``CosineAnnealingLR(T_max=len(train_dataloader()))`` stepped once per EPOCH by Lightning, so after e epochs
     the factor is (1 + cos(π e / T)) / 2 with T one device's batches per epoch: with T in batches and steps in
     epochs the rate hardly decays (100 epochs of 500 batches end at 0.90)."""
+
     def factor(step: int) -> float:
         return _half_cosine(step // max(1, lengths.steps_per_epoch), lengths.loader_batches)
+
     return factor
 
 
@@ -186,11 +195,13 @@ def authors_clip(lengths: ScheduleLengths) -> Callable[[int], float]:
         if epoch >= warmup_epochs:
             t += (epoch - warmup_epochs) * batches_per_epoch + within + 1
         return _half_cosine(t, lengths.loader_batches)
+
     return factor
 
 
-def schedule_lengths(cfg, total_steps: int, steps_per_epoch: int, loader_batches: int | None = None,
-                     lr: float | None = None) -> ScheduleLengths:
+def schedule_lengths(
+    cfg, total_steps: int, steps_per_epoch: int, loader_batches: int | None = None, lr: float | None = None
+) -> ScheduleLengths:
     """The schedule's lengths from the shared config keys. ``steps_per_epoch``/``total_steps``: the run's optimiser
     steps; ``loader_batches``: floor(train images / batch_size) (None: ``steps_per_epoch``). With
     ``schedule_epoch: single_device`` an epoch of the warm-up and decay is ``loader_batches`` optimiser steps and
@@ -199,19 +210,27 @@ def schedule_lengths(cfg, total_steps: int, steps_per_epoch: int, loader_batches
     epoch = loader_batches if cfg.schedule_epoch == "single_device" else steps_per_epoch
     total = cfg.epochs * loader_batches if cfg.schedule_epoch == "single_device" else total_steps
     ratio = None if cfg.min_lr is None else cfg.min_lr / (lr or cfg.lr)
-    return ScheduleLengths(total=max(1, total), warmup=cfg.warmup_epochs * epoch, warmup_epochs=cfg.warmup_epochs,
-                           steps_per_epoch=steps_per_epoch,
-                           loader_batches=loader_batches, accumulate=cfg.accumulate_grad_batches,
-                           milestones=tuple(m * epoch for m in cfg.milestones), min_lr_ratio=ratio)
+    return ScheduleLengths(
+        total=max(1, total),
+        warmup=cfg.warmup_epochs * epoch,
+        warmup_epochs=cfg.warmup_epochs,
+        steps_per_epoch=steps_per_epoch,
+        loader_batches=loader_batches,
+        accumulate=cfg.accumulate_grad_batches,
+        milestones=tuple(m * epoch for m in cfg.milestones),
+        min_lr_ratio=ratio,
+    )
 
 
-def build_optimizer(cfg, groups: list[dict], lr: float, total_steps: int, steps_per_epoch: int,
-                    loader_batches: int | None = None):
+def build_optimizer(
+    cfg, groups: list[dict], lr: float, total_steps: int, steps_per_epoch: int, loader_batches: int | None = None
+):
     """Optimiser + per-step LambdaLR scheduler dict for Lightning, from the shared config keys. Uses torch's fused
     kernels where the parameters' device has them (Lightning moves the module before calling this). Parameter
     groups marked ``constant_lr`` keep their rate (the authors' probe has its own unscheduled optimiser)."""
-    opt = OPTIMIZERS.get(cfg.optimizer, key="optimizer")(groups, lr, cfg.wd, cfg.momentum,
-                                                         fused=fused_supported(groups))
+    opt = OPTIMIZERS.get(cfg.optimizer, key="optimizer")(
+        groups, lr, cfg.wd, cfg.momentum, fused=fused_supported(groups)
+    )
     lengths = schedule_lengths(cfg, total_steps, steps_per_epoch, loader_batches, lr)
     fn = SCHEDULES.get(cfg.scheduler, key="scheduler")(lengths)
     constant = lambda step: 1.0

@@ -7,6 +7,7 @@ One training step (B images, uint8, on the device)::
     φ_k = representation_k(x̄)   (no gradients; from the cache when there is one)
     loss, terms = objective(z̄, z, φ)   + cross-entropy of the online probe on f(x̄).detach()
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,6 @@ from mvmr.representations import build_representation
 from mvmr.representations.terms import TermSpec, resolve_terms
 
 
-
 class NonFiniteLossError(MVMRError):
     """The loss became NaN or inf; the message names the term and the step."""
 
@@ -43,13 +43,21 @@ def build_objective(cfg: PretrainConfig, specs: list[TermSpec]) -> MVMRObjective
     """The MV-MR objective with every weight and option of the config's ``loss:`` section and of each term."""
     loss = cfg.loss
     return MVMRObjective(
-        mse_weight=loss.mse_weight, std_weight=loss.std_weight, dcor_weight=loss.dcor_weight,
-        std_margin=loss.std_margin, unbiased=loss.unbiased, normalize_z=loss.normalize_z, gather=loss.gather,
-        gather_dim=loss.gather_dim, sketch_seed=cfg.seed, statistic=loss.statistic,
+        mse_weight=loss.mse_weight,
+        std_weight=loss.std_weight,
+        dcor_weight=loss.dcor_weight,
+        std_margin=loss.std_margin,
+        unbiased=loss.unbiased,
+        normalize_z=loss.normalize_z,
+        gather=loss.gather,
+        gather_dim=loss.gather_dim,
+        sketch_seed=cfg.seed,
+        statistic=loss.statistic,
         representation_weights={spec.key: spec.weight for spec in specs},
         statistics={spec.key: spec.statistic for spec in specs},
         standardized=[spec.key for spec in specs if spec.standardize],
-        powers={spec.key: spec.power for spec in specs})
+        powers={spec.key: spec.power for spec in specs},
+    )
 
 
 def crops_in_loader(cfg: PretrainConfig, info: Any) -> bool:
@@ -59,8 +67,10 @@ def crops_in_loader(cfg: PretrainConfig, info: Any) -> bool:
     if wanted is None:
         return files and can_crop_in_loader(cfg.dataset.aug_policy)
     if wanted and not files:
-        raise ConfigError(f"dataset.crops_in_loader needs image files (imagenet, image_folder), not "
-                          f"{cfg.dataset.name}; set dataset.crops_in_loader=false")
+        raise ConfigError(
+            f"dataset.crops_in_loader needs image files (imagenet, image_folder), not "
+            f"{cfg.dataset.name}; set dataset.crops_in_loader=false"
+        )
     return wanted
 
 
@@ -91,8 +101,9 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
             self.backbone.compile()
         self.projector = build_projector(self.feature_dim, cfg.encoder.out_dim, cfg.encoder.projector_last_bias)
         size = cfg.dataset.size
-        self.train_view = train_view_from_config(cfg, info.mean, info.std, channels,
-                                                 crops_in_loader=crops_in_loader(cfg, info))
+        self.train_view = train_view_from_config(
+            cfg, info.mean, info.std, channels, crops_in_loader=crops_in_loader(cfg, info)
+        )
         self.eval_view = build_eval_view(size, info.mean, info.std, getattr(info, "eval_resize", None))
         self.register_buffer("_mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
@@ -103,19 +114,23 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         for index, spec in enumerate(specs):
             augment = self._augment_normalised
             if spec.name == "augmented_pixels" and spec.params.get("policy") not in (None, cfg.dataset.aug_policy):
-                self.copy_views[spec.key] = build_train_view(spec.params["policy"], size, info.mean, info.std,
-                                                             channels, compile_ops=cfg.compile_view_ops)
+                self.copy_views[spec.key] = build_train_view(
+                    spec.params["policy"], size, info.mean, info.std, channels, compile_ops=cfg.compile_view_ops
+                )
                 augment = functools.partial(self._augment_normalised, view=self.copy_views[spec.key])
             self.representations[spec.key] = build_representation(
-                spec.name, spec.params, in_channels=channels, image_size=size, augment=augment, index=index)
+                spec.name, spec.params, in_channels=channels, image_size=size, augment=augment, index=index
+            )
         self.objective = build_objective(cfg, specs)
         self.n_classes = cfg.dataset.n_classes or info.n_classes
         # unlabelled data (a folder of images without class folders): nothing for a probe to learn
         self.probe = nn.Linear(self.feature_dim, self.n_classes) if cfg.probe.enabled and self.n_classes else None
         self.representation_cache = None  # set by the cache callback: key -> (N, d_k) tensor-like, by index
         if self.train_view.loader_crops is not None:  # x' and each augmented copy: one crop each, from the loader
-            n_copies = sum(rep.needs_augment and getattr(rep, "draws_from_training_view", True)
-                           and key not in self.copy_views for key, rep in self.representations.items())
+            n_copies = sum(
+                rep.needs_augment and getattr(rep, "draws_from_training_view", True) and key not in self.copy_views
+                for key, rep in self.representations.items()
+            )
             self.train_view.loader_crops = dataclasses.replace(self.train_view.loader_crops, count=1 + n_copies)
         self._labelled_batches = None  # probe.source=labelled: an endless iterator over labelled train batches
 
@@ -139,12 +154,18 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
     def _augmented_copy_keys(self) -> list[str]:
         """Representations that need an independently augmented copy of the batch each step."""
         cache = self.representation_cache or {}
-        return [key for key, rep in self.representations.items()
-                if rep.needs_augment and getattr(rep, "draws_from_training_view", True)
-                and key not in self.copy_views and key not in cache]
+        return [
+            key
+            for key, rep in self.representations.items()
+            if rep.needs_augment
+            and getattr(rep, "draws_from_training_view", True)
+            and key not in self.copy_views
+            and key not in cache
+        ]
 
-    def compute_representations(self, x_bar: torch.Tensor, index: torch.Tensor,
-                                augmented: Mapping[str, torch.Tensor] | None = None) -> Dict[str, torch.Tensor]:
+    def compute_representations(
+        self, x_bar: torch.Tensor, index: torch.Tensor, augmented: Mapping[str, torch.Tensor] | None = None
+    ) -> Dict[str, torch.Tensor]:
         """φ_k(x̄) for every k: (B, d_k) each, read from the cache when the cache holds k (in its storage dtype,
         float16 or float32: the loss upcasts chunk by chunk); ``augmented`` holds
         already augmented copies (B, C, H, W) for the representations that need one."""
@@ -243,7 +264,8 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         theirs: the batch norms' running statistics also see these batches."""
         if self._labelled_batches is None:
             self._labelled_batches = endless_batches(
-                self.trainer.datamodule.labelled_train_dataloader(shuffle=True, drop_last=True))
+                self.trainer.datamodule.labelled_train_dataloader(shuffle=True, drop_last=True)
+            )
         images, labels, _ = next(self._labelled_batches)
         with torch.no_grad():
             h = self.forward(self.eval_view(images.to(self.device, non_blocking=True)))
@@ -265,7 +287,8 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v)] or ["loss"]
         raise NonFiniteLossError(
             f"loss term '{bad[0]}' became {terms.get(bad[0], loss).item()} at step {self.global_step} "
-            f"(epoch {self.current_epoch}); lower lr or check the data; the last good checkpoint is kept")
+            f"(epoch {self.current_epoch}); lower lr or check the data; the last good checkpoint is kept"
+        )
 
     # ------------------------------------------------------------------ evaluation of the probe
     def eval_logits(self, images: torch.Tensor):
@@ -277,8 +300,15 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         model = nn.ModuleDict({"backbone": self.backbone, "projector": self.projector})
         extra = []
         if self.probe is not None:
-            extra.append({"params": list(self.probe.parameters()), "lr": self.cfg.probe.lr,
-                          "weight_decay": 0.0, "lars_exclude": True, "constant_lr": not self.cfg.probe.scheduled})
+            extra.append(
+                {
+                    "params": list(self.probe.parameters()),
+                    "lr": self.cfg.probe.lr,
+                    "weight_decay": 0.0,
+                    "lars_exclude": True,
+                    "constant_lr": not self.cfg.probe.scheduled,
+                }
+            )
         groups = param_groups(model, self.cfg.wd, extra, self.cfg.wd_norm_and_bias)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or self.cfg.epochs))

@@ -1,6 +1,7 @@
 """Long runs that lose nothing: metrics appended across resumes, RNG state in checkpoints, a `last`
 checkpoint written when the run is interrupted (Ctrl-C / SIGTERM) and every few steps or minutes (kill -9),
 and a mid-epoch resume that continues with the batches the run had not seen yet."""
+
 from __future__ import annotations
 
 import csv
@@ -11,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from mvmr import messages
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from mvmr import messages
 
 RNG_KEY = "mvmr_rng_state"
 RNG_PER_RANK_KEY = "mvmr_rng_state_per_rank"
@@ -46,8 +48,11 @@ class ResumableCSVLogger(CSVLogger):
 def rng_state() -> dict:
     """The Python, NumPy, torch (and CUDA) generator states, as types ``torch.load(weights_only=True)`` reads."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
+    state = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -104,8 +109,10 @@ class RNGStateCallback(pl.Callback):
         elif trainer.global_rank == 0 and RNG_KEY in checkpoint:
             set_rng_state(checkpoint[RNG_KEY])
             if trainer.world_size > 1:
-                messages.info(f"the checkpoint's generators are from {len(per_rank or [0])} process(es), this run has "
-                              f"{trainer.world_size}: ranks > 0 continue with fresh per-rank seeds")
+                messages.info(
+                    f"the checkpoint's generators are from {len(per_rank or [0])} process(es), this run has "
+                    f"{trainer.world_size}: ranks > 0 continue with fresh per-rank seeds"
+                )
 
 
 class SaveOnInterrupt(pl.Callback):
@@ -119,8 +126,10 @@ class SaveOnInterrupt(pl.Callback):
         if not interrupted or trainer.world_size > 1 or trainer.global_step == 0:
             return
         trainer.save_checkpoint(self.last_path)
-        messages.warn(f"\ninterrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved "
-                      f"{self.last_path}; re-run the same command to resume")
+        messages.warn(
+            f"\ninterrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved "
+            f"{self.last_path}; re-run the same command to resume"
+        )
 
 
 class PeriodicCheckpoint(pl.Callback):

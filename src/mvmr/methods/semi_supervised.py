@@ -1,4 +1,5 @@
 """Semi-supervised fine-tuning: the whole pretrained backbone plus a linear head on a labelled fraction."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvmr.checkpoint import (check_same_architecture, copy_backbone_weights, encoder_config_of, load_checkpoint,
-                             read_checkpoint)
+from mvmr.checkpoint import (
+    check_same_architecture,
+    copy_backbone_weights,
+    encoder_config_of,
+    load_checkpoint,
+    read_checkpoint,
+)
 from mvmr.checkpoint_formats import infer_encoder_config, read_weights
 from mvmr.config import EncoderConfig, SemiSupervisedConfig, build_dataclass, to_dict
 from mvmr.data import DatasetInfo
@@ -27,8 +33,14 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
     def __init__(self, cfg: SemiSupervisedConfig, info: Any, encoder: EncoderConfig, n_classes: int):
         super().__init__()
         self.cfg, self.info, self.encoder_cfg, self.n_classes = cfg, info, encoder, n_classes
-        self.save_hyperparameters({"config": to_dict(cfg), "info": dataclasses.asdict(info),
-                                   "encoder": dataclasses.asdict(encoder), "n_classes": n_classes})
+        self.save_hyperparameters(
+            {
+                "config": to_dict(cfg),
+                "info": dataclasses.asdict(info),
+                "encoder": dataclasses.asdict(encoder),
+                "n_classes": n_classes,
+            }
+        )
         self.lr = cfg.lr
         self.backbone, self.feature_dim = backbone_from_config(encoder, info.channels)
         use_channels_last(self.backbone, cfg.channels_last)  # inputs are made channels_last in forward
@@ -92,8 +104,9 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, labels)
         acc = topk_correct(logits, labels, 1).float() / labels.numel()
-        self.log_dict({"train/loss": loss.detach(), "train/top1": acc}, on_step=True, on_epoch=True,
-                      batch_size=labels.numel())
+        self.log_dict(
+            {"train/loss": loss.detach(), "train/top1": acc}, on_step=True, on_epoch=True, batch_size=labels.numel()
+        )
         return loss
 
     def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -102,9 +115,12 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
     def configure_optimizers(self):
         lr_head = self.cfg.lr_head or 10 * self.lr
         head_wd = self.cfg.wd if self.cfg.wd_norm_and_bias else 0.0  # the authors' one Adam decays the head too
-        groups = param_groups(self.backbone, self.cfg.wd, [
-            {"params": list(self.head.parameters()), "lr": lr_head, "weight_decay": head_wd, "lars_exclude": True}],
-            self.cfg.wd_norm_and_bias)
+        groups = param_groups(
+            self.backbone,
+            self.cfg.wd,
+            [{"params": list(self.head.parameters()), "lr": lr_head, "weight_decay": head_wd, "lars_exclude": True}],
+            self.cfg.wd_norm_and_bias,
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or self.cfg.epochs))
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -1,4 +1,5 @@
 """Top-1 / top-5 accuracy over a whole validation or test split, summed across DDP ranks (shared by modules)."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -27,8 +28,13 @@ class TopKEvaluation:
             return
         counts: Dict[str, torch.Tensor] = self.__dict__.setdefault("_topk_counts", {})
         total = counts.setdefault(stage, torch.zeros(3, device=self.device))
-        total += torch.stack([topk_correct(logits, labels, 1), topk_correct(logits, labels, 5),
-                              torch.tensor(labels.numel(), device=self.device)]).to(total)
+        total += torch.stack(
+            [
+                topk_correct(logits, labels, 1),
+                topk_correct(logits, labels, 5),
+                torch.tensor(labels.numel(), device=self.device),
+            ]
+        ).to(total)
 
     def _eval_epoch_end(self, stage: str) -> None:
         counts = self.__dict__.get("_topk_counts", {}).pop(stage, None)

@@ -3,6 +3,7 @@
 Features are extracted once; the head trains on the feature tensors. The checkpoint holds the backbone
 too, so ``evaluate_voc.py`` needs nothing else.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,9 +38,16 @@ class MultiLabelHead(nn.Module):
         return self.linear((h - self.mean) / self.std)
 
 
-def fit_bce_head(train_x: torch.Tensor, train_y: torch.Tensor, train_ignore: torch.Tensor, val_x: torch.Tensor,
-                 val_y: torch.Tensor, val_ignore: torch.Tensor, cfg: VOCConfig,
-                 log=print) -> tuple[MultiLabelHead, int, float]:
+def fit_bce_head(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    train_ignore: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    val_ignore: torch.Tensor,
+    cfg: VOCConfig,
+    log=print,
+) -> tuple[MultiLabelHead, int, float]:
     """Train with BCE (difficult-only entries masked out); keep the epoch with the best validation mAP."""
     g = torch.Generator().manual_seed(cfg.seed)
     head = MultiLabelHead(train_x.mean(0), train_x.std(0).clamp_min(1e-6), train_y.shape[1])
@@ -55,8 +63,9 @@ def fit_bce_head(train_x: torch.Tensor, train_y: torch.Tensor, train_ignore: tor
         if epoch % max(1, cfg.epochs // 10) == 0:
             log(f"epoch {epoch:4d}/{cfg.epochs}  loss {loss:.4f}  val mAP {100 * score:.2f}")
 
-    best_epoch, best_map = fit_epochs(head, batch_loss, train_x.shape[0], val_map, cfg.epochs, cfg.batch_size,
-                                      cfg.lr, cfg.wd, g, progress)
+    best_epoch, best_map = fit_epochs(
+        head, batch_loss, train_x.shape[0], val_map, cfg.epochs, cfg.batch_size, cfg.lr, cfg.wd, g, progress
+    )
     return head, best_epoch, best_map
 
 
@@ -70,13 +79,25 @@ def svm_head(svms: Any, mean_dim: int) -> MultiLabelHead:
     return head
 
 
-def save_voc_checkpoint(path, backbone: nn.Module, head: MultiLabelHead, cfg: VOCConfig, encoder: EncoderConfig,
-                        info: Any, extra: dict) -> None:
+def save_voc_checkpoint(
+    path, backbone: nn.Module, head: MultiLabelHead, cfg: VOCConfig, encoder: EncoderConfig, info: Any, extra: dict
+) -> None:
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     state.update({f"head.{k}": v for k, v in head.state_dict().items()})
-    atomic_torch_save({"state_dict": state, "hyper_parameters": {
-        "config": to_dict(cfg), "encoder": dataclasses.asdict(encoder), "info": dataclasses.asdict(info),
-        "l2_normalize": head.l2_normalize, "feature_dim": head.mean.numel(), **extra}}, path)
+    atomic_torch_save(
+        {
+            "state_dict": state,
+            "hyper_parameters": {
+                "config": to_dict(cfg),
+                "encoder": dataclasses.asdict(encoder),
+                "info": dataclasses.asdict(info),
+                "l2_normalize": head.l2_normalize,
+                "feature_dim": head.mean.numel(),
+                **extra,
+            },
+        },
+        path,
+    )
 
 
 def load_voc_checkpoint(path) -> tuple[nn.Module, MultiLabelHead, dict]:

@@ -1,4 +1,5 @@
 """An exponential moving average (EMA) of a module's weights, kept beside it for evaluation."""
+
 from __future__ import annotations
 
 import copy

@@ -1,5 +1,6 @@
 """The encoder f: a ResNet trunk (torchvision's blocks and layout, no classifier) with a configurable base width
 and an optional small-image stem."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,17 @@ class ResNetTrunk(nn.Module):
     ``pool_grid`` x ``pool_grid`` grid and flattened channel-major (1: global average pooling, torchvision's).
     """
 
-    def __init__(self, spec: ResNetSpec, *, width: int = 64, in_channels: int = 3, small_kernel: bool = False,
-                 maxpool: bool = True, zero_init_residual: bool = True, pool_grid: int = 1):
+    def __init__(
+        self,
+        spec: ResNetSpec,
+        *,
+        width: int = 64,
+        in_channels: int = 3,
+        small_kernel: bool = False,
+        maxpool: bool = True,
+        zero_init_residual: bool = True,
+        pool_grid: int = 1,
+    ):
         super().__init__()
         if small_kernel:
             self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
@@ -52,14 +62,15 @@ class ResNetTrunk(nn.Module):
         self.layer3 = self._stage(spec.block, 4 * width, spec.layers[2], stride=2)
         self.layer4 = self._stage(spec.block, 8 * width, spec.layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((pool_grid, pool_grid))
-        self.out_dim = 8 * width * spec.block.expansion * pool_grid ** 2
+        self.out_dim = 8 * width * spec.block.expansion * pool_grid**2
         self._init_weights(zero_init_residual)
 
     def _stage(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self._inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self._inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                conv1x1(self._inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+            )
         layers = [block(self._inplanes, planes, stride, downsample)]
         self._inplanes = planes * block.expansion
         layers += [block(self._inplanes, planes) for _ in range(1, blocks)]
@@ -85,9 +96,17 @@ class ResNetTrunk(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
-def build_backbone(name: str, *, in_channels: int = 3, small_kernel: bool = False, maxpool: bool | None = None,
-                   zero_init_residual: bool = True, width: int = 64, pool_grid: int = 1,
-                   small_map_matmul: bool = True) -> tuple[nn.Module, int]:
+def build_backbone(
+    name: str,
+    *,
+    in_channels: int = 3,
+    small_kernel: bool = False,
+    maxpool: bool | None = None,
+    zero_init_residual: bool = True,
+    width: int = 64,
+    pool_grid: int = 1,
+    small_map_matmul: bool = True,
+) -> tuple[nn.Module, int]:
     """Return ``(backbone, feature_dim)``; backbone maps (B, C, H, W) -> (B, feature_dim).
 
     ``small_kernel`` replaces the 7x7 stride-2 stem with a 3x3 stride-1 convolution (CIFAR/STL-sized images)
@@ -99,16 +118,30 @@ def build_backbone(name: str, *, in_channels: int = 3, small_kernel: bool = Fals
     """
     spec = BACKBONES.get(name, key="encoder.backbone")
     keep_pool = (not small_kernel) if maxpool is None else maxpool
-    net = ResNetTrunk(spec, width=width, in_channels=in_channels, small_kernel=small_kernel, maxpool=keep_pool,
-                      zero_init_residual=zero_init_residual, pool_grid=pool_grid)
+    net = ResNetTrunk(
+        spec,
+        width=width,
+        in_channels=in_channels,
+        small_kernel=small_kernel,
+        maxpool=keep_pool,
+        zero_init_residual=zero_init_residual,
+        pool_grid=pool_grid,
+    )
     return use_small_map_matmul(net, small_map_matmul), net.out_dim
 
 
 def backbone_from_config(encoder, in_channels: int) -> tuple[nn.Module, int]:
     """``build_backbone`` with every architecture key of an ``EncoderConfig`` (the one place that maps them)."""
-    return build_backbone(encoder.backbone, in_channels=in_channels, small_kernel=encoder.small_kernel,
-                          maxpool=encoder.maxpool, zero_init_residual=encoder.zero_init_residual,
-                          width=encoder.width, pool_grid=encoder.pool_grid, small_map_matmul=encoder.small_map_matmul)
+    return build_backbone(
+        encoder.backbone,
+        in_channels=in_channels,
+        small_kernel=encoder.small_kernel,
+        maxpool=encoder.maxpool,
+        zero_init_residual=encoder.zero_init_residual,
+        width=encoder.width,
+        pool_grid=encoder.pool_grid,
+        small_map_matmul=encoder.small_map_matmul,
+    )
 
 
 def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
@@ -123,7 +156,7 @@ def use_channels_last(module: nn.Module, enabled: bool = True) -> nn.Module:
 
 def backbone_state_dict(state_dict: Dict[str, object], prefix: str = "backbone.") -> Dict[str, object]:
     """Select the backbone's weights from a module state dict (``backbone.*`` keys, prefix removed)."""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def strided_convs_on_single_pixels(backbone: nn.Module, channels: int, size: int) -> list[str]:
@@ -133,10 +166,12 @@ def strided_convs_on_single_pixels(backbone: nn.Module, channels: int, size: int
     found, hooks = [], []
     for name, module in backbone.named_modules():
         if isinstance(module, nn.Conv2d) and max(module.stride) > 1 and max(module.kernel_size) > 1:
+
             def record(mod, inputs, name=name):
                 as_matmul = isinstance(mod, SmallMapConv2d) and mod.uses_matmul(inputs[0])
                 if inputs[0].shape[-2:] == (1, 1) and not as_matmul:
                     found.append(name)
+
             hooks.append(module.register_forward_pre_hook(record))
     training = backbone.training
     try:

@@ -1,4 +1,5 @@
 """The projector g: an MLP described by a string such as ``"8192-8192-8192"``."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -10,6 +10,7 @@ position, the same convolution is one GEMM with at most half the direct form's m
 where ``tap(p, q)`` is the kernel tap that links input position p to output position q (none: a zero). D is
 built from W by one product with a fixed 0/1 selection matrix, so autograd's backward is plain GEMMs too.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -19,8 +20,9 @@ from torch import nn
 
 
 @lru_cache(maxsize=None)
-def tap_selection(kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                  in_hw: tuple[int, int]) -> torch.Tensor:
+def tap_selection(
+    kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], in_hw: tuple[int, int]
+) -> torch.Tensor:
     """0/1 matrix (P_in * P_out, kh * kw): row (p, q) selects the tap linking input position p to output q.
 
     Positions are row-major over the map; rows whose pair no tap links are all zero. float32, CPU.
@@ -38,8 +40,9 @@ def tap_selection(kernel: tuple[int, int], stride: tuple[int, int], padding: tup
     return select.reshape(h * w * out_h * out_w, kh * kw)
 
 
-def conv2d_as_matmul(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
-                     padding: tuple[int, int]) -> torch.Tensor:
+def conv2d_as_matmul(
+    x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
     """``F.conv2d(x, weight, stride=stride, padding=padding)`` (no bias, groups 1, dilation 1) as one GEMM.
 
     x: (B, C, H, W), weight: (O, C, kh, kw) -> (B, O, H_out, W_out), laid out channels_last (the (B, C, H, W)
@@ -54,9 +57,9 @@ def conv2d_as_matmul(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, i
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
     with torch.autocast("cpu", enabled=False):
         taps = weight.to(dtype).permute(2, 3, 1, 0).reshape(kh * kw, channels * out_channels)
-        pairs = select.to(device=weight.device, dtype=dtype) @ taps           # (p_in * p_out, C * O)
+        pairs = select.to(device=weight.device, dtype=dtype) @ taps  # (p_in * p_out, C * O)
         dense = pairs.view(p_in, p_out, channels, out_channels).transpose(1, 2)
-        dense = dense.reshape(p_in * channels, p_out * out_channels)         # rows (p, c), columns (q, o)
+        dense = dense.reshape(p_in * channels, p_out * out_channels)  # rows (p, c), columns (q, o)
         rows = x.to(dtype).permute(0, 2, 3, 1).reshape(batch, p_in * channels)
         out = rows @ dense
     return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
@@ -77,9 +80,16 @@ class SmallMapConv2d(nn.Conv2d):
     def uses_matmul(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` takes the matrix-product path."""
         kh, kw = self.kernel_size
-        return (x.device.type == "cpu" and x.dim() == 4 and self.groups == 1 and self.bias is None
-                and self.dilation == (1, 1) and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and 2 * x.shape[-2] * x.shape[-1] <= kh * kw)
+        return (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and self.groups == 1
+            and self.bias is None
+            and self.dilation == (1, 1)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and 2 * x.shape[-2] * x.shape[-1] <= kh * kw
+        )
 
 
 def use_small_map_matmul(module: nn.Module, enabled: bool = True) -> nn.Module:

@@ -3,6 +3,7 @@ or, with ``--protocol authors``, the numbers the authors' evaluate_self_supervis
 
 Only the backbone (and the probe's weights) are read from the checkpoint: no representation or teacher is
 built, so a distilled checkpoint is evaluated without its teacher's weights file."""
+
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -37,15 +38,24 @@ def run_evaluation(args, cfg: PretrainConfig) -> dict[str, float]:
     dm = MVMRDataModule(cfg.dataset, cfg.eval.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("fit")
     if not dm.info.n_classes or not len(dm.test_dataset):
-        raise DataError(f"linear evaluation needs labelled train and test images; {cfg.dataset.name} at "
-                        f"'{cfg.dataset.path}' has {'no labels' if not dm.info.n_classes else 'no test split'} "
-                        "(use train/<class>/ and test/<class>/ or val/<class>/ folders, or embed the images with "
-                        "scripts/embed.py)")
+        raise DataError(
+            f"linear evaluation needs labelled train and test images; {cfg.dataset.name} at "
+            f"'{cfg.dataset.path}' has {'no labels' if not dm.info.n_classes else 'no test split'} "
+            "(use train/<class>/ and test/<class>/ or val/<class>/ folders, or embed the images with "
+            "scripts/embed.py)"
+        )
     checkpoint = read_checkpoint(args.ckpt)  # read once (any format): backbone and probe come from it
-    frozen = load_frozen_backbone(args.ckpt, device, checkpoint, cfg.eval.weights, encoder=cfg.encoder,
-                                  info=dm.info, image_size=cfg.dataset.size)
-    print(f"backbone weights: {frozen.weights}" + (" (the run's moving average; eval.weights=online for the "
-                                                   "trained weights)" if frozen.weights == "ema" else ""))
+    frozen = load_frozen_backbone(
+        args.ckpt, device, checkpoint, cfg.eval.weights, encoder=cfg.encoder, info=dm.info, image_size=cfg.dataset.size
+    )
+    print(
+        f"backbone weights: {frozen.weights}"
+        + (
+            " (the run's moving average; eval.weights=online for the trained weights)"
+            if frozen.weights == "ema"
+            else ""
+        )
+    )
     use_channels_last(frozen.backbone, cfg.channels_last)
     info, size = frozen.info, frozen.image_size
     progress = not args.no_progress
@@ -61,8 +71,9 @@ def run_evaluation(args, cfg: PretrainConfig) -> dict[str, float]:
     test_view = test_view.to(device)
 
     extract = lambda loader, view, name: extract_features(backbone, loader, view, device, name, progress)
-    train_x, train_y = extract(dm.labelled_train_dataloader(shuffle=False, drop_last=False), train_view,
-                               "train features")
+    train_x, train_y = extract(
+        dm.labelled_train_dataloader(shuffle=False, drop_last=False), train_view, "train features"
+    )
     test_x, test_y = extract(dm.test_dataloader(), test_view, "test features")
     mean_over_crops = lambda x: x.mean(1) if x.ndim == 3 else x
     n_classes = cfg.dataset.n_classes or info.n_classes
@@ -74,12 +85,19 @@ def run_evaluation(args, cfg: PretrainConfig) -> dict[str, float]:
         if not has_val:
             val_x, val_y = train_x, train_y
         epochs = args.epochs or cfg.eval.epochs
-        fit = fit_linear(train_x, train_y, val_x, val_y, n_classes, cfg.eval.lrs, cfg.eval.wds, epochs,
-                         cfg.eval.batch_size, cfg.seed)
+        fit = fit_linear(
+            train_x, train_y, val_x, val_y, n_classes, cfg.eval.lrs, cfg.eval.wds, epochs, cfg.eval.batch_size, cfg.seed
+        )
         with torch.no_grad():
             acc = topk_accuracy(fit.head(test_x), test_y)
-        rows.append([f"linear (retrained on train, {crops}; lr={fit.lr:g} wd={fit.wd:g} epochs={fit.epochs}, "
-                     f"val top-1 {fit.val_top1:.2f})", acc[1], acc[5]])
+        rows.append(
+            [
+                f"linear (retrained on train, {crops}; lr={fit.lr:g} wd={fit.wd:g} epochs={fit.epochs}, "
+                f"val top-1 {fit.val_top1:.2f})",
+                acc[1],
+                acc[5],
+            ]
+        )
         results.update(linear_top1=acc[1], linear_top5=acc[5])
         if cfg.eval.refit and has_val:
             head = refit_linear(train_x, train_y, val_x, val_y, n_classes, fit, epochs, cfg.eval.batch_size, cfg.seed)
@@ -98,8 +116,17 @@ def run_evaluation(args, cfg: PretrainConfig) -> dict[str, float]:
         rows.append([f"online probe ({crops})", acc[1], acc[5]])
         results.update(probe_top1=acc[1], probe_top5=acc[5])
 
-    knn = topk_accuracy(knn_logits(mean_over_crops(train_x), train_y, mean_over_crops(test_x), n_classes,
-                                   cfg.eval.knn_k, cfg.eval.knn_temperature), test_y)
+    knn = topk_accuracy(
+        knn_logits(
+            mean_over_crops(train_x),
+            train_y,
+            mean_over_crops(test_x),
+            n_classes,
+            cfg.eval.knn_k,
+            cfg.eval.knn_temperature,
+        ),
+        test_y,
+    )
     rows.append([f"k-NN (k={cfg.eval.knn_k}, cosine)", knn[1], knn[5]])
     results.update(knn_top1=knn[1])
     print(f"{cfg.dataset.name} test split: {test_y.numel()} images, {train_y.numel()} labelled train images")
@@ -117,25 +144,42 @@ def evaluate_authors(args, cfg, dm, frozen, backbone, checkpoint, device, progre
     results: dict[str, float] = {}
     if args.retrain:
         epochs = args.epochs or AUTHORS_RETRAIN_EPOCHS
-        train_view = build_train_view("authors", size, info.mean, info.std, info.channels,
-                                      compile_ops=cfg.compile_view_ops).to(device)
-        fit = retrain_head_authors(backbone, frozen.backbone.feature_dim, n_classes,
-                                   dm.labelled_train_dataloader(shuffle=True, drop_last=False), train_view,
-                                   test_loader, build_eval_view(size, info.mean, info.std, info.eval_resize).to(device), epochs,
-                                   device, init=probe, progress=progress, log=None if not progress else print)
-        label = (f"linear head retrained the authors' way ({epochs} epochs, best epoch {fit.best_epoch} CHOSEN ON "
-                 "THE TEST SPLIT, centre view)")
+        train_view = build_train_view(
+            "authors", size, info.mean, info.std, info.channels, compile_ops=cfg.compile_view_ops
+        ).to(device)
+        fit = retrain_head_authors(
+            backbone,
+            frozen.backbone.feature_dim,
+            n_classes,
+            dm.labelled_train_dataloader(shuffle=True, drop_last=False),
+            train_view,
+            test_loader,
+            build_eval_view(size, info.mean, info.std, info.eval_resize).to(device),
+            epochs,
+            device,
+            init=probe,
+            progress=progress,
+            log=None if not progress else print,
+        )
+        label = (
+            f"linear head retrained the authors' way ({epochs} epochs, best epoch {fit.best_epoch} CHOSEN ON "
+            "THE TEST SPLIT, centre view)"
+        )
         rows = [[label, fit.best_top1, fit.best_top5]]
-        results.update(authors_retrain_top1=fit.best_top1, authors_retrain_top5=fit.best_top5,
-                       authors_retrain_epoch=fit.best_epoch)
+        results.update(
+            authors_retrain_top1=fit.best_top1, authors_retrain_top5=fit.best_top5, authors_retrain_epoch=fit.best_epoch
+        )
     else:
         if probe is None:
             raise CheckpointError(f"'{args.ckpt}' has no online probe; pass --retrain to train a linear head")
-        acc = probe_accuracy_authors(backbone, probe, test_loader, MirroredView(size, info.mean, info.std, info.eval_resize).to(device),
-                                     device)
+        acc = probe_accuracy_authors(
+            backbone, probe, test_loader, MirroredView(size, info.mean, info.std, info.eval_resize).to(device), device
+        )
         rows = [["online probe, the authors' way (ten_crop at the image size = x̄ and its mirror)", acc[1], acc[5]]]
         results.update(authors_probe_top1=acc[1], authors_probe_top5=acc[5])
-    print(f"{cfg.dataset.name} test split: {len(test_loader.dataset)} images; protocol: authors "
-          "(vkinakh/mv-mr evaluate_self_supervised.py), comparable with the paper's table")
+    print(
+        f"{cfg.dataset.name} test split: {len(test_loader.dataset)} images; protocol: authors "
+        "(vkinakh/mv-mr evaluate_self_supervised.py), comparable with the paper's table"
+    )
     print(format_table(["evaluation (authors' protocol)", "top-1 %", "top-5 %"], rows))
     return results

@@ -1,4 +1,5 @@
 """MV-MR pretraining and distillation: data, module, callbacks, trainer, fit, and the report of the online probe."""
+
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -32,22 +33,28 @@ def run_pretraining(args, cfg: PretrainConfig, require_teacher: bool = False) ->
     line (config path, --resume, --auto_bs, --auto_lr)."""
     configure_runtime()
     if require_teacher and not any(r.name == "teacher" for r in cfg.representations or []):
-        raise ConfigError("distillation needs a teacher: add to representations e.g. "
-                          "{name: teacher, weight: 1.0, params: {kind: open_clip, model_name: ViT-B-16, pretrained: /path/to/weights.bin}}")
+        raise ConfigError(
+            "distillation needs a teacher: add to representations e.g. "
+            "{name: teacher, weight: 1.0, params: {kind: open_clip, model_name: ViT-B-16, "
+            "pretrained: /path/to/weights.bin}}"
+        )
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = MVMRDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
     datamodule.setup("fit")
     module = MVMRPretrainModule(cfg, datamodule.info)
     if cfg.probe.enabled and module.probe is None:
-        print(f"{cfg.dataset.name} at '{cfg.dataset.path}' has no labels: no online probe and no test report "
-              "(put images in train/<class>/ folders to get both)")
+        print(
+            f"{cfg.dataset.name} at '{cfg.dataset.path}' has no labels: no online probe and no test report "
+            "(put images in train/<class>/ folders to get both)"
+        )
     if cfg.fine_tune_from:
         load_encoder_weights(module, cfg.fine_tune_from)
     run = RunDir.for_config(cfg, args.config, "self_supervised")
     print(f"Run directory: {run.path}")
     monitor = "val/top1" if module.probe is not None and cfg.dataset.val_fraction > 0 else None
-    trainer = build_trainer(cfg, run, monitor=monitor, callbacks=extra_callbacks(cfg, module, datamodule, run),
-                            module=module)
+    trainer = build_trainer(
+        cfg, run, monitor=monitor, callbacks=extra_callbacks(cfg, module, datamodule, run), module=module
+    )
     ckpt_path = resume_checkpoint(cfg, run, args.resume)
     if ckpt_path is None:
         tune(cfg, trainer, module, datamodule, args.auto_bs, args.auto_lr)
@@ -72,7 +79,9 @@ def report(trainer: pl.Trainer, module: MVMRPretrainModule, datamodule, run: Run
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)  # every rank takes part
     if not trainer.is_global_zero:
         return
-    rows = [["online probe (test)", results[0].get("test/top1", float("nan")), results[0].get("test/top5", float("nan"))]]
+    rows = [
+        ["online probe (test)", results[0].get("test/top1", float("nan")), results[0].get("test/top5", float("nan"))]
+    ]
     print(format_table(["evaluation", "top-1 %", "top-5 %"], rows))
     print(f"Checkpoints: {run.checkpoints}  (best by val/top1, last)")
     print(f"Run directory: {run.path}")

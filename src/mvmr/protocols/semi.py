@@ -1,4 +1,5 @@
 """Semi-supervised fine-tuning of a pretrained encoder on a labelled fraction, and its evaluation."""
+
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -29,15 +30,19 @@ def run_fine_tuning(args, cfg: SemiSupervisedConfig) -> RunDir:
     configure_runtime()
     path = args.ckpt or cfg.fine_tune_from
     if not path:
-        raise ConfigError("no pretrained checkpoint: pass --ckpt runs/<name>/checkpoints/best.ckpt or set fine_tune_from")
+        raise ConfigError(
+            "no pretrained checkpoint: pass --ckpt runs/<name>/checkpoints/best.ckpt or set fine_tune_from"
+        )
     cfg.fine_tune_from = path
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = LabelledDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
     dm.setup("fit")
     module = SemiSupervisedModule.from_pretrained(cfg, dm.info, path)
     if cfg.num_features is not None and cfg.num_features != module.feature_dim:
-        raise ConfigError(f"num_features is {cfg.num_features} but the backbone of '{path}' gives "
-                          f"{module.feature_dim} features; fix num_features or remove it")
+        raise ConfigError(
+            f"num_features is {cfg.num_features} but the backbone of '{path}' gives "
+            f"{module.feature_dim} features; fix num_features or remove it"
+        )
     n_labelled = len(dm.labelled_train_dataloader(shuffle=False, drop_last=False).dataset)
     run = RunDir.for_config(cfg, args.config, "semi_supervised")
     print(f"Run directory: {run.path}  ({n_labelled} labelled training images)")
@@ -48,11 +53,16 @@ def run_fine_tuning(args, cfg: SemiSupervisedConfig) -> RunDir:
         tune(cfg, trainer, module, dm, args.auto_bs, args.auto_lr)
     write_run_config(cfg, run)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    results = trainer.test(module, datamodule=dm, ckpt_path=str(run.best) if run.best.is_file() else None,
-                           verbose=False)[0]  # every rank takes part under DDP
+    results = trainer.test(
+        module, datamodule=dm, ckpt_path=str(run.best) if run.best.is_file() else None, verbose=False
+    )[0]  # every rank takes part under DDP
     if trainer.is_global_zero:
-        print(format_table(["evaluation", "top-1 %", "top-5 %"],
-                           [[f"fine-tuned, {n_labelled} labels (test, center crop)", results["test/top1"], results["test/top5"]]]))
+        print(
+            format_table(
+                ["evaluation", "top-1 %", "top-5 %"],
+                [[f"fine-tuned, {n_labelled} labels (test, center crop)", results["test/top1"], results["test/top5"]]],
+            )
+        )
     print(f"Run directory: {run.path}")
     return run
 
@@ -70,5 +80,10 @@ def run_evaluation(args, cfg: SemiSupervisedConfig) -> dict[str, float]:
     logits, labels = extract_features(module, dm.test_dataloader(), view, device, "test", not args.no_progress)
     logits = logits.mean(1) if logits.ndim == 3 else logits
     acc = topk_accuracy(logits, labels)
-    print(format_table(["evaluation", "top-1 %", "top-5 %"], [[f"semi-supervised ({crops}), {labels.numel()} test images", acc[1], acc[5]]]))
+    print(
+        format_table(
+            ["evaluation", "top-1 %", "top-5 %"],
+            [[f"semi-supervised ({crops}), {labels.numel()} test images", acc[1], acc[5]]],
+        )
+    )
     return {"top1": acc[1], "top5": acc[5]}

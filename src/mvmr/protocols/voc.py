@@ -1,4 +1,5 @@
 """VOC07 multi-label classification on frozen features: feature extraction, the head, per-class AP and mAP."""
+
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -31,8 +32,10 @@ def voc_features(backbone, root: str, split: str, cfg: VOCConfig, info, device, 
 
 def check_rgb(info, source: str) -> None:
     if info.channels != 3:
-        raise CheckpointError(f"'{source}' was trained on {info.channels}-channel images; VOC07 is RGB: "
-                              "pretrain with 3 channels (dataset.to_rgb=true for grayscale data)")
+        raise CheckpointError(
+            f"'{source}' was trained on {info.channels}-channel images; VOC07 is RGB: "
+            "pretrain with 3 channels (dataset.to_rgb=true for grayscale data)"
+        )
 
 
 def voc_normalisation(self_cfg: PretrainConfig):
@@ -51,8 +54,10 @@ def run_training(args, cfg: VOCConfig) -> RunDir:
     if not cfg.dataset.path:
         raise ConfigError("dataset.path of the VOC config must be the folder that holds VOCdevkit/")
     if args.auto_bs or args.auto_lr:
-        print("--auto_bs/--auto_lr: the VOC head trains on pre-extracted features (batch size only sets the "
-              "extraction batch); the learning rate is chosen on the held-out split instead")
+        print(
+            "--auto_bs/--auto_lr: the VOC head trains on pre-extracted features (batch size only sets the "
+            "extraction batch); the learning rate is chosen on the held-out split instead"
+        )
     pl.seed_everything(cfg.seed, verbose=False)
     device = default_device()
     # the backbone alone: a distilled checkpoint needs no teacher weights here
@@ -63,8 +68,9 @@ def run_training(args, cfg: VOCConfig) -> RunDir:
     run = RunDir.for_config(cfg, args.config_voc, "voc")
     write_run_config(cfg, run)
     print(f"Run directory: {run.path}")
-    x, y, ignore = voc_features(pretrained.backbone, cfg.dataset.path, "trainval", cfg, pretrained.info, device,
-                                not args.no_progress)
+    x, y, ignore = voc_features(
+        pretrained.backbone, cfg.dataset.path, "trainval", cfg, pretrained.info, device, not args.no_progress
+    )
     if cfg.protocol == "svm":
         svms = fit_linear_svms(x.numpy(), y.numpy(), ignore.numpy(), costs=tuple(cfg.svm_costs), seed=cfg.seed)
         head, extra = svm_head(svms, x.shape[1]), {"svm_costs": [float(c) for c in svms.costs]}

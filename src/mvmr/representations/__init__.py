@@ -3,9 +3,10 @@
 Importing this package imports each of its modules, which registers every family in
 ``REPRESENTATIONS``: a new family is one new file with ``@register_representation``.
 """
+
+from mvmr.registry import import_submodules
 from mvmr.representations.base import Representation
 from mvmr.representations.registry import REPRESENTATIONS, build_representation, describe_representations
-from mvmr.registry import import_submodules
 
 import_submodules(__name__, __path__)  # every module registers its families (the teacher loads its network lazily)
 

@@ -1,4 +1,5 @@
 """The base class of the non-learnable representations φ_k and their declared, validated parameters."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
-def int_param(default: Optional[int], help: str, *, minimum: int, maximum: Optional[int] = None,
-              optional: bool = False) -> Param:
+def int_param(
+    default: Optional[int], help: str, *, minimum: int, maximum: Optional[int] = None, optional: bool = False
+) -> Param:
     """An int in [minimum, maximum]; ``optional`` also allows None."""
     bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
     requirement = f"an int {bound}" + (" or null" if optional else "")
@@ -121,8 +123,10 @@ class Representation(nn.Module):
         """x (B, C, H, W) normalised image -> (B, output_dim()) float32, no gradients."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"representation '{self.name}' expects (B, {', '.join(map(str, expected))}) images, "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"representation '{self.name}' expects (B, {', '.join(map(str, expected))}) images, "
+                f"got {tuple(x.shape)}"
+            )
         with torch.no_grad(), autocast_disabled(x.device):
             out = self.compute(x.detach().float())
         return out.reshape(x.shape[0], -1).float()

@@ -1,4 +1,5 @@
 """Linear (soft) binning shared by the histogram representations (HOG orientations, colour intensities)."""
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -6,7 +7,9 @@ from typing import Tuple
 import torch
 
 
-def linear_bins(position: torch.Tensor, nbins: int, *, circular: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def linear_bins(
+    position: torch.Tensor, nbins: int, *, circular: bool
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split each value between its two nearest bin centres by linear interpolation.
 
     position (...): value in bin units, the centre of bin k at k. Returns (lower, upper, upper_share),
@@ -26,8 +29,9 @@ def linear_bins(position: torch.Tensor, nbins: int, *, circular: bool) -> Tuple[
     return lower, lower + 1, upper_share
 
 
-def scatter_two_bins(lower: torch.Tensor, upper: torch.Tensor, lower_mass: torch.Tensor, upper_mass: torch.Tensor,
-                     length: int) -> torch.Tensor:
+def scatter_two_bins(
+    lower: torch.Tensor, upper: torch.Tensor, lower_mass: torch.Tensor, upper_mass: torch.Tensor, length: int
+) -> torch.Tensor:
     """Histograms (N, length) from per-element targets lower, upper (N, P) int64 and masses (N, P)."""
     out = lower_mass.new_zeros(lower.shape[0], length)
     out.scatter_add_(1, lower, lower_mass)

@@ -19,6 +19,7 @@ the free space of the cache folder or ``max_gb``. The array's blocks are allocat
 writable memory map, so a disk that fills up anyway gives ENOSPC (the same one-line error, partial
 files removed) instead of a SIGBUS.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mvmr.errors import ConfigError, DataError, MVMRError
 from mvmr import messages
+from mvmr.errors import ConfigError, DataError, MVMRError
 
 CACHE_FORMAT = 1
 FLOAT16_LIMIT = 6e4  # |x| above this is stored as float32 (float16 overflows at 65504)
@@ -64,8 +65,10 @@ def _to_json(value: Any) -> Any:
         return sorted(value, key=repr)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    raise ConfigError(f"cache fingerprint value {value!r} of type {type(value).__name__} is not serialisable; "
-                      "pass plain numbers, strings, lists or mappings")
+    raise ConfigError(
+        f"cache fingerprint value {value!r} of type {type(value).__name__} is not serialisable; "
+        "pass plain numbers, strings, lists or mappings"
+    )
 
 
 def canonical_json(material: Mapping[str, Any]) -> str:
@@ -84,8 +87,15 @@ def representation_identity(module: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}: {_MEMORY_ADDRESS.sub('', repr(module))}"
 
 
-def entry_material(fingerprint: Mapping[str, Any], key: str, module: nn.Module, n_rows: int,
-                   dtype: torch.dtype, max_dim: Optional[int], seed: int) -> Dict[str, Any]:
+def entry_material(
+    fingerprint: Mapping[str, Any],
+    key: str,
+    module: nn.Module,
+    n_rows: int,
+    dtype: torch.dtype,
+    max_dim: Optional[int],
+    seed: int,
+) -> Dict[str, Any]:
     """Everything the cached values of representation ``key`` depend on (hashed into its file name).
 
     If ``fingerprint["representations"]`` is a mapping keyed by representation key, only this key's
@@ -96,8 +106,16 @@ def entry_material(fingerprint: Mapping[str, Any], key: str, module: nn.Module, 
     per_key = shared.get("representations")
     if isinstance(per_key, Mapping):
         shared["representations"] = per_key.get(key)
-    return {"format": CACHE_FORMAT, "fingerprint": shared, "key": key, "module": representation_identity(module),
-            "rows": n_rows, "dtype": str(dtype), "max_dim": max_dim, "seed": seed if max_dim else None}
+    return {
+        "format": CACHE_FORMAT,
+        "fingerprint": shared,
+        "key": key,
+        "module": representation_identity(module),
+        "rows": n_rows,
+        "dtype": str(dtype),
+        "max_dim": max_dim,
+        "seed": seed if max_dim else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +151,7 @@ class RandomProjection:
         block_seed = np.random.SeedSequence([self.seed, rows.start // self.ROWS_PER_BLOCK]).generate_state(1, np.uint64)
         generator = torch.Generator().manual_seed(int(block_seed[0]))
         values = torch.randn(rows.stop - rows.start, self.out_dim, generator=generator)
-        return values.div_(self.out_dim ** 0.5)
+        return values.div_(self.out_dim**0.5)
 
     def matrix(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The whole P (D, m) float32 on ``device``, assembled block by block."""
@@ -253,8 +271,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def npy_header(dtype: np.dtype, shape: tuple) -> bytes:
     """The ``.npy`` (version 1.0) header of a C-order array of ``dtype`` and ``shape``."""
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                                                  "fortran_order": False, "shape": tuple(shape)})
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    )
     return header.getvalue()
 
 
@@ -333,12 +352,22 @@ class RowFile:
             self._fd = None
 
 
-def _metadata(shape: tuple, source_dim: int, projected: bool, storage: np.dtype, stem: Path,
-              material: Dict[str, Any]) -> str:
+def _metadata(
+    shape: tuple, source_dim: int, projected: bool, storage: np.dtype, stem: Path, material: Dict[str, Any]
+) -> str:
     """The text of ``<stem>.json``, the file that marks ``<stem>.npy`` complete."""
-    return canonical_json({"format": CACHE_FORMAT, "rows": shape[0], "dim": shape[1], "source_dim": source_dim,
-                           "projected": projected, "stored_dtype": np.dtype(storage).name,
-                           "hash": stem.name.rsplit("-", 1)[-1], "material": material})
+    return canonical_json(
+        {
+            "format": CACHE_FORMAT,
+            "rows": shape[0],
+            "dim": shape[1],
+            "source_dim": source_dim,
+            "projected": projected,
+            "stored_dtype": np.dtype(storage).name,
+            "hash": stem.name.rsplit("-", 1)[-1],
+            "material": material,
+        }
+    )
 
 
 def output_size(module: nn.Module, probe: Callable[[nn.Module], int]) -> int:
@@ -375,6 +404,7 @@ def _fitting_max_dim(builders: List["EntryBuilder"], limit: float) -> Optional[i
 
     Each entry's overhead gets 64 bytes of slack: setting max_dim changes a few characters of its metadata.
     """
+
     def size(m: int) -> int:
         return sum(b.n_rows * min(b.planned_dim, m) * b.storage.itemsize + b.overhead + 64 for b in builders)
 
@@ -404,27 +434,37 @@ def check_space(builders: List["EntryBuilder"], root: Path, max_gb: Optional[flo
     total = sum(b.planned_bytes for b in builders)
     anchor = _existing_ancestor(root)
     free = shutil.disk_usage(anchor).free
-    limits = [(free, f"only {_format_bytes(free)} is free on the disk of {anchor}",
-               "cache.dir (a folder on a disk with more free space)")]
+    limits = [
+        (
+            free,
+            f"only {_format_bytes(free)} is free on the disk of {anchor}",
+            "cache.dir (a folder on a disk with more free space)",
+        )
+    ]
     if max_gb is not None:
-        limits.append((max_gb * 1e9, f"cache.max_gb={max_gb:g} allows {_format_bytes(max_gb * 1e9)}",
-                       "a larger cache.max_gb"))
+        limits.append(
+            (max_gb * 1e9, f"cache.max_gb={max_gb:g} allows {_format_bytes(max_gb * 1e9)}", "a larger cache.max_gb")
+        )
     limit, why, key = min(limits, key=lambda item: item[0])
     if total <= limit:
         return
     fitting = _fitting_max_dim(builders, limit)
     max_dim = f"cache.max_dim={fitting} (fits)" if fitting else "cache.max_dim"
-    raise ConfigError(f"the representation cache of {builders[0].n_rows} samples needs {_size_summary(builders)} "
-                      f"but {why}; set {max_dim}, {key}, or cache.enabled=false")
+    raise ConfigError(
+        f"the representation cache of {builders[0].n_rows} samples needs {_size_summary(builders)} "
+        f"but {why}; set {max_dim}, {key}, or cache.enabled=false"
+    )
 
 
 def _no_space_error(err: OSError, builders: List["EntryBuilder"], root: Path) -> ConfigError:
     free = shutil.disk_usage(_existing_ancestor(root)).free
-    return ConfigError(f"the disk of {root} ran out of space while building the representation cache "
-                       f"({os.strerror(err.errno)}; it needs {_size_summary(builders)}, "
-                       f"{_format_bytes(free)} is free now); the partial files were removed; free some space, "
-                       "or set cache.max_dim, cache.dir (a folder on a disk with more free space), "
-                       "or cache.enabled=false")
+    return ConfigError(
+        f"the disk of {root} ran out of space while building the representation cache "
+        f"({os.strerror(err.errno)}; it needs {_size_summary(builders)}, "
+        f"{_format_bytes(free)} is free now); the partial files were removed; free some space, "
+        "or set cache.max_dim, cache.dir (a folder on a disk with more free space), "
+        "or cache.enabled=false"
+    )
 
 
 class EntryBuilder:
@@ -437,8 +477,17 @@ class EntryBuilder:
     without a float32 widening.
     """
 
-    def __init__(self, key: str, module: nn.Module, stem: Path, material: Dict[str, Any],
-                 storage: np.dtype, max_dim: Optional[int], seed: int, source_dim: int):
+    def __init__(
+        self,
+        key: str,
+        module: nn.Module,
+        stem: Path,
+        material: Dict[str, Any],
+        storage: np.dtype,
+        max_dim: Optional[int],
+        seed: int,
+        source_dim: int,
+    ):
         self.key, self.module, self.stem, self.material = key, module, stem, material
         self.n_rows = material["rows"]
         self.storage, self.max_dim, self.seed = np.dtype(storage), max_dim, seed
@@ -449,7 +498,8 @@ class EntryBuilder:
         self.planned_dim = min(source_dim, max_dim) if max_dim else source_dim
         shape = (self.n_rows, self.planned_dim)
         self.overhead = len(npy_header(self.storage, shape)) + len(
-            _metadata(shape, source_dim, self.planned_dim != source_dim, self.storage, stem, material).encode())
+            _metadata(shape, source_dim, self.planned_dim != source_dim, self.storage, stem, material).encode()
+        )
         self.planned_bytes = self.n_rows * self.planned_dim * self.storage.itemsize + self.overhead
 
     def _partial_path(self, storage: np.dtype) -> Path:
@@ -473,28 +523,35 @@ class EntryBuilder:
             step = max(1, _COPY_BYTES // max(1, old.row_bytes))
             for start in range(0, old.shape[0], step):
                 block = np.arange(start, min(start + step, old.shape[0]))
-                self._file.write(block, rows[start:block[-1] + 1])
+                self._file.write(block, rows[start : block[-1] + 1])
             del rows
         finally:
             old.close()
             old.path.unlink(missing_ok=True)
-        messages.info(f"representation cache: '{self.key}' exceeds the float16 range (|x| > {FLOAT16_LIMIT:g}); "
-                      "storing float32")
+        messages.info(
+            f"representation cache: '{self.key}' exceeds the float16 range (|x| > {FLOAT16_LIMIT:g}); storing float32"
+        )
 
     def add(self, index: np.ndarray, output: torch.Tensor) -> None:
         """Store ``output`` (B, ...) as the rows ``index`` (B,)."""
         if output.shape[0] != len(index):
-            raise MVMRError(f"representation '{self.key}' returned {output.shape[0]} rows for a batch of "
-                            f"{len(index)} images; it must map (B, C, H, W) to (B, d)")
+            raise MVMRError(
+                f"representation '{self.key}' returned {output.shape[0]} rows for a batch of "
+                f"{len(index)} images; it must map (B, C, H, W) to (B, d)"
+            )
         rows = output.detach().reshape(len(index), -1).float()
         if self._file is None:
             self._open(rows.shape[1])
         elif rows.shape[1] != self.source_dim:
-            raise MVMRError(f"representation '{self.key}' changed its output size from {self.source_dim} to "
-                            f"{rows.shape[1]}; it must give a fixed d for a fixed image size")
+            raise MVMRError(
+                f"representation '{self.key}' changed its output size from {self.source_dim} to "
+                f"{rows.shape[1]}; it must give a fixed d for a fixed image size"
+            )
         if not torch.isfinite(rows).all():
-            raise MVMRError(f"representation '{self.key}' gave non-finite values for samples {index.tolist()[:4]}...; "
-                            "fix the representation or its input before caching")
+            raise MVMRError(
+                f"representation '{self.key}' gave non-finite values for samples {index.tolist()[:4]}...; "
+                "fix the representation or its input before caching"
+            )
         if self.projection is not None:
             rows = self.projection(rows)
         rows = rows.cpu().numpy()
@@ -510,16 +567,20 @@ class EntryBuilder:
         """
         missing = int((~self.filled).sum())
         if missing or self._file is None:
-            raise DataError(f"the cache loader left {missing or self.n_rows} of {self.n_rows} samples unvisited; "
-                            "use a loader over the whole dataset (no drop_last, no subset sampler)")
+            raise DataError(
+                f"the cache loader left {missing or self.n_rows} of {self.n_rows} samples unvisited; "
+                "use a loader over the whole dataset (no drop_last, no subset sampler)"
+            )
         shape, partial = self._file.shape, self._file.path
         self._file.finish()
         self._file = None
         array_path = self.stem.with_suffix(".npy")
         os.replace(partial, array_path)
         try:
-            _atomic_write_text(self.stem.with_suffix(".json"), _metadata(
-                shape, self.source_dim, self.projection is not None, self.storage, self.stem, self.material))
+            _atomic_write_text(
+                self.stem.with_suffix(".json"),
+                _metadata(shape, self.source_dim, self.projection is not None, self.storage, self.stem, self.material),
+            )
         except BaseException:
             array_path.unlink(missing_ok=True)
             raise
@@ -551,14 +612,21 @@ def _frozen_on(module: nn.Module, device: torch.device):
 def _checked_index(index: Any, batch: int, n_rows: int) -> np.ndarray:
     idx = _index_array(index)
     if len(idx) != batch or (len(idx) and (idx.min() < 0 or idx.max() >= n_rows)):
-        raise DataError(f"the cache loader must yield (images, labels, index) with index (B,) in [0, {n_rows}); "
-                        f"got {len(idx)} indices for {batch} images, "
-                        f"range [{idx.min(initial=0)}, {idx.max(initial=0)}]")
+        raise DataError(
+            f"the cache loader must yield (images, labels, index) with index (B,) in [0, {n_rows}); "
+            f"got {len(idx)} indices for {batch} images, "
+            f"range [{idx.min(initial=0)}, {idx.max(initial=0)}]"
+        )
     return idx
 
 
-def _fill(builders: List[EntryBuilder], loader: Iterable, eval_view: Callable[[torch.Tensor], torch.Tensor],
-          device: torch.device, progress: bool) -> None:
+def _fill(
+    builders: List[EntryBuilder],
+    loader: Iterable,
+    eval_view: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    progress: bool,
+) -> None:
     """One pass over ``loader``: x̄ = eval_view(images) once per batch, then every pending representation."""
     with contextlib.ExitStack() as stack, torch.no_grad():
         modules = [stack.enter_context(_frozen_on(b.module, device)) for b in builders]
@@ -566,15 +634,18 @@ def _fill(builders: List[EntryBuilder], loader: Iterable, eval_view: Callable[[t
         for images, _labels, index in tqdm(loader, desc="caching representations", disable=not progress):
             idx = _checked_index(index, images.shape[0], n_rows)
             if builders[0].filled[idx].any() or len(np.unique(idx)) != len(idx):
-                raise DataError(f"the cache loader yielded a sample index of {idx.tolist()[:4]}... twice; "
-                                "it must visit each sample exactly once (no sampler with replacement)")
+                raise DataError(
+                    f"the cache loader yielded a sample index of {idx.tolist()[:4]}... twice; "
+                    "it must visit each sample exactly once (no sampler with replacement)"
+                )
             views = eval_view(images.to(device))
             for builder, module in zip(builders, modules):
                 builder.add(idx, module(views))
 
 
-def _probe_output_size(module: nn.Module, loader: Any, eval_view: Callable[[torch.Tensor], torch.Tensor],
-                       device: torch.device) -> int:
+def _probe_output_size(
+    module: nn.Module, loader: Any, eval_view: Callable[[torch.Tensor], torch.Tensor], device: torch.device
+) -> int:
     """d of ``module``'s output on the first sample of ``loader.dataset`` (for modules without ``output_dim``)."""
     image = torch.as_tensor(loader.dataset[0][0])[None]
     with torch.no_grad(), _frozen_on(module, device):
@@ -585,8 +656,10 @@ def _dataset_length(loader: Any) -> int:
     try:
         n_rows = len(loader.dataset)
     except (AttributeError, TypeError):
-        raise DataError("the cache loader needs a sized .dataset (a map-style Dataset); "
-                        "pass a torch DataLoader over the training set") from None
+        raise DataError(
+            "the cache loader needs a sized .dataset (a map-style Dataset); "
+            "pass a torch DataLoader over the training set"
+        ) from None
     if n_rows < 1:
         raise DataError("cannot cache representations of an empty dataset; check the dataset path and split")
     return n_rows
@@ -607,10 +680,17 @@ class RepresentationCache:
         self._readers = dict(readers)
 
     @staticmethod
-    def _plan(representations: Mapping[str, nn.Module], loader: Iterable,
-              eval_view: Callable[[torch.Tensor], torch.Tensor], root: Path, fingerprint: Mapping[str, object],
-              device: torch.device, dtype: torch.dtype, max_dim: Optional[int],
-              seed: int) -> "tuple[Dict[str, CachedRows], List[EntryBuilder]]":
+    def _plan(
+        representations: Mapping[str, nn.Module],
+        loader: Iterable,
+        eval_view: Callable[[torch.Tensor], torch.Tensor],
+        root: Path,
+        fingerprint: Mapping[str, object],
+        device: torch.device,
+        dtype: torch.dtype,
+        max_dim: Optional[int],
+        seed: int,
+    ) -> "tuple[Dict[str, CachedRows], List[EntryBuilder]]":
         """Readers of the complete entries under ``root`` and builders of the missing ones; writes nothing."""
         if dtype not in STORAGE_DTYPES:
             raise ConfigError(f"cache dtype must be torch.float16 or torch.float32, got {dtype}")
@@ -630,16 +710,24 @@ class RepresentationCache:
                 readers[key] = reader
             else:
                 source_dim = output_size(module, lambda m: _probe_output_size(m, loader, eval_view, device))
-                pending.append(EntryBuilder(key, module, stem, material, STORAGE_DTYPES[dtype], max_dim, seed,
-                                            source_dim))
+                pending.append(
+                    EntryBuilder(key, module, stem, material, STORAGE_DTYPES[dtype], max_dim, seed, source_dim)
+                )
         return readers, pending
 
     @classmethod
-    def estimate(cls, representations: Mapping[str, nn.Module], loader: Iterable,
-                 eval_view: Callable[[torch.Tensor], torch.Tensor], root: str | Path,
-                 fingerprint: Mapping[str, object], device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float16, max_dim: Optional[int] = None,
-                 seed: int = 0) -> Dict[str, int]:
+    def estimate(
+        cls,
+        representations: Mapping[str, nn.Module],
+        loader: Iterable,
+        eval_view: Callable[[torch.Tensor], torch.Tensor],
+        root: str | Path,
+        fingerprint: Mapping[str, object],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float16,
+        max_dim: Optional[int] = None,
+        seed: int = 0,
+    ) -> Dict[str, int]:
         """Bytes that :meth:`build` with the same arguments would write, per representation key to compute.
 
         Keys whose complete entry is already under ``root`` (reused: no cost) and non-deterministic
@@ -648,28 +736,47 @@ class RepresentationCache:
         bytes (and both files exist while it is copied). d comes from the representation's
         ``output_dim()``; a module without one is run once on the first sample.
         """
-        _, pending = cls._plan(representations, loader, eval_view, Path(root), fingerprint, torch.device(device),
-                               dtype, max_dim, seed)
+        _, pending = cls._plan(
+            representations, loader, eval_view, Path(root), fingerprint, torch.device(device), dtype, max_dim, seed
+        )
         return {builder.key: builder.planned_bytes for builder in pending}
 
     @classmethod
-    def check_fits(cls, representations: Mapping[str, nn.Module], loader: Iterable,
-                   eval_view: Callable[[torch.Tensor], torch.Tensor], root: str | Path,
-                   fingerprint: Mapping[str, object], device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float16, max_dim: Optional[int] = None, seed: int = 0,
-                   max_gb: Optional[float] = None) -> None:
+    def check_fits(
+        cls,
+        representations: Mapping[str, nn.Module],
+        loader: Iterable,
+        eval_view: Callable[[torch.Tensor], torch.Tensor],
+        root: str | Path,
+        fingerprint: Mapping[str, object],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float16,
+        max_dim: Optional[int] = None,
+        seed: int = 0,
+        max_gb: Optional[float] = None,
+    ) -> None:
         """The check :meth:`build` starts with, alone (writes nothing): under DDP every rank runs it before the
         ranks wait for rank 0's build, so that a cache that cannot fit stops them all at once."""
-        _, pending = cls._plan(representations, loader, eval_view, Path(root), fingerprint, torch.device(device),
-                               dtype, max_dim, seed)
+        _, pending = cls._plan(
+            representations, loader, eval_view, Path(root), fingerprint, torch.device(device), dtype, max_dim, seed
+        )
         check_space(pending, Path(root), max_gb)
 
     @classmethod
-    def build(cls, representations: Mapping[str, nn.Module], loader: Iterable,
-              eval_view: Callable[[torch.Tensor], torch.Tensor], root: str | Path,
-              fingerprint: Mapping[str, object], device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float16, max_dim: Optional[int] = None, seed: int = 0,
-              progress: bool = True, max_gb: Optional[float] = None) -> "RepresentationCache":
+    def build(
+        cls,
+        representations: Mapping[str, nn.Module],
+        loader: Iterable,
+        eval_view: Callable[[torch.Tensor], torch.Tensor],
+        root: str | Path,
+        fingerprint: Mapping[str, object],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float16,
+        max_dim: Optional[int] = None,
+        seed: int = 0,
+        progress: bool = True,
+        max_gb: Optional[float] = None,
+    ) -> "RepresentationCache":
         """Reuse complete cache files under ``root``; compute the missing ones in one pass over ``loader``.
 
         ``loader`` yields (images uint8 (B, C, H, W), labels, index (B,)), index = position in
@@ -689,8 +796,9 @@ class RepresentationCache:
         if max_gb is not None and not max_gb > 0:
             raise ConfigError(f"cache.max_gb must be a positive number of GB or null, got {max_gb}")
         root = Path(root)
-        readers, pending = cls._plan(representations, loader, eval_view, root, fingerprint, torch.device(device),
-                                     dtype, max_dim, seed)
+        readers, pending = cls._plan(
+            representations, loader, eval_view, root, fingerprint, torch.device(device), dtype, max_dim, seed
+        )
         check_space(pending, root, max_gb)
         root.mkdir(parents=True, exist_ok=True)
         if pending:

@@ -1,4 +1,5 @@
 """Soft-binned intensity histograms per channel."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """2-D orthonormal DCT-II per channel, optionally truncated to the low frequencies."""
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,7 @@ class DCT(Representation):
         return self.image_size if self.keep is None else self.keep
 
     def output_dim(self) -> int:
-        return self.in_channels * self.kept ** 2
+        return self.in_channels * self.kept**2
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         return self.basis @ x @ self.basis.T

@@ -1,4 +1,5 @@
 """A bank of complex Gabor filters; pooled response magnitudes per channel, scale and orientation."""
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ N_STDS = 3  # kernel half-size in envelope standard deviations
 
 def gabor_sigma(wavelength: float, bandwidth: float) -> float:
     """Envelope std (px) of a Gabor filter with a half-magnitude bandwidth of ``bandwidth`` octaves."""
-    return wavelength / math.pi * math.sqrt(math.log(2) / 2) * (2 ** bandwidth + 1) / (2 ** bandwidth - 1)
+    return wavelength / math.pi * math.sqrt(math.log(2) / 2) * (2**bandwidth + 1) / (2**bandwidth - 1)
 
 
 def gabor_kernel(wavelength: float, theta: float, sigma: float, radius: int) -> torch.Tensor:
@@ -28,13 +29,14 @@ def gabor_kernel(wavelength: float, theta: float, sigma: float, radius: int) -> 
     coords = torch.arange(-radius, radius + 1, dtype=torch.float64)
     y, x = torch.meshgrid(coords, coords, indexing="ij")
     along = x * math.cos(theta) + y * math.sin(theta)
-    envelope = torch.exp(-(x ** 2 + y ** 2) / (2 * sigma ** 2)) / (2 * math.pi * sigma ** 2)
+    envelope = torch.exp(-(x**2 + y**2) / (2 * sigma**2)) / (2 * math.pi * sigma**2)
     return envelope * torch.exp(1j * (2 * math.pi / wavelength) * along)
 
 
 @register_representation
 class Gabor(Representation):
-    """Gabor energy: (B, C, H, W) -> (B, C·scales·orientations·(H//pool)·(W//pool)), laid out (C, S, O, H//pool, W//pool).
+    """Gabor energy: (B, C, H, W) -> (B, C·scales·orientations·(H//pool)·(W//pool)), laid out
+    (C, S, O, H//pool, W//pool).
 
     Scale s has wavelength λ_s = wavelength·2^s px, orientation o has θ_o = o·π/orientations.
     Each channel is correlated (replicate padding) with the real and imaginary parts of each kernel
@@ -67,7 +69,7 @@ class Gabor(Representation):
 
     @property
     def wavelengths(self) -> list[float]:
-        return [self.wavelength * 2 ** s for s in range(self.scales)]
+        return [self.wavelength * 2**s for s in range(self.scales)]
 
     def output_dim(self) -> int:
         return self.in_channels * self.scales * self.orientations * (self.image_size // self.pool) ** 2

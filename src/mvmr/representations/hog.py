@@ -1,4 +1,5 @@
 """Histogram of oriented gradients per channel, soft-binned, average-pooled over square cells."""
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,13 @@ class HOG(Representation):
     param_specs = {
         "nbins": int_param(24, "orientation bins over [0, π)", minimum=2),
         "pool": int_param(8, "cell size in pixels (average pooling)", minimum=1),
-        "variant": Param("mvmr", f"one of {', '.join(VARIANTS)}", lambda value: value in VARIANTS,
-                         "mvmr: angle-weighted soft binning; authors: the authors' HOGLayer (m and 1 − m "
-                         "shares, to reproduce their runs only)"),
+        "variant": Param(
+            "mvmr",
+            f"one of {', '.join(VARIANTS)}",
+            lambda value: value in VARIANTS,
+            "mvmr: angle-weighted soft binning; authors: the authors' HOGLayer (m and 1 − m "
+            "shares, to reproduce their runs only)",
+        ),
     }
     dim_formula = "C·nbins·(H//pool)·(W//pool)"
 
@@ -50,8 +55,9 @@ class HOG(Representation):
         covered = self.cells * self.pool
         position = torch.arange(covered) // self.pool
         # the cell of each covered pixel (row-major cell index), as float: bin·cells² + cell stays exact in float32
-        self.register_buffer("cell_index", (position[:, None] * self.cells + position[None, :]).float(),
-                             persistent=False)
+        self.register_buffer(
+            "cell_index", (position[:, None] * self.cells + position[None, :]).float(), persistent=False
+        )
         sobel = torch.tensor(SOBEL)
         self.register_buffer("sobel_kernels", torch.stack([sobel, sobel.t()])[:, None], persistent=False)
 
@@ -61,7 +67,7 @@ class HOG(Representation):
         return self.image_size // self.pool
 
     def output_dim(self) -> int:
-        return self.in_channels * self.nbins * self.cells ** 2
+        return self.in_channels * self.nbins * self.cells**2
 
     def gradients(self, x: torch.Tensor, covered: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) -> gx, gy (B·C, h, w) by central differences on the replicate-padded planes, over the
@@ -69,8 +75,8 @@ class HOG(Representation):
         [-1, 0, 1] kernels' cross-correlation computes (its other taps are zero)."""
         rows, cols = x.shape[-2:] if covered is None else (covered, covered)
         planes = F.pad(x.reshape(-1, 1, *x.shape[-2:]), (1, 1, 1, 1), mode="replicate")[:, 0]
-        gx = planes[:, 1:rows + 1, 2:cols + 2] - planes[:, 1:rows + 1, :cols]
-        gy = planes[:, 2:rows + 2, 1:cols + 1] - planes[:, :rows, 1:cols + 1]
+        gx = planes[:, 1 : rows + 1, 2 : cols + 2] - planes[:, 1 : rows + 1, :cols]
+        gy = planes[:, 2 : rows + 2, 1 : cols + 1] - planes[:, :rows, 1 : cols + 1]
         return gx, gy
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,14 +94,18 @@ class HOG(Representation):
         lower = torch.where(lower >= self.nbins, lower - self.nbins, lower)
         upper = lower + 1
         upper = torch.where(upper >= self.nbins, upper - self.nbins, upper)
-        n_cells = self.cells ** 2
+        n_cells = self.cells**2
         cell = self.cell_index.to(lower.dtype)
         lower_mass = magnitude * (1 - upper_share)
         upper_mass = magnitude.mul_(upper_share)
-        hist = scatter_two_bins(lower.mul_(n_cells).add_(cell).long().flatten(1),
-                                upper.mul_(n_cells).add_(cell).long().flatten(1),
-                                lower_mass.flatten(1), upper_mass.flatten(1), self.nbins * n_cells)
-        return hist.div_(self.pool ** 2).reshape(batch, channels, self.nbins, self.cells, self.cells)
+        hist = scatter_two_bins(
+            lower.mul_(n_cells).add_(cell).long().flatten(1),
+            upper.mul_(n_cells).add_(cell).long().flatten(1),
+            lower_mass.flatten(1),
+            upper_mass.flatten(1),
+            self.nbins * n_cells,
+        )
+        return hist.div_(self.pool**2).reshape(batch, channels, self.nbins, self.cells, self.cells)
 
     def compute_authors(self, x: torch.Tensor) -> torch.Tensor:
         """The authors' HOG, kept only to reproduce their runs: x (B, C, H, W) -> (B, C, nbins, H//pool, W//pool).
@@ -105,7 +115,8 @@ class HOG(Representation):
         the Sobel kernel S = [[1, 0, −1], [2, 0, −2], [1, 0, −1]] (response r0) and Sᵀ (r1); m = √(r0² + r1²),
         t = atan2(r0, r1)/π · nbins (in [−nbins, nbins]); bin ⌊t⌋ mod nbins is SET to m, then bin ⌈t⌉ mod nbins
         gets + (1 − m), so an integer t (e.g. a flat region: atan2(0, 0) = 0) leaves 1 in one bin (up to
-        rounding) whatever m is; then pool×pool average pooling (stride pool, the H mod pool last rows / columns dropped).
+        rounding) whatever m is; then pool×pool average pooling (stride pool, the H mod pool last rows / columns
+        dropped).
 
         Wrong as a HOG: the two bins share m and 1 − m (not m·(1 − s) and m·s with s the angle's position
         between the centres), so the shares ignore the angle, can be negative (m > 1) and do not scale with

@@ -1,4 +1,5 @@
 """Local standard deviation over 3×3 neighbourhoods, per channel."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,7 +31,7 @@ class LocalStd(Representation):
             raise ConfigError(f"local_std needs images of at least 2×2 (reflect padding); got image_size {image_size}")
 
     def output_dim(self) -> int:
-        return self.in_channels * self.image_size ** 2
+        return self.in_channels * self.image_size**2
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-1]
@@ -42,7 +43,7 @@ class LocalStd(Representation):
             for dx in range(3):
                 if dy == dx == 1:
                     continue  # the centre: d = 0 adds nothing to either sum
-                torch.sub(padded[..., dy:dy + size, dx:dx + size], x, out=d)
+                torch.sub(padded[..., dy : dy + size, dx : dx + size], x, out=d)
                 sum_d += d
                 sum_d2.addcmul_(d, d)
         mean_d = sum_d.div_(9)

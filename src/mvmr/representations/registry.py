@@ -1,4 +1,5 @@
 """The representation registry, the builder used by the training code, and the README table."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Type
@@ -20,8 +21,15 @@ def register_representation(cls: Type[Representation]) -> Type[Representation]:
     return REPRESENTATIONS.register(cls.name)(cls)
 
 
-def build_representation(name: str, params: Optional[Mapping[str, Any]], *, in_channels: int, image_size: int,
-                         augment: Optional[Augment] = None, index: Optional[int] = None) -> Representation:
+def build_representation(
+    name: str,
+    params: Optional[Mapping[str, Any]],
+    *,
+    in_channels: int,
+    image_size: int,
+    augment: Optional[Augment] = None,
+    index: Optional[int] = None,
+) -> Representation:
     """The representation ``name`` with config ``params`` for (in_channels, image_size, image_size) inputs.
 
     ``augment``: (B, C, H, W) -> (B, C, H, W) random per sample, used by ``augmented_pixels`` only.

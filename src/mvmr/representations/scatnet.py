@@ -1,5 +1,6 @@
 """2-D wavelet scattering (ScatNet) per channel: kymatio's transform, computed by
 :class:`~mvmr.representations.scattering2d.Scattering2D` (kymatio's filters, order and formula, reorganised)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,22 +37,31 @@ class ScatNet(Representation):
         "J": int_param(2, "scales (subsampling by 2^J)", minimum=1),
         "L": int_param(8, "angles per scale", minimum=1),
         "max_order": int_param(2, "scattering order", minimum=1, maximum=2),
-        "subsample_second_order": Param(False, "true or false", lambda value: isinstance(value, bool),
-                                        "an approximation, cheaper: second-order moduli taken at the output "
-                                        "resolution 2^J, then low-passed (kymatio: at 2^j2, low-passed, then "
-                                        "subsampled); S0 and the first order unchanged"),
+        "subsample_second_order": Param(
+            False,
+            "true or false",
+            lambda value: isinstance(value, bool),
+            "an approximation, cheaper: second-order moduli taken at the output "
+            "resolution 2^J, then low-passed (kymatio: at 2^j2, low-passed, then "
+            "subsampled); S0 and the first order unchanged",
+        ),
     }
     dim_formula = "C·(1 + J·L + L²·J·(J−1)/2)·(H//2^J)·(W//2^J)  (1 + J·L when max_order=1)"
 
     def __init__(self, in_channels: int, image_size: int, **params: Any):
         super().__init__(in_channels, image_size, **params)
-        if 2 ** self.J > image_size:
+        if 2**self.J > image_size:
             raise self.invalid("J", f"<= log2 of the image size {image_size} (2^J <= image size)")
-        self.scattering = Scattering2D(self.J, (image_size, image_size), L=self.L, max_order=self.max_order,
-                                       subsample_second_order=self.subsample_second_order)
+        self.scattering = Scattering2D(
+            self.J,
+            (image_size, image_size),
+            L=self.L,
+            max_order=self.max_order,
+            subsample_second_order=self.subsample_second_order,
+        )
 
     def output_dim(self) -> int:
-        side = self.image_size // 2 ** self.J
+        side = self.image_size // 2**self.J
         return self.in_channels * scattering_channels(self.J, self.L, self.max_order) * side * side
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ The FFTs are the same in number and size as kymatio's; what goes is the memory t
 products, 6-d reductions, complex copies of real maps) and its per-call Python work. benchmarks/step_time.py times
 it inside the training step.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,13 +32,13 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 # Kymatio's own filter bank, padding size and padding module (the exact ones its torch frontend uses).
 from kymatio.scattering2d.backend.torch_backend import Pad
 from kymatio.scattering2d.filter_bank import filter_bank, gabor_2d, periodize_filter_fft
 from kymatio.scattering2d.utils import compute_padding
 from scipy.fft import fft2
+from torch import nn
 
 SEPARABLE_TOLERANCE = 1e-6  # max |φ − r cᵀ| / max |φ| below which a φ level is applied as two 1-D maps
 
@@ -75,9 +76,9 @@ def full_spectrum(u: torch.Tensor) -> torch.Tensor:
     h = n // 2 + 1
     out[..., :h] = half
     if n > h:
-        mirrored = half[..., 1:n - h + 1].flip(-1, -2).conj()  # rows m−1 .. 0, columns n−h .. 1
-        out[..., 1:, h:] = mirrored[..., :m - 1, :]            # row a >= 1 takes row m − a
-        out[..., 0, h:] = mirrored[..., m - 1, :]              # row 0 takes row 0
+        mirrored = half[..., 1 : n - h + 1].flip(-1, -2).conj()  # rows m−1 .. 0, columns n−h .. 1
+        out[..., 1:, h:] = mirrored[..., : m - 1, :]  # row a >= 1 takes row m − a
+        out[..., 0, h:] = mirrored[..., m - 1, :]  # row 0 takes row 0
     return out
 
 
@@ -99,7 +100,7 @@ def filter_and_subsample(spectra: torch.Tensor, filter_blocks: List[torch.Tensor
     """
     c, l1, q1, q2, _ = spectra.shape
     h1, h2 = q1 // k, q2 // k
-    blocks = [spectra[..., i * h1:(i + 1) * h1, j * h2:(j + 1) * h2, :] for i in range(k) for j in range(k)]
+    blocks = [spectra[..., i * h1 : (i + 1) * h1, j * h2 : (j + 1) * h2, :] for i in range(k) for j in range(k)]
     n_filters = filter_blocks[0].shape[0]
     out = spectra.new_empty(c, l1, n_filters, h1, h2, 2)
     for f in range(n_filters):
@@ -122,16 +123,24 @@ class Scattering2D(nn.Module):
     2^j2 and then subsampled by 2^(J−j2): the second-order FFTs, moduli and low-passes run on 4^(J−j2) times fewer
     samples. S0 and the first order are unchanged (bitwise). The second-order coefficients then differ from
     kymatio's by the aliasing of the modulus's high frequencies before the low-pass
-    (tests/representations/test_representation_speed.py bounds the change and its effect on the dCor terms on natural images).
+    (tests/representations/test_representation_speed.py bounds the change and its effect on the dCor terms on
+    natural images).
     """
 
-    def __init__(self, J: int, shape: Tuple[int, int], L: int = 8, max_order: int = 2, chunk_bytes: int = 10 << 20,
-                 subsample_second_order: bool = False):
+    def __init__(
+        self,
+        J: int,
+        shape: Tuple[int, int],
+        L: int = 8,
+        max_order: int = 2,
+        chunk_bytes: int = 10 << 20,
+        subsample_second_order: bool = False,
+    ):
         super().__init__()
         self.subsample_second_order = subsample_second_order
         m, n = shape
-        if 2 ** J > m or 2 ** J > n:
-            raise ValueError(f"the image size {shape} must be at least 2^J = {2 ** J}")
+        if 2**J > m or 2**J > n:
+            raise ValueError(f"the image size {shape} must be at least 2^J = {2**J}")
         if max_order not in (1, 2):
             raise ValueError(f"max_order must be 1 or 2, got {max_order}")
         self.J, self.L, self.max_order, self.shape = J, L, max_order, (m, n)
@@ -152,20 +161,22 @@ class Scattering2D(nn.Module):
             self.separable.append(separable)
             rows = torch.from_numpy(lowpass_matrix(r, k)).float() if separable else torch.empty(0)
             cols_t = torch.from_numpy(lowpass_matrix(c, k).T.copy()).float() if separable else torch.empty(0)
-            self.register_buffer(f"lowpass_rows{res}", rows, persistent=False)       # (Q1/k − 2, Q1)
-            self.register_buffer(f"lowpass_cols_t{res}", cols_t, persistent=False)   # (Q2, Q2/k − 2)
+            self.register_buffer(f"lowpass_rows{res}", rows, persistent=False)  # (Q1/k − 2, Q1)
+            self.register_buffer(f"lowpass_cols_t{res}", cols_t, persistent=False)  # (Q2, Q2/k − 2)
             self.register_buffer(f"phi{res}", torch.from_numpy(np.ascontiguousarray(phi)), persistent=False)
         # ψ_{j, θ} at each resolution kymatio keeps for it, stacked over θ, repeated for the real and imaginary parts
         for j in range(J):
             for res, _ in enumerate(bank["psi"][j * L]["levels"]):
                 stacked = torch.stack([torch.from_numpy(bank["psi"][j * L + t]["levels"][res]) for t in range(L)])
-                self.register_buffer(f"psi{j}_{res}", stacked[..., None].expand(*stacked.shape, 2).contiguous(),
-                                     persistent=False)  # (L, Q1, Q2, 2)
+                self.register_buffer(
+                    f"psi{j}_{res}", stacked[..., None].expand(*stacked.shape, 2).contiguous(), persistent=False
+                )  # (L, Q1, Q2, 2)
         self._blocks: Dict[tuple, List[torch.Tensor]] = {}  # the filters cut for filter_and_subsample (a cache)
 
     def extra_repr(self) -> str:
-        return (f"J={self.J}, shape={self.shape}, L={self.L}, max_order={self.max_order}"
-                + (", subsample_second_order=True" if self.subsample_second_order else ""))
+        return f"J={self.J}, shape={self.shape}, L={self.L}, max_order={self.max_order}" + (
+            ", subsample_second_order=True" if self.subsample_second_order else ""
+        )
 
     def output_channels(self) -> int:
         return scattering_channels(self.J, self.L, self.max_order)
@@ -181,8 +192,11 @@ class Scattering2D(nn.Module):
         if key not in self._blocks:
             filters = getattr(self, f"psi{j}_{res}").to(like.dtype) * (1.0 / (k * k))
             h1, h2 = filters.shape[1] // k, filters.shape[2] // k
-            self._blocks[key] = [filters[:, a * h1:(a + 1) * h1, b * h2:(b + 1) * h2].contiguous()
-                                 for a in range(k) for b in range(k)]
+            self._blocks[key] = [
+                filters[:, a * h1 : (a + 1) * h1, b * h2 : (b + 1) * h2].contiguous()
+                for a in range(k)
+                for b in range(k)
+            ]
         return self._blocks[key]
 
     def _lowpass_real(self, u: torch.Tensor, res: int) -> torch.Tensor:
@@ -193,7 +207,7 @@ class Scattering2D(nn.Module):
         cols_t = getattr(self, f"lowpass_cols_t{res}").to(u.dtype)
         *batch, q1, q2 = u.shape
         left = torch.matmul(rows, u.reshape(-1, q1, q2))  # A_r · U: (b, M', Q2)
-        out = left.reshape(-1, q2) @ cols_t               # (A_r · U) · A_cᵀ
+        out = left.reshape(-1, q2) @ cols_t  # (A_r · U) · A_cᵀ
         return out.reshape(*batch, rows.shape[0], cols_t.shape[1])
 
     def _lowpass_spectrum(self, spectrum: torch.Tensor, res: int) -> torch.Tensor:
@@ -209,13 +223,13 @@ class Scattering2D(nn.Module):
         if tuple(x.shape[-2:]) != self.shape:
             raise ValueError(f"scattering expects (..., {self.shape[0]}, {self.shape[1]}) inputs, got {tuple(x.shape)}")
         planes = x.reshape(-1, *self.shape)
-        side = (self.padded[0] // 2 ** self.J - 2, self.padded[1] // 2 ** self.J - 2)
+        side = (self.padded[0] // 2**self.J - 2, self.padded[1] // 2**self.J - 2)
         out = x.new_empty(planes.shape[0], self.output_channels(), *side)
         area = self.padded[0] * self.padded[1]
         per_plane = 8 * max(self.L * area, self.L * self.L * area // 4 if self.max_order == 2 else 0)
         step = max(1, self.chunk_bytes // per_plane)
         for start in range(0, planes.shape[0], step):
-            self._chunk(planes[start:start + step], out[start:start + step])
+            self._chunk(planes[start : start + step], out[start : start + step])
         return out.reshape(*x.shape[:-2], *out.shape[1:])
 
     def _chunk(self, planes: torch.Tensor, out: torch.Tensor) -> None:
@@ -225,22 +239,22 @@ class Scattering2D(nn.Module):
         spectrum = torch.view_as_real(full_spectrum(u))[:, None]  # (c, 1, Mp, Np, 2)
         second = 1 + J * L  # the next second-order channel
         for j1 in range(J):
-            k = 2 ** j1
+            k = 2**j1
             first = filter_and_subsample(spectrum, self._filter_blocks(j1, 0, k, u), k)[:, 0]
             u1 = modulus_(torch.fft.ifft2(first))  # (c, L, Mp / 2^j1, Np / 2^j1)
-            out[:, 1 + j1 * L:1 + (j1 + 1) * L] = self._lowpass_real(u1, j1)
+            out[:, 1 + j1 * L : 1 + (j1 + 1) * L] = self._lowpass_real(u1, j1)
             if self.max_order < 2 or j1 == J - 1:
                 continue
             spectrum1 = torch.view_as_real(full_spectrum(u1))
             per_theta = (J - 1 - j1) * L  # second-order paths per (j1, θ1)
-            block = out[:, second:second + L * per_theta].unflatten(1, (L, per_theta))
+            block = out[:, second : second + L * per_theta].unflatten(1, (L, per_theta))
             for j2 in range(j1 + 1, J):
                 res = J if self.subsample_second_order else j2  # the resolution of the second-order modulus
                 k = 2 ** (res - j1)
                 w2 = filter_and_subsample(spectrum1, self._filter_blocks(j2, j1, k, u), k)
                 u2 = modulus_(torch.fft.ifft2(w2))  # (c, L θ1, L θ2, Mp / 2^res, Np / 2^res)
                 offset = (j2 - j1 - 1) * L
-                block[:, :, offset:offset + L] = self._lowpass_real(u2, res)
+                block[:, :, offset : offset + L] = self._lowpass_real(u2, res)
             second += L * per_theta
 
 

@@ -11,6 +11,7 @@ Three kinds of teacher, each a loader in ``TEACHER_LOADERS``:
 Nothing is downloaded: ``pretrained`` is a local file, or (open_clip) a tag whose weights are already in
 the Hugging Face or open_clip cache on disk.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,16 @@ class FrozenTeacher(nn.Module):
     no gradients.
     """
 
-    def __init__(self, encoder: nn.Module, *, channels: int, size: int | Sequence[int], mean: Sequence[float],
-                 std: Sequence[float], dim: int):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        channels: int,
+        size: int | Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        dim: int,
+    ):
         super().__init__()
         self.encoder = encoder
         self.channels = channels
@@ -87,8 +96,9 @@ class FrozenTeacher(nn.Module):
         """[0, 1] images (B, C, H, W) -> the teacher's input (B, channels, *size) float32."""
         pixels = match_channels(pixels.float(), self.channels)
         if tuple(pixels.shape[-2:]) != self.size:
-            pixels = F.interpolate(pixels, size=self.size, mode="bicubic", align_corners=False,
-                                   antialias=True).clamp(0, 1)
+            pixels = F.interpolate(pixels, size=self.size, mode="bicubic", align_corners=False, antialias=True).clamp(
+                0, 1
+            )
         return (pixels - self.mean) / self.std
 
     def prepare_authors(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,11 +169,14 @@ def resolve_weights(kind: str, model_name: Optional[str], pretrained: str) -> tu
         if tag_cfg:
             cached = cached_open_clip_file(tag_cfg)
             if cached is None:
-                raise DataError(f"teacher.pretrained: the weights of open_clip {model_name} tag '{pretrained}' are "
-                                f"not in the local cache and nothing is downloaded at run time; {FILE_HINT}")
+                raise DataError(
+                    f"teacher.pretrained: the weights of open_clip {model_name} tag '{pretrained}' are "
+                    f"not in the local cache and nothing is downloaded at run time; {FILE_HINT}"
+                )
             return cached, pretrained
-        raise DataError(f"teacher.pretrained: '{pretrained}' is neither a file nor an open_clip tag of {model_name}; "
-                        f"{FILE_HINT}")
+        raise DataError(
+            f"teacher.pretrained: '{pretrained}' is neither a file nor an open_clip tag of {model_name}; {FILE_HINT}"
+        )
     raise DataError(f"teacher.pretrained: file '{pretrained}' not found; {FILE_HINT}")
 
 
@@ -185,21 +198,27 @@ TEACHER_LOADERS: Registry[TeacherLoader] = Registry("teacher kind")
 
 
 @TEACHER_LOADERS.register("open_clip")
-def load_open_clip(model_name: Optional[str], file: Path, tag: Optional[str],
-                   input_size: Optional[int]) -> FrozenTeacher:
+def load_open_clip(
+    model_name: Optional[str], file: Path, tag: Optional[str], input_size: Optional[int]
+) -> FrozenTeacher:
     """The image tower of open_clip ``model_name``; mean/std as the model declares (the tag's, if a tag)."""
     import open_clip  # the optional extra `clip`: imported only for an open_clip teacher
 
     tag_cfg = open_clip.get_pretrained_cfg(model_name, tag) if tag else {}
     model = open_clip.create_model(
-        model_name, pretrained=str(file), device="cpu", force_image_size=input_size,
+        model_name,
+        pretrained=str(file),
+        device="cpu",
+        force_image_size=input_size,
         force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-        force_preprocess_cfg={key: tag_cfg[key] for key in ("mean", "std") if key in tag_cfg})
+        force_preprocess_cfg={key: tag_cfg[key] for key in ("mean", "std") if key in tag_cfg},
+    )
     preprocess = open_clip.get_model_preprocess_cfg(model)
     visual = model.visual  # the text tower is dropped with ``model``
     dim = getattr(visual, "output_dim", None) or open_clip.get_model_config(model_name)["embed_dim"]
-    return FrozenTeacher(visual, channels=3, size=visual.image_size, mean=preprocess["mean"],
-                         std=preprocess["std"], dim=int(dim))
+    return FrozenTeacher(
+        visual, channels=3, size=visual.image_size, mean=preprocess["mean"], std=preprocess["std"], dim=int(dim)
+    )
 
 
 def remove_classifier(model: nn.Module) -> tuple[str, int]:
@@ -214,33 +233,42 @@ def remove_classifier(model: nn.Module) -> tuple[str, int]:
             features = head[-1].in_features
             setattr(head, last, nn.Identity())
             return f"{attr}.{last}", features
-    raise ConfigError(f"teacher.model_name: {type(model).__name__} has no final Linear in "
-                      f"{'/'.join(CLASSIFIER_NAMES)} to remove; pick a torchvision classifier such as resnet50")
+    raise ConfigError(
+        f"teacher.model_name: {type(model).__name__} has no final Linear in "
+        f"{'/'.join(CLASSIFIER_NAMES)} to remove; pick a torchvision classifier such as resnet50"
+    )
 
 
 @TEACHER_LOADERS.register("torchvision")
-def load_torchvision(model_name: Optional[str], file: Path, tag: Optional[str],
-                     input_size: Optional[int]) -> FrozenTeacher:
+def load_torchvision(
+    model_name: Optional[str], file: Path, tag: Optional[str], input_size: Optional[int]
+) -> FrozenTeacher:
     """torchvision ``model_name`` with a saved state dict, classifier removed (any class count), ImageNet stats."""
     model = torchvision.models.get_model(model_name, weights=None)
     classifier, dim = remove_classifier(model)
     state = {key: value for key, value in read_state_dict(file).items() if not key.startswith(classifier + ".")}
     model.load_state_dict(state, strict=True)
-    return FrozenTeacher(model, channels=3, size=input_size or TORCHVISION_INPUT_SIZE, mean=IMAGENET_MEAN,
-                         std=IMAGENET_STD, dim=dim)
+    return FrozenTeacher(
+        model, channels=3, size=input_size or TORCHVISION_INPUT_SIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD, dim=dim
+    )
 
 
 @TEACHER_LOADERS.register("mvmr")
-def load_mvmr(model_name: Optional[str], file: Path, tag: Optional[str],
-              input_size: Optional[int]) -> FrozenTeacher:
+def load_mvmr(model_name: Optional[str], file: Path, tag: Optional[str], input_size: Optional[int]) -> FrozenTeacher:
     """The backbone of a checkpoint of this project (its trained, online weights, with its run's dataset
     mean/std and size) or of an authors' file (mvmr.checkpoint_formats: architecture inferred from the
     weights, 3 channels with ImageNet mean/std, 224 px unless ``input_size``), read by
     :func:`mvmr.frozen_backbone.load_frozen_backbone` with ``torch.load(weights_only=True)``."""
     frozen = load_frozen_backbone(file, weights="online", image_size=input_size)
     info = frozen.info
-    return FrozenTeacher(frozen.backbone, channels=info.channels, size=input_size or frozen.image_size,
-                         mean=info.mean, std=info.std, dim=frozen.backbone.feature_dim)
+    return FrozenTeacher(
+        frozen.backbone,
+        channels=info.channels,
+        size=input_size or frozen.image_size,
+        mean=info.mean,
+        std=info.std,
+        dim=frozen.backbone.feature_dim,
+    )
 
 
 def one_line(err: Exception, limit: int = 300) -> str:
@@ -297,21 +325,40 @@ class Teacher(Representation):
     name = "teacher"
     param_specs = {
         "kind": Param("open_clip", f"one of {', '.join(KINDS)}", _choice, "teacher family"),
-        "model_name": Param(None, "a non-empty string or null", _optional_name,
-                            "open_clip architecture or torchvision model name (null: ViT-B-16 / resnet50; "
-                            "must be null for mvmr)"),
-        "pretrained": Param(None, "a local weights file (open_clip: or a tag whose weights are cached on disk)",
-                            _name, "open_clip checkpoint, torchvision state dict, or a .ckpt of this project"),
-        "input_size": int_param(None, "teacher input resolution (null: the teacher's own)", minimum=1,
-                                optional=True),
-        "dataset_mean": Param(None, "a list of finite numbers, one per channel", _numbers,
-                              "normalisation of x̄ (injected by the training code)", convert=_floats),
-        "dataset_std": Param(None, "a list of finite numbers > 0, one per channel", _numbers,
-                             "normalisation of x̄ (injected by the training code)", convert=_floats),
-        "input_convention": Param("teacher", f"one of {', '.join(INPUT_CONVENTIONS)}",
-                                  lambda value: value in INPUT_CONVENTIONS,
-                                  "teacher: [0, 1] pixels, bicubic antialiased resize, the teacher's mean/std; "
-                                  "authors: x̄ as it is (dataset-normalised), bilinear resize (their CLIP input)"),
+        "model_name": Param(
+            None,
+            "a non-empty string or null",
+            _optional_name,
+            "open_clip architecture or torchvision model name (null: ViT-B-16 / resnet50; must be null for mvmr)",
+        ),
+        "pretrained": Param(
+            None,
+            "a local weights file (open_clip: or a tag whose weights are cached on disk)",
+            _name,
+            "open_clip checkpoint, torchvision state dict, or a .ckpt of this project",
+        ),
+        "input_size": int_param(None, "teacher input resolution (null: the teacher's own)", minimum=1, optional=True),
+        "dataset_mean": Param(
+            None,
+            "a list of finite numbers, one per channel",
+            _numbers,
+            "normalisation of x̄ (injected by the training code)",
+            convert=_floats,
+        ),
+        "dataset_std": Param(
+            None,
+            "a list of finite numbers > 0, one per channel",
+            _numbers,
+            "normalisation of x̄ (injected by the training code)",
+            convert=_floats,
+        ),
+        "input_convention": Param(
+            "teacher",
+            f"one of {', '.join(INPUT_CONVENTIONS)}",
+            lambda value: value in INPUT_CONVENTIONS,
+            "teacher: [0, 1] pixels, bicubic antialiased resize, the teacher's mean/std; "
+            "authors: x̄ as it is (dataset-normalised), bilinear resize (their CLIP input)",
+        ),
     }
     dim_formula = "teacher embedding size D"
     example_dim = "512 (CLIP ViT-B/16)"  # describe_representations cannot load weights to measure it
@@ -367,11 +414,15 @@ class Teacher(Representation):
             raise
         except LOAD_ERRORS as err:
             what = " ".join(filter(None, (self.kind, self.model_name)))
-            raise DataError(f"teacher.pretrained: '{self.weights_file}' cannot be loaded as a {what} teacher "
-                            f"({type(err).__name__}: {one_line(err)}); {FILE_HINT}") from None
+            raise DataError(
+                f"teacher.pretrained: '{self.weights_file}' cannot be loaded as a {what} teacher "
+                f"({type(err).__name__}: {one_line(err)}); {FILE_HINT}"
+            ) from None
         if not channels_compatible(self.in_channels, teacher.channels):
-            raise ConfigError(f"teacher: a {teacher.channels}-channel teacher cannot take {self.in_channels}-channel "
-                              "images; use a teacher trained on 1 or 3 channels, or set dataset.to_rgb")
+            raise ConfigError(
+                f"teacher: a {teacher.channels}-channel teacher cannot take {self.in_channels}-channel "
+                "images; use a teacher trained on 1 or 3 channels, or set dataset.to_rgb"
+            )
         return teacher
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "Teacher":

@@ -4,6 +4,7 @@ sections, a CLIP teacher from ``clip:``, x̄'s normalisation from the data), and
 signed power, standardisation, statistic). The pretraining module builds the representations from these specs and
 hands the same specs to the objective, so a term is described once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -52,7 +53,15 @@ def resolve_terms(cfg: Any, info: Any) -> List[TermSpec]:
     DatasetInfo, whose normalisation a teacher undoes)."""
     entries = list(cfg.representations or [])
     keys = representation_keys([entry.name for entry in entries])
-    return [TermSpec(key=key, name=entry.name, params=default_params(cfg, info, entry.name, entry.params),
-                     weight=float(entry.weight), power=float(entry.power), standardize=bool(entry.standardize),
-                     statistic=entry.statistic)
-            for key, entry in zip(keys, entries)]
+    return [
+        TermSpec(
+            key=key,
+            name=entry.name,
+            params=default_params(cfg, info, entry.name, entry.params),
+            weight=float(entry.weight),
+            power=float(entry.power),
+            standardize=bool(entry.standardize),
+            statistic=entry.statistic,
+        )
+        for key, entry in zip(keys, entries)
+    ]

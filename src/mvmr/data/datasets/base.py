@@ -3,6 +3,7 @@
 Workers only decode: an item is ``(image uint8 (C, H, W), label int)``; normalisation and
 augmentation happen on the device.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -42,8 +43,14 @@ class DatasetInfo:
             raise ValueError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
 
 
-def make_info(class_names: Sequence[str], channels: int, mean: Sequence[float], std: Sequence[float],
-              to_rgb: bool, eval_resize: Optional[int] = None) -> DatasetInfo:
+def make_info(
+    class_names: Sequence[str],
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    to_rgb: bool,
+    eval_resize: Optional[int] = None,
+) -> DatasetInfo:
     """DatasetInfo; grayscale data (1 channel) becomes 3 channels with repeated mean/std when ``to_rgb``.
     ``eval_resize``: see ``DatasetInfo`` (file datasets: their decode size, so x̄ = Resize(256) + CenterCrop(224))."""
     if channels == 1 and to_rgb:
@@ -144,8 +151,15 @@ def memmap_reference(array: np.ndarray) -> dict | None:
     if not isinstance(base, np.memmap) or base.mode != "r":
         return None
     start = array.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-    return {"filename": base.filename, "file_offset": base.offset, "base_shape": base.shape, "dtype": base.dtype.str,
-            "start": start, "shape": array.shape, "strides": array.strides}
+    return {
+        "filename": base.filename,
+        "file_offset": base.offset,
+        "base_shape": base.shape,
+        "dtype": base.dtype.str,
+        "start": start,
+        "shape": array.shape,
+        "strides": array.strides,
+    }
 
 
 def open_memmap_reference(ref: dict) -> np.ndarray:
@@ -167,7 +181,7 @@ class StringTable:
 
     def __getitem__(self, index: int) -> str:
         start = int(self._ends[index - 1]) if index > 0 else 0
-        return self._bytes[start:int(self._ends[index])].tobytes().decode("utf-8")
+        return self._bytes[start : int(self._ends[index])].tobytes().decode("utf-8")
 
 
 class FileImageDataset(ImageDataset):

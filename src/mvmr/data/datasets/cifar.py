@@ -1,4 +1,5 @@
 """CIFAR-10, CIFAR-100 and CIFAR-20 (CIFAR-100's 20 coarse labels) from the python pickle version."""
+
 from __future__ import annotations
 
 import pickle
@@ -12,8 +13,12 @@ from mvmr.errors import DataError
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-CIFAR10_FILES = {"folder": "cifar-10-batches-py", "meta": "batches.meta",
-                 "train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR10_FILES = {
+    "folder": "cifar-10-batches-py",
+    "meta": "batches.meta",
+    "train": [f"data_batch_{i}" for i in range(1, 6)],
+    "test": ["test_batch"],
+}
 CIFAR100_FILES = {"folder": "cifar-100-python", "meta": "meta", "train": ["train"], "test": ["test"]}
 
 
@@ -34,9 +39,11 @@ def find_cifar_folder(name: str, path: str | None, files: dict, title: str) -> P
             if all((folder / f).is_file() for f in expected):
                 return folder
     where = f"under '{path}'" if path is not None else "(dataset.path is not set)"
-    raise DataError(f"{name}: no '{files['folder']}' folder with {', '.join(expected)} {where}; download the "
-                    f"{title} python version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and set "
-                    f"dataset.path to the folder holding '{files['folder']}'")
+    raise DataError(
+        f"{name}: no '{files['folder']}' folder with {', '.join(expected)} {where}; download the "
+        f"{title} python version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and set "
+        f"dataset.path to the folder holding '{files['folder']}'"
+    )
 
 
 def load_cifar(folder: Path, batch_names: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -48,8 +55,9 @@ def load_cifar(folder: Path, batch_names: list[str], label_key: str) -> tuple[np
     return images, labels
 
 
-def _build(name: str, files: dict, title: str, label_key: str, names_key: str, mean: tuple, std: tuple,
-           cfg: Any, split: str) -> ArrayImageDataset | None:
+def _build(
+    name: str, files: dict, title: str, label_key: str, names_key: str, mean: tuple, std: tuple, cfg: Any, split: str
+) -> ArrayImageDataset | None:
     if split not in ("train", "test"):
         return None
     folder = find_cifar_folder(name, cfg.path, files, title)
@@ -67,12 +75,30 @@ def build_cifar10(cfg: Any, split: str) -> ArrayImageDataset | None:
 @DATASETS.register("cifar100")
 def build_cifar100(cfg: Any, split: str) -> ArrayImageDataset | None:
     """CIFAR-100 with its 100 fine labels."""
-    return _build("cifar100", CIFAR100_FILES, "CIFAR-100", "fine_labels", "fine_label_names",
-                  CIFAR100_MEAN, CIFAR100_STD, cfg, split)
+    return _build(
+        "cifar100",
+        CIFAR100_FILES,
+        "CIFAR-100",
+        "fine_labels",
+        "fine_label_names",
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        cfg,
+        split,
+    )
 
 
 @DATASETS.register("cifar20")
 def build_cifar20(cfg: Any, split: str) -> ArrayImageDataset | None:
     """CIFAR-100 images with the 20 coarse (superclass) labels."""
-    return _build("cifar20", CIFAR100_FILES, "CIFAR-100", "coarse_labels", "coarse_label_names",
-                  CIFAR100_MEAN, CIFAR100_STD, cfg, split)
+    return _build(
+        "cifar20",
+        CIFAR100_FILES,
+        "CIFAR-100",
+        "coarse_labels",
+        "coarse_label_names",
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        cfg,
+        split,
+    )

@@ -1,4 +1,5 @@
 """scikit-learn's digits: 1,797 real 8x8 grayscale images shipped with scikit-learn (no download)."""
+
 from __future__ import annotations
 
 from typing import Any

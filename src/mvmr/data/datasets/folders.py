@@ -1,4 +1,5 @@
 """Image files on disk: ImageNet (train/<wnid>/, val/<wnid>/) and the user's own folders."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mvmr.data.datasets.base import (DATASETS, UNLABELLED, FileImageDataset, cached, load_image, make_info,
-                                     pixel_stats)
+from mvmr.data.datasets.base import DATASETS, UNLABELLED, FileImageDataset, cached, load_image, make_info, pixel_stats
 from mvmr.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -54,8 +54,10 @@ def class_names_of(name: str, train_dir: Path, classes_file: str | None) -> list
     wanted = read_classes_file(classes_file)
     unknown = sorted(set(wanted) - set(folders))
     if unknown:
-        raise DataError(f"{name}: classes_file '{classes_file}' lists {len(unknown)} class(es) with no folder in "
-                        f"'{train_dir}' (e.g. {unknown[0]!r}); fix the file or dataset.path")
+        raise DataError(
+            f"{name}: classes_file '{classes_file}' lists {len(unknown)} class(es) with no folder in "
+            f"'{train_dir}' (e.g. {unknown[0]!r}); fix the file or dataset.path"
+        )
     return sorted(wanted)
 
 
@@ -123,14 +125,17 @@ def build_image_folder(cfg: Any, split: str) -> FileImageDataset | None:
             paths, labels = labelled_files("image_folder", test_dir, class_names)
     else:
         if cfg.classes_file is not None:
-            raise ConfigError(f"dataset.classes_file needs class folders ('{root}/train/<class>/'); "
-                              f"'{root}' has no train/ folder")
+            raise ConfigError(
+                f"dataset.classes_file needs class folders ('{root}/train/<class>/'); '{root}' has no train/ folder"
+            )
         if split == "test":
             return None
         class_names, train_paths = [], list_images(root)
         if not train_paths:
-            raise DataError(f"image_folder: no images ({'/'.join(IMAGE_EXTENSIONS)}) under '{root}' "
-                            f"(expected train/<class>/<images> or a folder of images)")
+            raise DataError(
+                f"image_folder: no images ({'/'.join(IMAGE_EXTENSIONS)}) under '{root}' "
+                f"(expected train/<class>/<images> or a folder of images)"
+            )
         paths, labels = train_paths, np.full(len(train_paths), UNLABELLED, dtype=np.int64)
     key = ("image_folder", str(root.resolve()), len(train_paths), load_size)
     mean, std = cached(key, lambda: _sampled_stats(train_paths, load_size))

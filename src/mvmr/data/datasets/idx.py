@@ -1,4 +1,5 @@
 """MNIST and Fashion-MNIST from their IDX files (plain or gzip), parsed with numpy."""
+
 from __future__ import annotations
 
 import gzip
@@ -12,10 +13,22 @@ from mvmr.errors import DataError
 
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-FILE_STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+FILE_STEMS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -31,8 +44,10 @@ def read_idx(path: Path) -> np.ndarray:
     dtype = np.dtype(IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - 4 - 4 * ndim != expected:
-        raise DataError(f"'{path}' is truncated or corrupt ({len(raw) - 4 - 4 * ndim} data bytes, expected "
-                        f"{expected} for shape {dims}); replace it with the original")
+        raise DataError(
+            f"'{path}' is truncated or corrupt ({len(raw) - 4 - 4 * ndim} data bytes, expected "
+            f"{expected} for shape {dims}); replace it with the original"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -57,16 +72,20 @@ def find_idx_files(name: str, root: Path, split: str, hint: str) -> tuple[Path, 
         if all(found):
             return found[0], found[1]
     expected = ", ".join(f"{stem}[.gz]" for stem in FILE_STEMS[split])
-    raise DataError(f"{name}: no IDX files under '{root}' (expected {expected}, also looked in its sub-folders "
-                    f"and their raw/); {hint}")
+    raise DataError(
+        f"{name}: no IDX files under '{root}' (expected {expected}, also looked in its sub-folders "
+        f"and their raw/); {hint}"
+    )
 
 
 def _load(name: str, root: Path, split: str, hint: str) -> tuple[np.ndarray, np.ndarray]:
     images_path, labels_path = find_idx_files(name, root, split, hint)
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(f"{name}: '{images_path}' / '{labels_path}' hold {images.dtype} {images.shape} images and "
-                        f"{labels.shape} labels, expected uint8 (N, H, W) and (N,); replace them with the originals")
+        raise DataError(
+            f"{name}: '{images_path}' / '{labels_path}' hold {images.dtype} {images.shape} images and "
+            f"{labels.shape} labels, expected uint8 (N, H, W) and (N,); replace them with the originals"
+        )
     return images[..., None], labels.astype(np.int64)
 
 
@@ -75,8 +94,9 @@ def _build(name: str, default_path: str | None, class_names: list[str], hint: st
         return None
     path = cfg.path or default_path
     if path is None:
-        raise DataError(f"{name}: dataset.path is not set (expected a folder with {FILE_STEMS['train'][0]}[.gz] ...); "
-                        f"{hint}")
+        raise DataError(
+            f"{name}: dataset.path is not set (expected a folder with {FILE_STEMS['train'][0]}[.gz] ...); {hint}"
+        )
     root = Path(path).expanduser()
     images, labels = _load(name, root, split, hint)
     train_images = find_idx_files(name, root, "train", hint)[0]

@@ -1,4 +1,5 @@
 """Deterministic, class-balanced index selection (held-out splits, semi-supervised subsets)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """STL-10 from the binary version (stl10_binary/*.bin); the 100,000 unlabelled images stay memory-mapped."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,11 @@ STL10_MEAN, STL10_STD = (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 SIDE = 96
 IMAGE_BYTES = 3 * SIDE * SIDE
-FILES = {"train": ("train_X.bin", "train_y.bin"), "test": ("test_X.bin", "test_y.bin"),
-         "extra_unlabeled": ("unlabeled_X.bin", None)}
+FILES = {
+    "train": ("train_X.bin", "train_y.bin"),
+    "test": ("test_X.bin", "test_y.bin"),
+    "extra_unlabeled": ("unlabeled_X.bin", None),
+}
 
 
 def find_stl10_folder(path: str | None, files: tuple[str, ...]) -> Path:
@@ -25,9 +29,11 @@ def find_stl10_folder(path: str | None, files: tuple[str, ...]) -> Path:
             if all((folder / f).is_file() for f in files):
                 return folder
     where = f"under '{path}'" if path is not None else "(dataset.path is not set)"
-    raise DataError(f"stl10: no 'stl10_binary' folder with {', '.join(files)} {where}; download the STL-10 binary "
-                    f"version from https://cs.stanford.edu/~acoates/stl10/, extract it and set dataset.path to the "
-                    f"folder holding 'stl10_binary'")
+    raise DataError(
+        f"stl10: no 'stl10_binary' folder with {', '.join(files)} {where}; download the STL-10 binary "
+        f"version from https://cs.stanford.edu/~acoates/stl10/, extract it and set dataset.path to the "
+        f"folder holding 'stl10_binary'"
+    )
 
 
 def read_stl10_images(path: Path, memmap: bool) -> np.ndarray:
@@ -63,6 +69,9 @@ def build_stl10(cfg: Any, split: str) -> ArrayImageDataset | None:
     folder = find_stl10_folder(cfg.path, tuple(f for f in (images_file, labels_file) if f))
     unlabelled = labels_file is None
     images = read_stl10_images(folder / images_file, memmap=unlabelled)
-    labels = (np.full(len(images), UNLABELLED, dtype=np.int64) if unlabelled
-              else read_stl10_labels(folder / labels_file, len(images)))
+    labels = (
+        np.full(len(images), UNLABELLED, dtype=np.int64)
+        if unlabelled
+        else read_stl10_labels(folder / labels_file, len(images))
+    )
     return ArrayImageDataset(images, labels, make_info(read_class_names(folder), 3, STL10_MEAN, STL10_STD, cfg.to_rgb))

@@ -3,6 +3,7 @@
 An occlusion the encoder must see past: x' loses a rectangle, while x̄ and the representations φ_k(x̄) it is tied
 to keep the whole image. Parameters are drawn on the CPU from torch's global generator, like the other views.
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -18,14 +19,20 @@ ERASE_RATIO = (0.3, 3.3)
 ERASE_ATTEMPTS = 10
 
 
-def sample_erase_boxes(batch: int, height: int, width: int, scale: Tuple[float, float] = ERASE_SCALE,
-                       ratio: Tuple[float, float] = ERASE_RATIO, attempts: int = ERASE_ATTEMPTS
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_erase_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    scale: Tuple[float, float] = ERASE_SCALE,
+    ratio: Tuple[float, float] = ERASE_RATIO,
+    attempts: int = ERASE_ATTEMPTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(boxes (B, 4) integer-valued floats (top, left, height, width), found (B,) bool), as torchvision's
     ``RandomErasing.get_params`` per sample: area fraction ~ U(scale), log aspect ~ U(log ratio), the first of
     ``attempts`` draws strictly smaller than the image is kept; a sample with none is not erased (found False)."""
-    box_h, box_w, found = first_fitting_sizes(batch, height, width, scale, ratio, attempts,
-                                              aspect_is_height_over_width=True, strict=True)
+    box_h, box_w, found = first_fitting_sizes(
+        batch, height, width, scale, ratio, attempts, aspect_is_height_over_width=True, strict=True
+    )
     top, left = random_offsets(height, width, box_h, box_w)
     return torch.stack((top, left, box_h, box_w), 1), found
 

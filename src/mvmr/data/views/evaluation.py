@@ -1,5 +1,6 @@
 """Deterministic views: x̄ (resize + centre crop + normalise), x̄ with its mirror image, ten crops for testing,
 and a one-image transform."""
+
 from __future__ import annotations
 
 from typing import Sequence, Union
@@ -29,8 +30,10 @@ class EvalView(nn.Module):
         self.size = check_size(size)
         self.resize_to = size if resize_to is None else int(resize_to)
         if self.resize_to < self.size:
-            raise ConfigError(f"x̄ cannot resize to {self.resize_to} pixels and then crop {self.size}; "
-                              "dataset.load_size must be >= dataset.size")
+            raise ConfigError(
+                f"x̄ cannot resize to {self.resize_to} pixels and then crop {self.size}; "
+                "dataset.load_size must be >= dataset.size"
+            )
         self.channels = check_normalisation(mean, std)
         self.normalize = Normalize(mean, std)
 
@@ -70,8 +73,13 @@ class TenCropView(nn.Module):
     def five_crops(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Four corners and the centre, each (B, C, size, size)."""
         height, width, s = images.shape[-2], images.shape[-1], self.size
-        return [images[..., :s, :s], images[..., :s, width - s:], images[..., height - s:, :s],
-                images[..., height - s:, width - s:], center_crop(images, s)]
+        return [
+            images[..., :s, :s],
+            images[..., :s, width - s :],
+            images[..., height - s :, :s],
+            images[..., height - s :, width - s :],
+            center_crop(images, s),
+        ]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with view_mode(images):
@@ -102,8 +110,10 @@ class EvalTransform:
             return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
         if isinstance(image, torch.Tensor) and image.ndim in (2, 3):
             return image[None] if image.ndim == 2 else image
-        raise DataError(f"eval_transform takes a PIL image or a (C, H, W) / (H, W) tensor; got "
-                        f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}")
+        raise DataError(
+            f"eval_transform takes a PIL image or a (C, H, W) / (H, W) tensor; got "
+            f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}"
+        )
 
 
 def build_eval_view(size: int, mean: Sequence[float], std: Sequence[float], resize_to: int | None = None) -> nn.Module:
@@ -111,21 +121,29 @@ def build_eval_view(size: int, mean: Sequence[float], std: Sequence[float], resi
     return EvalView(size, mean, std, resize_to)
 
 
-def build_ten_crop_view(size: int, mean: Sequence[float], std: Sequence[float],
-                        resize_ratio: float = TEN_CROP_RATIO) -> nn.Module:
+def build_ten_crop_view(
+    size: int, mean: Sequence[float], std: Sequence[float], resize_ratio: float = TEN_CROP_RATIO
+) -> nn.Module:
     """Ten normalised crops per image, see ``TenCropView``."""
     return TenCropView(size, mean, std, resize_ratio)
 
 
-def build_feature_view(size: int, mean: Sequence[float], std: Sequence[float], mirror: bool = False,
-                       resize_to: int | None = None) -> nn.Module:
+def build_feature_view(
+    size: int, mean: Sequence[float], std: Sequence[float], mirror: bool = False, resize_to: int | None = None
+) -> nn.Module:
     """The view the linear head trains and validates on: x̄ (B, C, s, s), or with ``mirror`` x̄ and its mirror
     image (B, 2, C, s, s)."""
     return MirroredView(size, mean, std, resize_to) if mirror else EvalView(size, mean, std, resize_to)
 
 
-def build_test_view(size: int, mean: Sequence[float], std: Sequence[float],
-                    ten_crop: bool = True, mirror: bool = False, resize_to: int | None = None) -> tuple[nn.Module, str]:
+def build_test_view(
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    ten_crop: bool = True,
+    mirror: bool = False,
+    resize_to: int | None = None,
+) -> tuple[nn.Module, str]:
     """(view, description) for test images: ten crops when asked and ``size >= TEN_CROP_MIN_SIZE``, else x̄ and
     its mirror image with ``mirror``, else x̄."""
     if ten_crop and size >= TEN_CROP_MIN_SIZE:
@@ -136,7 +154,8 @@ def build_test_view(size: int, mean: Sequence[float], std: Sequence[float],
     return EvalView(size, mean, std, resize_to), f"center{reason}"
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float],
-                   resize_to: int | None = None) -> EvalTransform:
+def eval_transform(
+    size: int, mean: Sequence[float], std: Sequence[float], resize_to: int | None = None
+) -> EvalTransform:
     """x̄ of one image (PIL or uint8 tensor), the same maths as ``build_eval_view``."""
     return EvalTransform(size, mean, std, resize_to)

@@ -3,6 +3,7 @@
 Parameters are drawn on the CPU from torch's global generator (as kornia does), so a seed gives the same
 crops on CPU and CUDA; only the resampling runs on the images' device.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,9 +19,16 @@ from mvmr.errors import ConfigError
 CROP_ATTEMPTS = 10
 
 
-def first_fitting_sizes(batch: int, height: int, width: int, scale: Tuple[float, float],
-                        ratio: Tuple[float, float], attempts: int, aspect_is_height_over_width: bool = False,
-                        strict: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def first_fitting_sizes(
+    batch: int,
+    height: int,
+    width: int,
+    scale: Tuple[float, float],
+    ratio: Tuple[float, float],
+    attempts: int,
+    aspect_is_height_over_width: bool = False,
+    strict: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """torchvision's box-size rejection sampler, per sample: ``attempts`` draws of an area fraction ~ U(scale)
     and a log aspect ~ U(log ratio) (aspect = width / height, or height / width when
     ``aspect_is_height_over_width``, as ``RandomErasing``), sides rounded; the first draw that fits the image
@@ -38,16 +46,23 @@ def first_fitting_sizes(batch: int, height: int, width: int, scale: Tuple[float,
     return box_h.gather(1, first)[:, 0], box_w.gather(1, first)[:, 0], fits.any(1)
 
 
-def random_offsets(height: int, width: int, box_h: torch.Tensor, box_w: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def random_offsets(
+    height: int, width: int, box_h: torch.Tensor, box_w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(top, left) (B,) integer-valued floats, uniform over the positions where the boxes fit the image."""
     top = torch.floor(torch.rand(box_h.shape[0]) * (height - box_h + 1))
     left = torch.floor(torch.rand(box_w.shape[0]) * (width - box_w + 1))
     return top, left
 
 
-def sample_resized_crop_boxes(batch: int, height: int, width: int, scale: Tuple[float, float],
-                              ratio: Tuple[float, float], attempts: int = CROP_ATTEMPTS) -> torch.Tensor:
+def sample_resized_crop_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    scale: Tuple[float, float],
+    ratio: Tuple[float, float],
+    attempts: int = CROP_ATTEMPTS,
+) -> torch.Tensor:
     """(B, 4) integer-valued float boxes (top, left, height, width), one per sample, as torchvision's
     ``RandomResizedCrop.get_params``: area fraction ~ U(scale), log aspect ~ U(log ratio); the first of
     ``attempts`` draws that fits is kept, else the whole image centre-cropped to the nearest allowed ratio."""
@@ -82,12 +97,19 @@ class ResizedCropFlip(nn.Module):
     ``interpolation``, "bilinear" or "bicubic", see ``resample_boxes``; bicubic may overshoot [0, 1]), mirrored
     with probability ``p_flip``."""
 
-    def __init__(self, size: int, scale: Tuple[float, float], ratio: Tuple[float, float] = (3 / 4, 4 / 3),
-                 p_flip: float = 0.5, interpolation: str = "bilinear"):
+    def __init__(
+        self,
+        size: int,
+        scale: Tuple[float, float],
+        ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+        p_flip: float = 0.5,
+        interpolation: str = "bilinear",
+    ):
         super().__init__()
         if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
-            raise ConfigError(f"crop scale must satisfy 0 < lo <= hi <= 1 and ratio 0 < lo <= hi; "
-                              f"got scale={scale}, ratio={ratio}")
+            raise ConfigError(
+                f"crop scale must satisfy 0 < lo <= hi <= 1 and ratio 0 < lo <= hi; got scale={scale}, ratio={ratio}"
+            )
         if interpolation not in INTERPOLATIONS:
             raise ConfigError(f"crop interpolation must be one of {', '.join(INTERPOLATIONS)}; got {interpolation!r}")
         self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
@@ -95,8 +117,10 @@ class ResizedCropFlip(nn.Module):
         self.interpolation = interpolation
 
     def extra_repr(self) -> str:
-        return (f"size={self.size}, scale={self.scale}, ratio={self.ratio}, p_flip={self.p_flip}, "
-                f"interpolation={self.interpolation}")
+        return (
+            f"size={self.size}, scale={self.scale}, ratio={self.ratio}, p_flip={self.p_flip}, "
+            f"interpolation={self.interpolation}"
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = images.shape

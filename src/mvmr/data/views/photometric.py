@@ -4,6 +4,7 @@
 kornia draws factors and gates per sample, but its RandAugment / AutoAugment pick the operations once per
 batch; ``PerSampleChoice`` makes that choice per sample by running each kornia branch on its own samples.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
@@ -89,7 +90,11 @@ def _saturate(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 # The jitter's steps: (B, C, H, W) images, (B,) factors -> (B, C, H, W).
 JITTER_STEPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "brightness": _brighten, "contrast": _contrast, "saturation": _saturate, "hue": _shift_hue}
+    "brightness": _brighten,
+    "contrast": _contrast,
+    "saturation": _saturate,
+    "hue": _shift_hue,
+}
 # The same formulas, each fused by torch.compile into one or two kernels instead of one pass over the batch per
 # elementwise op (the hue step: about 25 passes -> 1). Compiled lazily, once per step for all shapes; eager if
 # compiling fails (``CompiledOrEager``).
@@ -110,21 +115,32 @@ class ColourJitter(nn.Module):
     times both side by side). ``compiled``: the steps run through ``COMPILED_JITTER_STEPS`` (the same formulas
     fused by torch.compile, eager if compiling fails); False: the plain ``JITTER_STEPS``."""
 
-    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float = 1.0,
-                 compiled: bool = True, order_per_sample: bool = False):
+    def __init__(
+        self,
+        brightness: float,
+        contrast: float,
+        saturation: float,
+        hue: float,
+        p: float = 1.0,
+        compiled: bool = True,
+        order_per_sample: bool = False,
+    ):
         super().__init__()
         if not 0 <= hue <= 0.5 or min(brightness, contrast, saturation) < 0:
-            raise ConfigError(f"colour jitter magnitudes must be >= 0 and hue <= 0.5; got brightness={brightness}, "
-                              f"contrast={contrast}, saturation={saturation}, hue={hue}")
+            raise ConfigError(
+                f"colour jitter magnitudes must be >= 0 and hue <= 0.5; got brightness={brightness}, "
+                f"contrast={contrast}, saturation={saturation}, hue={hue}"
+            )
         self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
         self.compiled, self.order_per_sample = compiled, order_per_sample
 
     def extra_repr(self) -> str:
-        return (f"brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, "
-                f"hue={self.hue}, p={self.p}, compiled={self.compiled}, order_per_sample={self.order_per_sample}")
+        return (
+            f"brightness={self.brightness}, contrast={self.contrast}, saturation={self.saturation}, "
+            f"hue={self.hue}, p={self.p}, compiled={self.compiled}, order_per_sample={self.order_per_sample}"
+        )
 
-    def draw(self, batch: int, channels: int
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str] | torch.Tensor]:
+    def draw(self, batch: int, channels: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str] | torch.Tensor]:
         """(gate (B,) bool, factors name -> (B,), order), from the global CPU generator; the order is the list of
         the enabled steps' names, or with ``order_per_sample`` a (B, 4) permutation of ``JITTER_ORDER``'s indices
         per sample (disabled steps are skipped when applied)."""
@@ -143,10 +159,13 @@ class ColourJitter(nn.Module):
         return gate, factors, order
 
     @staticmethod
-    def apply(images: torch.Tensor, gate: torch.Tensor, factors: dict[str, torch.Tensor],
-              order: list[str] | torch.Tensor,
-              steps: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = JITTER_STEPS
-              ) -> torch.Tensor:
+    def apply(
+        images: torch.Tensor,
+        gate: torch.Tensor,
+        factors: dict[str, torch.Tensor],
+        order: list[str] | torch.Tensor,
+        steps: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = JITTER_STEPS,
+    ) -> torch.Tensor:
         """Jitter the gated samples of ``images`` with the given factors, steps in ``order`` (a list of names, or
         (B, 4) indices into ``JITTER_ORDER`` per sample: see ``draw``), each step ``steps[name]`` (the eager
         formulas by default)."""
@@ -158,10 +177,13 @@ class ColourJitter(nn.Module):
         return torch.where(gate.to(images.device).view(-1, 1, 1, 1), out, images)
 
     @staticmethod
-    def _apply_per_sample_order(images: torch.Tensor, gate: torch.Tensor, factors: dict[str, torch.Tensor],
-                                order: torch.Tensor,
-                                steps: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
-                                ) -> torch.Tensor:
+    def _apply_per_sample_order(
+        images: torch.Tensor,
+        gate: torch.Tensor,
+        factors: dict[str, torch.Tensor],
+        order: torch.Tensor,
+        steps: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
+    ) -> torch.Tensor:
         """``apply`` with a (B, 4) order: at each position every step runs once, on the gated samples that have it
         there (at most 16 calls on parts of the batch, about the work of 4 calls on the gated samples)."""
         out = images.clone()
@@ -283,8 +305,15 @@ class Solarize(nn.Module):
         return (solarize_compiled if self.compiled else _solarize)(images, gate, self.threshold)
 
 
-def colour_ops(size: int, channels: int, strength: float = 1.0, p_jitter: float = 0.8, p_grayscale: float = 0.2,
-               p_blur: float = 0.5, p_solarize: float = 0.1) -> nn.Sequential:
+def colour_ops(
+    size: int,
+    channels: int,
+    strength: float = 1.0,
+    p_jitter: float = 0.8,
+    p_grayscale: float = 0.2,
+    p_blur: float = 0.5,
+    p_solarize: float = 0.1,
+) -> nn.Sequential:
     """Colour jitter (magnitudes ``JITTER`` x strength), grayscale, Gaussian blur, solarize; each op on a random
     subset of the batch (probability p per sample), factors drawn per sample. 1-channel images get brightness and
     contrast only (no saturation, hue or grayscale). (B, C, size, size) -> same, in [0, 1].
@@ -298,21 +327,28 @@ def colour_ops(size: int, channels: int, strength: float = 1.0, p_jitter: float 
     ops = jitter_grayscale_ops(channels, [m * strength for m in JITTER], p_jitter, p_grayscale)
     kernel = blur_kernel_size(size)
     if p_blur > 0 and kernel // 2 >= size:  # reflect padding needs more pixels than half the kernel
-        raise ConfigError(f"the blur of the colour ops needs images of at least {kernel // 2 + 1} pixels; "
-                          f"dataset.size is {size}: raise it or use dataset.aug_policy=crop / cifar")
+        raise ConfigError(
+            f"the blur of the colour ops needs images of at least {kernel // 2 + 1} pixels; "
+            f"dataset.size is {size}: raise it or use dataset.aug_policy=crop / cifar"
+        )
     ops += [GaussianBlur(kernel, BLUR_SIGMA, p=p_blur), Solarize(p=p_solarize)]
     return nn.Sequential(*ops)
 
 
-def jitter_grayscale_ops(channels: int, magnitudes: Sequence[float], p_jitter: float, p_grayscale: float,
-                         order_per_sample: bool = False) -> list[nn.Module]:
+def jitter_grayscale_ops(
+    channels: int, magnitudes: Sequence[float], p_jitter: float, p_grayscale: float, order_per_sample: bool = False
+) -> list[nn.Module]:
     """[ColourJitter(brightness, contrast, saturation, hue = ``magnitudes``, hue capped at 0.5, p=``p_jitter``),
     RandomGrayscale(``p_grayscale``)] for 3 channels; for 1 channel the jitter's brightness and contrast only and
     no grayscale (torchvision leaves 'L' images' saturation, hue and grayscale alone)."""
     brightness, contrast, saturation, hue = magnitudes
     if channels == 3:
-        return [ColourJitter(brightness, contrast, saturation, min(hue, 0.5), p=p_jitter,
-                             order_per_sample=order_per_sample), RandomGrayscale(p=p_grayscale)]
+        return [
+            ColourJitter(
+                brightness, contrast, saturation, min(hue, 0.5), p=p_jitter, order_per_sample=order_per_sample
+            ),
+            RandomGrayscale(p=p_grayscale),
+        ]
     return [ColourJitter(brightness, contrast, 0.0, 0.0, p=p_jitter, order_per_sample=order_per_sample)]
 
 
@@ -333,7 +369,7 @@ class PerSampleChoice(nn.Module):
 
     def draw(self, batch: int) -> torch.Tensor:
         """(B, picks) branch indices, distinct within a row (CPU, global generator)."""
-        return torch.rand(batch, len(self.branches)).argsort(dim=1)[:, :self.picks]
+        return torch.rand(batch, len(self.branches)).argsort(dim=1)[:, : self.picks]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         choice = self.draw(images.shape[0])

@@ -1,4 +1,5 @@
 """The x' view: a registered augmentation policy between uint8 -> [0, 1] conversion and normalisation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,10 +10,17 @@ from torch import nn
 
 from mvmr.data.views.erasing import RandomErasing
 from mvmr.data.views.geometric import PaddedCropFlip, ResizedCropFlip
-from mvmr.data.views.photometric import (BLUR_SIGMA, COMPILABLE_OPS, GaussianBlur, authors_blur_kernel_size,
-                                         auto_augment, colour_ops, jitter_grayscale_ops, rand_augment)
-from mvmr.data.views.tensors import (Normalize, check_normalisation, check_size, make_stateless, to_unit_float,
-                                     view_mode)
+from mvmr.data.views.photometric import (
+    BLUR_SIGMA,
+    COMPILABLE_OPS,
+    GaussianBlur,
+    authors_blur_kernel_size,
+    auto_augment,
+    colour_ops,
+    jitter_grayscale_ops,
+    rand_augment,
+)
+from mvmr.data.views.tensors import Normalize, check_normalisation, check_size, make_stateless, to_unit_float, view_mode
 from mvmr.errors import ConfigError
 from mvmr.registry import Registry
 
@@ -41,8 +49,13 @@ class CustomKnobs:
 
 
 @VIEW_POLICIES.register("custom")
-def custom_policy(size: int, channels: int, strength: float = 1.0, crop_scale: Optional[Tuple[float, float]] = None,
-                  knobs: CustomKnobs = CustomKnobs()) -> nn.Module:
+def custom_policy(
+    size: int,
+    channels: int,
+    strength: float = 1.0,
+    crop_scale: Optional[Tuple[float, float]] = None,
+    knobs: CustomKnobs = CustomKnobs(),
+) -> nn.Module:
     """Random resized crop + flip, colour jitter (x strength), grayscale, blur, solarize (see ``colour_ops``)."""
     scale = crop_scale or knobs.crop_scale or default_crop_scale(size)
     crop = ResizedCropFlip(size, scale, knobs.crop_ratio, knobs.p_flip)
@@ -51,30 +64,34 @@ def custom_policy(size: int, channels: int, strength: float = 1.0, crop_scale: O
 
 
 @VIEW_POLICIES.register("cifar")
-def cifar_policy(size: int, channels: int, strength: float = 1.0,
-                 crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
+def cifar_policy(
+    size: int, channels: int, strength: float = 1.0, crop_scale: Optional[Tuple[float, float]] = None
+) -> nn.Module:
     """Resize to size, random crop with 4 pixels of zero padding per 32 pixels of size, flip; no colour ops
     (``strength`` and ``crop_scale`` are unused)."""
     return PaddedCropFlip(size, padding=int(round(4 * size / 32)), p_flip=0.5)
 
 
 @VIEW_POLICIES.register("crop")
-def crop_policy(size: int, channels: int, strength: float = 1.0,
-                crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
+def crop_policy(
+    size: int, channels: int, strength: float = 1.0, crop_scale: Optional[Tuple[float, float]] = None
+) -> nn.Module:
     """Random resized crop + flip only, no colour ops (``strength`` is unused): for grayscale data."""
     return ResizedCropFlip(size, crop_scale or default_crop_scale(size))
 
 
 @VIEW_POLICIES.register("randaugment")
-def randaugment_policy(size: int, channels: int, strength: float = 1.0,
-                       crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
+def randaugment_policy(
+    size: int, channels: int, strength: float = 1.0, crop_scale: Optional[Tuple[float, float]] = None
+) -> nn.Module:
     """Random resized crop + flip, then RandAugment(n=2, m=10) with ops drawn per sample (``strength`` unused)."""
     return nn.Sequential(ResizedCropFlip(size, crop_scale or default_crop_scale(size)), rand_augment(n=2, magnitude=10))
 
 
 @VIEW_POLICIES.register("autoaugment")
-def autoaugment_policy(size: int, channels: int, strength: float = 1.0,
-                       crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
+def autoaugment_policy(
+    size: int, channels: int, strength: float = 1.0, crop_scale: Optional[Tuple[float, float]] = None
+) -> nn.Module:
     """Random resized crop + flip, then AutoAugment ('cifar10' policy for size <= 64, else 'imagenet') with the
     sub-policy drawn per sample (``strength`` unused)."""
     return nn.Sequential(ResizedCropFlip(size, crop_scale or default_crop_scale(size)), auto_augment(size))
@@ -87,8 +104,9 @@ CIFAR20_CROP_SCALE = (0.2, 1.0)
 
 
 @VIEW_POLICIES.register("authors")
-def authors_policy(size: int, channels: int, strength: float = 1.0,
-                   crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
+def authors_policy(
+    size: int, channels: int, strength: float = 1.0, crop_scale: Optional[Tuple[float, float]] = None
+) -> nn.Module:
     """The authors' AugTransform policy 'custom' (vkinakh/mv-mr src/transform/transform.py), value for value:
     random resized crop (area (0.08, 1) whatever the size, or ``crop_scale``; ratio (3/4, 4/3); antialiased
     bilinear), flip p=0.5, colour jitter (0.8, 0.8, 0.8, 0.2) with p=0.8, grayscale p=0.2, Gaussian blur ALWAYS
@@ -102,23 +120,23 @@ def authors_policy(size: int, channels: int, strength: float = 1.0,
 
 
 @VIEW_POLICIES.register("cifar20")
-def cifar20_policy(size: int, channels: int, strength: float = 1.0,
-                   crop_scale: Optional[Tuple[float, float]] = None) -> nn.Module:
+def cifar20_policy(
+    size: int, channels: int, strength: float = 1.0, crop_scale: Optional[Tuple[float, float]] = None
+) -> nn.Module:
     """The authors' AugTransform policy 'cifar20' (vkinakh/mv-mr src/transform/transform.py): colour jitter
     (0.4, 0.4, 0.4, 0.1) with p=0.8 and grayscale p=0.1 on the WHOLE input image, then a random resized crop
     (area (0.2, 1) or ``crop_scale``; ratio (3/4, 4/3); antialiased bicubic, may overshoot [0, 1] until
     ``TrainView`` clamps) and flip p=0.5. Every draw per sample, the jitter's step order too. ``strength`` is
     unused. 1 channel: brightness and contrast only, no grayscale."""
     colour = jitter_grayscale_ops(channels, CIFAR20_JITTER, p_jitter=0.8, p_grayscale=0.1, order_per_sample=True)
-    crop = ResizedCropFlip(size, crop_scale or CIFAR20_CROP_SCALE, (3 / 4, 4 / 3), p_flip=0.5,
-                           interpolation="bicubic")
+    crop = ResizedCropFlip(size, crop_scale or CIFAR20_CROP_SCALE, (3 / 4, 4 / 3), p_flip=0.5, interpolation="bicubic")
     return nn.Sequential(*colour, crop)
 
 
 # On the CPU a view runs in chunks of about this many bytes of float32 output: each elementwise op then works on
 # data that stays in cache instead of streaming the whole batch through memory once per op (96 px, 128 images:
 # 75-image chunks; at 32 px a 256-image batch is one chunk). `python benchmarks/views_throughput.py` measures it.
-CPU_CHUNK_BYTES = 8 * 2 ** 20
+CPU_CHUNK_BYTES = 8 * 2**20
 
 
 class TrainView(nn.Module):
@@ -127,8 +145,14 @@ class TrainView(nn.Module):
     ``chunk_bytes`` of output (0: never), see ``CPU_CHUNK_BYTES``; every parameter is drawn per sample either
     way, so chunking changes which random numbers a sample gets, not their distribution."""
 
-    def __init__(self, augment: nn.Module, mean: Sequence[float], std: Sequence[float],
-                 size: Optional[int] = None, chunk_bytes: int = CPU_CHUNK_BYTES):
+    def __init__(
+        self,
+        augment: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        size: Optional[int] = None,
+        chunk_bytes: int = CPU_CHUNK_BYTES,
+    ):
         super().__init__()
         self.channels = check_normalisation(mean, std)
         self.augment = make_stateless(augment)
@@ -178,9 +202,18 @@ def split_geometry(augment: nn.Module) -> tuple[Optional[ResizedCropFlip], nn.Mo
     return None, augment
 
 
-def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
-                     strength: float = 1.0, crop_scale: Optional[Sequence[float]] = None,
-                     erase_p: float = 0.0, compile_ops: bool = True, crops_in_loader: bool = False) -> nn.Module:
+def build_train_view(
+    policy: str,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int,
+    strength: float = 1.0,
+    crop_scale: Optional[Sequence[float]] = None,
+    erase_p: float = 0.0,
+    compile_ops: bool = True,
+    crops_in_loader: bool = False,
+) -> nn.Module:
     """The training view x' of ``policy`` (custom | cifar | crop | randaugment | autoaugment | authors | cifar20),
     see ``TrainView``; ``crop_scale`` overrides the policy's random-resized-crop area range; ``erase_p`` > 0
     appends :class:`RandomErasing` (filled with ``mean``); ``compile_ops``: the colour ops' elementwise formulas
@@ -203,8 +236,10 @@ def build_train_view(policy: str, size: int, mean: Sequence[float], std: Sequenc
     if crops_in_loader:
         crop, augment = split_geometry(augment)
         if crop is None:
-            raise ConfigError(f"dataset.aug_policy={policy} does not start with a random resized crop, so the loader "
-                              "cannot crop for it; set dataset.crops_in_loader=false or use custom / authors / crop")
+            raise ConfigError(
+                f"dataset.aug_policy={policy} does not start with a random resized crop, so the loader "
+                "cannot crop for it; set dataset.crops_in_loader=false or use custom / authors / crop"
+            )
         loader_crops = LoaderCrops(size, crop.scale, crop.ratio, crop.p_flip)
     if erase_p > 0:
         augment = nn.Sequential(augment, RandomErasing(erase_p, mean))
@@ -221,11 +256,21 @@ def can_crop_in_loader(policy: str) -> bool:
     return split_geometry(VIEW_POLICIES.get(policy, key="dataset.aug_policy")(32, 3, 1.0, None))[0] is not None
 
 
-def train_view_from_config(cfg, mean: Sequence[float], std: Sequence[float], channels: int,
-                           crops_in_loader: bool = False) -> nn.Module:
+def train_view_from_config(
+    cfg, mean: Sequence[float], std: Sequence[float], channels: int, crops_in_loader: bool = False
+) -> nn.Module:
     """``build_train_view`` from a trainer config: its ``dataset`` section (policy, size, strength, crop range,
     erasing) and ``compile_view_ops``."""
     data = cfg.dataset
-    return build_train_view(data.aug_policy, data.size, mean, std, channels, strength=data.aug_strength,
-                            crop_scale=data.crop_scale, erase_p=data.erase_p, compile_ops=cfg.compile_view_ops,
-                            crops_in_loader=crops_in_loader)
+    return build_train_view(
+        data.aug_policy,
+        data.size,
+        mean,
+        std,
+        channels,
+        strength=data.aug_strength,
+        crop_scale=data.crop_scale,
+        erase_p=data.erase_p,
+        compile_ops=cfg.compile_view_ops,
+        crops_in_loader=crops_in_loader,
+    )

@@ -3,6 +3,7 @@ boxes.
 
 Pixel ``j`` of an axis covers [j, j + 1) and has its centre at j + 0.5 (``align_corners=False``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,7 +28,7 @@ def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """(B, C, H, W) with H, W >= size -> (B, C, size, size), offsets rounded as torchvision's ``center_crop``."""
     height, width = images.shape[-2:]
     top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-    return images[..., top:top + size, left:left + size]
+    return images[..., top : top + size, left : left + size]
 
 
 def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -48,8 +49,9 @@ def _keys_cubic(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
 
 
-def axis_weights(start: torch.Tensor, extent: torch.Tensor, length: int, in_length: int,
-                 interpolation: str = "bilinear") -> torch.Tensor:
+def axis_weights(
+    start: torch.Tensor, extent: torch.Tensor, length: int, in_length: int, interpolation: str = "bilinear"
+) -> torch.Tensor:
     """Per-sample interpolation matrix (B, length, in_length) of one axis.
 
     Output ``i`` of sample ``b`` reads the window [start_b, start_b + extent_b) resized to ``length``: a kernel
@@ -73,8 +75,9 @@ def axis_weights(start: torch.Tensor, extent: torch.Tensor, length: int, in_leng
     return weights / weights.sum(-1, keepdim=True).clamp(min=torch.finfo(weights.dtype).tiny)
 
 
-def resample_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor,
-                   interpolation: str = "bilinear") -> torch.Tensor:
+def resample_boxes(
+    images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor, interpolation: str = "bilinear"
+) -> torch.Tensor:
     """Crop one box per sample, resize it to size x size and mirror it where ``flip``.
 
     images (B, C, H, W) float; boxes (B, 4) = (top, left, height, width) in pixels, inside the image;

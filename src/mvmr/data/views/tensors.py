@@ -1,4 +1,5 @@
 """Input checks, uint8 -> [0, 1] conversion and normalisation shared by every view."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,10 @@ def check_normalisation(mean: Sequence[float], std: Sequence[float], channels: i
     mean, std = list(mean), list(std)
     n = len(mean)
     if n not in SUPPORTED_CHANNELS or len(std) != n or (channels is not None and channels != n):
-        raise ConfigError(f"views need mean/std with one value per channel (1 or 3); got mean={mean}, std={std}"
-                          + (f" for {channels} channels" if channels is not None else ""))
+        raise ConfigError(
+            f"views need mean/std with one value per channel (1 or 3); got mean={mean}, std={std}"
+            + (f" for {channels} channels" if channels is not None else "")
+        )
     if any(s <= 0 for s in std):
         raise ConfigError(f"views need a positive std per channel; got std={std}")
     return n
@@ -33,10 +36,15 @@ def check_size(size: int) -> int:
 
 def to_unit_float(images: torch.Tensor, channels: int) -> torch.Tensor:
     """(B, C, H, W) uint8 in [0, 255] or float in [0, 1] -> float32 in [0, 1] (uint8 is divided by 255 once)."""
-    if images.ndim != 4 or images.shape[1] != channels or not (images.dtype == torch.uint8
-                                                                or images.is_floating_point()):
-        raise DataError(f"a view expects a (B, {channels}, H, W) uint8 or float batch; got shape "
-                        f"{tuple(images.shape)} of {images.dtype}; check dataset.to_rgb and the dataset's channels")
+    if (
+        images.ndim != 4
+        or images.shape[1] != channels
+        or not (images.dtype == torch.uint8 or images.is_floating_point())
+    ):
+        raise DataError(
+            f"a view expects a (B, {channels}, H, W) uint8 or float batch; got shape "
+            f"{tuple(images.shape)} of {images.dtype}; check dataset.to_rgb and the dataset's channels"
+        )
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
     return images.float()
