@@ -21,7 +21,16 @@ LAYERS = [
     ("checkpoint_formats", "frozen_backbone"),  # reading weights into the parts
     ("representations",),  # φ_k (the teacher reads a backbone)
     ("methods",),  # Lightning modules
-    ("hardware", "tables", "training", "api", "protocols", "cli", "__init__"),  # runs and the user's entry points
+    (
+        "hardware",
+        "tables",
+        "training",
+        "api",
+        "plots",
+        "protocols",
+        "cli",
+        "__init__",
+    ),  # runs and the user's entry points
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

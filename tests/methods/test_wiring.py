@@ -76,8 +76,8 @@ def test_a_training_steps_loss_is_the_methods_loss_with_the_configs_weights():
 
 def test_a_short_pretraining_lowers_the_loss_and_beats_its_untrained_encoder(tmp_path):
     from mvmr.cli.evaluate import evaluate
-    from mvmr.cli.plots import read_epoch_metrics
     from mvmr.cli.pretrain import pretrain
+    from mvmr.plots import read_epoch_metrics
 
     config = str(ROOT / "configs" / "digits_self_supervised.yaml")
     common = [

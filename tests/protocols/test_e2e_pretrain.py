@@ -66,7 +66,7 @@ def test_rerun_resumes_from_last(pretrained_run, capsys):
     out = capsys.readouterr().out
     assert "Resuming from" in out and str(run.last) in out
     assert torch.load(run.last, weights_only=False)["global_step"] == 9  # 3 steps in each of epochs 0, 1 then 2
-    from mvmr.cli.plots import read_epoch_metrics
+    from mvmr.plots import read_epoch_metrics
 
     losses = read_epoch_metrics(run.path / "metrics.csv")["train/loss"]
     assert [epoch for epoch, _ in losses] == [0, 1, 2]  # metrics.csv kept the first run's rows
@@ -132,7 +132,8 @@ def test_load_online_probe_gives_the_trained_probe(pretrained_run, tmp_path):
 
 
 def test_plot_run_writes_curves_and_tsne(pretrained_run, tmp_path):
-    from mvmr.cli.plots import main, read_epoch_metrics
+    from mvmr.cli.plots import main
+    from mvmr.plots import read_epoch_metrics
 
     run, _ = pretrained_run
     series = read_epoch_metrics(run.path / "metrics.csv")
@@ -176,7 +177,7 @@ def test_trainer_optimiser_uses_fused_kernels_on_cpu(pretrained_run):
 
 
 def test_run_figure_shows_the_dependence_as_dcor_and_uses_log_axes_across_decades():
-    from mvmr.cli.plots import spans_decades, term_curve
+    from mvmr.plots import spans_decades, term_curve
 
     assert term_curve("train/dcor/hog", [(0, 0.25), (1, 0.1)]) == ("dCor(hog(x̄), z)", [0, 1], [0.75, 0.9])
     assert term_curve("train/dcor_zz", [(0, 0.5)])[0] == "dCor(z̄, z)"

@@ -1,6 +1,6 @@
 """Data: datasets (registry), the DataModule, and (views.py) the on-device view transforms."""
 
-from mvmr.data.datamodule import IndexedSubset, MVMRDataModule
+from mvmr.data.datamodule import IndexedSubset, LabelledDataModule, MVMRDataModule
 from mvmr.data.datasets import DATASETS, ArrayImageDataset, DatasetInfo, FileImageDataset, ImageDataset, build_dataset
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "FileImageDataset",
     "ImageDataset",
     "IndexedSubset",
+    "LabelledDataModule",
     "MVMRDataModule",
     "build_dataset",
 ]

@@ -266,3 +266,11 @@ class EpochSeededSampler(DistributedSampler):
         if self.resume_at is not None and self.resume_at[0] == self.epoch:
             order = order[self.resume_at[1] :]
         return iter(order)
+
+
+class LabelledDataModule(MVMRDataModule):
+    """The shared DataModule, training on the labelled (sub)set instead of the pretraining set."""
+
+    def train_dataloader(self):
+        n = len(self.labelled_train_dataloader(shuffle=False, drop_last=False).dataset)
+        return self.labelled_train_dataloader(shuffle=True, drop_last=n > self.batch_size)

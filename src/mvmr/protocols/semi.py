@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from mvmr.config import SemiSupervisedConfig
-from mvmr.data import MVMRDataModule
+from mvmr.data import LabelledDataModule, MVMRDataModule
 from mvmr.data.views import build_test_view
 from mvmr.errors import ConfigError
 from mvmr.evaluation.features import extract_features
@@ -14,14 +14,6 @@ from mvmr.hardware import default_device
 from mvmr.methods.semi_supervised import SemiSupervisedModule
 from mvmr.tables import format_table
 from mvmr.training import RunDir, build_trainer, configure_runtime, resume_checkpoint, tune, write_run_config
-
-
-class LabelledDataModule(MVMRDataModule):
-    """The shared DataModule, training on the labelled (sub)set instead of the pretraining set."""
-
-    def train_dataloader(self):
-        n = len(self.labelled_train_dataloader(shuffle=False, drop_last=False).dataset)
-        return self.labelled_train_dataloader(shuffle=True, drop_last=n > self.batch_size)
 
 
 def run_fine_tuning(args, cfg: SemiSupervisedConfig) -> RunDir:

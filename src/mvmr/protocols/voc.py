@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from mvmr.api import load_frozen_backbone
 from mvmr.config import PretrainConfig, VOCConfig, load_config
 from mvmr.data import DatasetInfo
-from mvmr.data.views import build_eval_view
-from mvmr.data.voc import VOC_CLASSES, VOCMultiLabel, resolve_eval_split
+from mvmr.data.voc import VOC_CLASSES, resolve_eval_split
 from mvmr.errors import CheckpointError, ConfigError
-from mvmr.evaluation.features import extract_features
+from mvmr.evaluation.features import voc_features
 from mvmr.evaluation.voc import fit_linear_svms, mean_average_precision
 from mvmr.hardware import default_device
 from mvmr.methods.voc import fit_bce_head, load_voc_checkpoint, save_voc_checkpoint, svm_head
 from mvmr.tables import format_table
 from mvmr.training import RunDir, configure_runtime, write_run_config
-
-
-def voc_features(backbone, root: str, split: str, cfg: VOCConfig, info, device, progress: bool):
-    """Frozen features (N, D), targets (N, 20) float and the difficult-only mask (N, 20) of one VOC split."""
-    load_size = cfg.dataset.load_size or round(cfg.dataset.size * 256 / 224)
-    ds = VOCMultiLabel(root, split, load_size)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.n_workers)
-    view = build_eval_view(cfg.dataset.size, info.mean, info.std, resize_to=load_size).to(device)  # Resize + CenterCrop
-    feats, _ = extract_features(backbone, loader, view, device, f"VOC {split} features", progress)
-    return feats, torch.as_tensor(ds.targets, dtype=torch.float32), torch.as_tensor(ds.difficult_only, dtype=torch.bool)
 
 
 def check_rgb(info, source: str) -> None:
