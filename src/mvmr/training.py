@@ -234,4 +234,4 @@ def write_run_config(cfg: Any, run: RunDir) -> None:
 
 def print_config(cfg: Any) -> None:
     """The resolved config as YAML on stdout (the same text as <run>/config.yaml)."""
-    print(config_yaml(cfg), end="")
+    messages.info(config_yaml(cfg).rstrip("\n"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from mvmr import messages
 from mvmr.api import load_frozen_backbone, load_online_probe
 from mvmr.checkpoint import read_checkpoint
 from mvmr.config import PretrainConfig
@@ -48,7 +49,7 @@ def run_evaluation(args, cfg: PretrainConfig) -> dict[str, float]:
     frozen = load_frozen_backbone(
         args.ckpt, device, checkpoint, cfg.eval.weights, encoder=cfg.encoder, info=dm.info, image_size=cfg.dataset.size
     )
-    print(
+    messages.info(
         f"backbone weights: {frozen.weights}"
         + (
             " (the run's moving average; eval.weights=online for the trained weights)"
@@ -129,8 +130,8 @@ def run_evaluation(args, cfg: PretrainConfig) -> dict[str, float]:
     )
     rows.append([f"k-NN (k={cfg.eval.knn_k}, cosine)", knn[1], knn[5]])
     results.update(knn_top1=knn[1])
-    print(f"{cfg.dataset.name} test split: {test_y.numel()} images, {train_y.numel()} labelled train images")
-    print(format_table(["evaluation", "top-1 %", "top-5 %"], rows))
+    messages.info(f"{cfg.dataset.name} test split: {test_y.numel()} images, {train_y.numel()} labelled train images")
+    messages.info(format_table(["evaluation", "top-1 %", "top-5 %"], rows))
     return results
 
 
@@ -177,9 +178,9 @@ def evaluate_authors(args, cfg, dm, frozen, backbone, checkpoint, device, progre
         )
         rows = [["online probe, the authors' way (ten_crop at the image size = x̄ and its mirror)", acc[1], acc[5]]]
         results.update(authors_probe_top1=acc[1], authors_probe_top5=acc[5])
-    print(
+    messages.info(
         f"{cfg.dataset.name} test split: {len(test_loader.dataset)} images; protocol: authors "
         "(vkinakh/mv-mr evaluate_self_supervised.py), comparable with the paper's table"
     )
-    print(format_table(["evaluation (authors' protocol)", "top-1 %", "top-5 %"], rows))
+    messages.info(format_table(["evaluation (authors' protocol)", "top-1 %", "top-5 %"], rows))
     return results

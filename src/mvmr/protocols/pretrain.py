@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
+from mvmr import messages
 from mvmr.checkpoint import copy_backbone_weights, read_checkpoint
 from mvmr.checkpoint_formats import read_weights
 from mvmr.config import PretrainConfig
@@ -25,7 +26,7 @@ def load_encoder_weights(module: MVMRPretrainModule, path: str) -> None:
     if theirs and set(theirs) == set(own) and all(theirs[k].shape == own[k].shape for k in own):
         module.projector.load_state_dict(theirs)
     elif theirs:
-        print(f"fine_tune_from: the projector of '{path}' differs from encoder.out_dim; it starts afresh")
+        messages.info(f"fine_tune_from: the projector of '{path}' differs from encoder.out_dim; it starts afresh")
 
 
 def run_pretraining(args, cfg: PretrainConfig, require_teacher: bool = False) -> RunDir:
@@ -43,14 +44,14 @@ def run_pretraining(args, cfg: PretrainConfig, require_teacher: bool = False) ->
     datamodule.setup("fit")
     module = MVMRPretrainModule(cfg, datamodule.info)
     if cfg.probe.enabled and module.probe is None:
-        print(
+        messages.info(
             f"{cfg.dataset.name} at '{cfg.dataset.path}' has no labels: no online probe and no test report "
             "(put images in train/<class>/ folders to get both)"
         )
     if cfg.fine_tune_from:
         load_encoder_weights(module, cfg.fine_tune_from)
     run = RunDir.for_config(cfg, args.config, "self_supervised")
-    print(f"Run directory: {run.path}")
+    messages.info(f"Run directory: {run.path}")
     monitor = "val/top1" if module.probe is not None and cfg.dataset.val_fraction > 0 else None
     trainer = build_trainer(
         cfg, run, monitor=monitor, callbacks=extra_callbacks(cfg, module, datamodule, run), module=module
@@ -72,8 +73,8 @@ def extra_callbacks(cfg, module, datamodule, run) -> list:
 def report(trainer: pl.Trainer, module: MVMRPretrainModule, datamodule, run: RunDir) -> None:
     """Online-probe accuracy of the best checkpoint on the test split, as a table."""
     if module.probe is None or not len(datamodule.test_dataset):
-        print(f"Checkpoints: {run.checkpoints}  (last{', best by val/top1' if run.best.is_file() else ''})")
-        print(f"Run directory: {run.path}")
+        messages.info(f"Checkpoints: {run.checkpoints}  (last{', best by val/top1' if run.best.is_file() else ''})")
+        messages.info(f"Run directory: {run.path}")
         return
     ckpt = str(run.best) if run.best.is_file() else None
     results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)  # every rank takes part
@@ -82,6 +83,6 @@ def report(trainer: pl.Trainer, module: MVMRPretrainModule, datamodule, run: Run
     rows = [
         ["online probe (test)", results[0].get("test/top1", float("nan")), results[0].get("test/top5", float("nan"))]
     ]
-    print(format_table(["evaluation", "top-1 %", "top-5 %"], rows))
-    print(f"Checkpoints: {run.checkpoints}  (best by val/top1, last)")
-    print(f"Run directory: {run.path}")
+    messages.info(format_table(["evaluation", "top-1 %", "top-5 %"], rows))
+    messages.info(f"Checkpoints: {run.checkpoints}  (best by val/top1, last)")
+    messages.info(f"Run directory: {run.path}")

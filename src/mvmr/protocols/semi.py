@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
+from mvmr import messages
 from mvmr.config import SemiSupervisedConfig
 from mvmr.data import LabelledDataModule, MVMRDataModule
 from mvmr.data.views import build_test_view
@@ -37,7 +38,7 @@ def run_fine_tuning(args, cfg: SemiSupervisedConfig) -> RunDir:
         )
     n_labelled = len(dm.labelled_train_dataloader(shuffle=False, drop_last=False).dataset)
     run = RunDir.for_config(cfg, args.config, "semi_supervised")
-    print(f"Run directory: {run.path}  ({n_labelled} labelled training images)")
+    messages.info(f"Run directory: {run.path}  ({n_labelled} labelled training images)")
     monitor = "val/top1" if cfg.dataset.val_fraction > 0 else None
     trainer = build_trainer(cfg, run, monitor=monitor, module=module)
     ckpt_path = resume_checkpoint(cfg, run, args.resume)
@@ -49,13 +50,13 @@ def run_fine_tuning(args, cfg: SemiSupervisedConfig) -> RunDir:
         module, datamodule=dm, ckpt_path=str(run.best) if run.best.is_file() else None, verbose=False
     )[0]  # every rank takes part under DDP
     if trainer.is_global_zero:
-        print(
+        messages.info(
             format_table(
                 ["evaluation", "top-1 %", "top-5 %"],
                 [[f"fine-tuned, {n_labelled} labels (test, center crop)", results["test/top1"], results["test/top5"]]],
             )
         )
-    print(f"Run directory: {run.path}")
+    messages.info(f"Run directory: {run.path}")
     return run
 
 
@@ -72,7 +73,7 @@ def run_evaluation(args, cfg: SemiSupervisedConfig) -> dict[str, float]:
     logits, labels = extract_features(module, dm.test_dataloader(), view, device, "test", not args.no_progress)
     logits = logits.mean(1) if logits.ndim == 3 else logits
     acc = topk_accuracy(logits, labels)
-    print(
+    messages.info(
         format_table(
             ["evaluation", "top-1 %", "top-5 %"],
             [[f"semi-supervised ({crops}), {labels.numel()} test images", acc[1], acc[5]]],

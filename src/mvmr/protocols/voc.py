@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from mvmr import messages
 from mvmr.api import load_frozen_backbone
 from mvmr.config import PretrainConfig, VOCConfig, load_config
 from mvmr.data import DatasetInfo
@@ -42,7 +43,7 @@ def run_training(args, cfg: VOCConfig) -> RunDir:
     if not cfg.dataset.path:
         raise ConfigError("dataset.path of the VOC config must be the folder that holds VOCdevkit/")
     if args.auto_bs or args.auto_lr:
-        print(
+        messages.info(
             "--auto_bs/--auto_lr: the VOC head trains on pre-extracted features (batch size only sets the "
             "extraction batch); the learning rate is chosen on the held-out split instead"
         )
@@ -55,14 +56,14 @@ def run_training(args, cfg: VOCConfig) -> RunDir:
     check_rgb(pretrained.info, args.path_self)
     run = RunDir.for_config(cfg, args.config_voc, "voc")
     write_run_config(cfg, run)
-    print(f"Run directory: {run.path}")
+    messages.info(f"Run directory: {run.path}")
     x, y, ignore = voc_features(
         pretrained.backbone, cfg.dataset.path, "trainval", cfg, pretrained.info, device, not args.no_progress
     )
     if cfg.protocol == "svm":
         svms = fit_linear_svms(x.numpy(), y.numpy(), ignore.numpy(), costs=tuple(cfg.svm_costs), seed=cfg.seed)
         head, extra = svm_head(svms, x.shape[1]), {"svm_costs": [float(c) for c in svms.costs]}
-        print(f"SVM costs chosen by 3-fold CV on trainval: {sorted(set(extra['svm_costs']))}")
+        messages.info(f"SVM costs chosen by 3-fold CV on trainval: {sorted(set(extra['svm_costs']))}")
     else:
         g = torch.Generator().manual_seed(cfg.seed)
         perm = torch.randperm(x.shape[0], generator=g)
@@ -70,10 +71,12 @@ def run_training(args, cfg: VOCConfig) -> RunDir:
         val, tr = perm[:n_val], perm[n_val:]
         head, epoch, val_map = fit_bce_head(x[tr], y[tr], ignore[tr], x[val], y[val], ignore[val], cfg)
         extra = {"best_epoch": epoch, "val_map": val_map}
-        print(f"linear head: best epoch {epoch} (val mAP {100 * val_map:.2f} on {n_val} held-out trainval images)")
+        messages.info(
+            f"linear head: best epoch {epoch} (val mAP {100 * val_map:.2f} on {n_val} held-out trainval images)"
+        )
     path = run.checkpoints / "best.ckpt"
     save_voc_checkpoint(path, pretrained.backbone, head, cfg, pretrained.encoder, pretrained.info, extra)
-    print(f"Checkpoint: {path}")
+    messages.info(f"Checkpoint: {path}")
     return run
 
 
@@ -85,12 +88,12 @@ def run_evaluation(args, cfg: VOCConfig) -> dict[str, float]:
     backbone.to(device)
     split, note = resolve_eval_split(cfg.dataset.path)
     if note:
-        print(note)
+        messages.info(note)
     x, y, ignore = voc_features(backbone, cfg.dataset.path, split, cfg, hp["info_obj"], device, not args.no_progress)
     with torch.no_grad():
         scores = head(x).numpy()
     mean_ap, per_class = mean_average_precision(scores, y.numpy(), ignore.numpy())
     rows = [[name, 100 * ap] for name, ap in zip(VOC_CLASSES, per_class)] + [["mAP", 100 * mean_ap]]
-    print(f"VOC2007 {split}: {x.shape[0]} images, protocol {hp['config']['protocol']}")
-    print(format_table(["class", "AP %"], rows))
+    messages.info(f"VOC2007 {split}: {x.shape[0]} images, protocol {hp['config']['protocol']}")
+    messages.info(format_table(["class", "AP %"], rows))
     return {"mAP": 100 * mean_ap}
