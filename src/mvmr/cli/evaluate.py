@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from mvmr.cli.flags import add_common_flags, run_main
+from mvmr.cli.flags import add_common_flags, load_or_print, run_main
 
 EXAMPLES = (
     "python evaluate_self_supervised.py --config configs/digits_self_supervised.yaml "
@@ -54,11 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 def evaluate(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Parse ``argv``, load the config, evaluate; with --print_config print the config and stop."""
     args = build_parser().parse_args(argv)
-    from mvmr.config import PretrainConfig, config_yaml, load_config
-
-    cfg = load_config(args.config, args.set, schema=PretrainConfig)
-    if args.print_config:
-        print(config_yaml(cfg), end="")
+    cfg = load_or_print(args.config, args.set, "PretrainConfig", args.print_config)
+    if cfg is None:
         return {}
     from mvmr.protocols.evaluate import run_evaluation
 

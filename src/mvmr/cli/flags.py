@@ -64,3 +64,16 @@ def add_common_flags(parser: argparse.ArgumentParser, *, tuning: bool = True) ->
         )
         parser.add_argument("--auto_lr", action="store_true", help="pick the learning rate with Lightning's LR finder")
         parser.add_argument("--resume", default=None, metavar="CKPT", help="resume from this checkpoint")
+
+
+def load_or_print(path: str, overrides: list[str], schema_name: str, print_only: bool, protocol: str | None = None):
+    """The validated config of ``path`` with ``--set`` overrides (schema ``mvmr.config.<schema_name>``); with
+    ``--print_config`` (``print_only``) print it as YAML and return None. Imports the config module here, after
+    parsing, so that ``--help`` never imports it."""
+    from mvmr import config
+
+    cfg = config.load_config(path, overrides, schema=getattr(config, schema_name), protocol=protocol)
+    if print_only:
+        print(config.config_yaml(cfg), end="")
+        return None
+    return cfg

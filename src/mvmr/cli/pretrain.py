@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-from mvmr.cli.flags import add_common_flags, run_main
+from mvmr.cli.flags import add_common_flags, load_or_print, run_main
 
 EXAMPLES = {
     "main_self_supervised.py": (
@@ -46,13 +46,9 @@ def pretrain(
     """Parse ``argv``, load and check the config, then pretrain; with --print_config print it and stop."""
     script = "main_clip_self_supervised.py" if require_teacher else "main_self_supervised.py"
     args = build_parser(description, script).parse_args(argv)
-    from mvmr.config import PretrainConfig, config_yaml, load_config
-
-    cfg = load_config(
-        args.config, args.set, schema=PretrainConfig, protocol="distillation" if require_teacher else "self_supervised"
-    )
-    if args.print_config:
-        print(config_yaml(cfg), end="")
+    protocol = "distillation" if require_teacher else "self_supervised"
+    cfg = load_or_print(args.config, args.set, "PretrainConfig", args.print_config, protocol)
+    if cfg is None:
         return None
     from mvmr.protocols.pretrain import run_pretraining
 

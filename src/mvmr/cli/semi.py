@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-from mvmr.cli.flags import add_common_flags, run_main
+from mvmr.cli.flags import add_common_flags, load_or_print, run_main
 
 TRAIN_EXAMPLE = (
     "python main_semi_supervised.py --config configs/digits_semi_supervised.yaml "
@@ -54,13 +54,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from mvmr.config import SemiSupervisedConfig, config_yaml, load_config
-
-    cfg = load_config(args.config, args.set, schema=SemiSupervisedConfig)
-    if args.print_config:
-        print(config_yaml(cfg), end="")
-        return None
-    return cfg
+    return load_or_print(args.config, args.set, "SemiSupervisedConfig", args.print_config)
 
 
 def train(argv: Sequence[str] | None = None) -> Any:

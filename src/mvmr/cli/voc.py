@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
-from mvmr.cli.flags import add_common_flags, run_main
+from mvmr.cli.flags import add_common_flags, load_or_print, run_main
 
 TRAIN_EXAMPLE = (
     "python main_voc.py --config_voc configs/imagenet_voc.yaml --config_self "
@@ -66,13 +66,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def _config(path: str, overrides: list[str], print_only: bool):
-    from mvmr.config import VOCConfig, config_yaml, load_config
-
-    cfg = load_config(path, overrides, schema=VOCConfig)
-    if print_only:
-        print(config_yaml(cfg), end="")
-        return None
-    return cfg
+    return load_or_print(path, overrides, "VOCConfig", print_only)
 
 
 def train(argv: Sequence[str] | None = None) -> Any:
