@@ -8,8 +8,10 @@ ratio to the encoder-only floor, peak GPU memory and the loader's images/s, writ
 - ImageNet: configs/imagenet_self_supervised.yaml (224 px, the five computed every step, crops in the loader)
   on synthetic JPEGs in train/<wnid>/ folders; accumulation is set to 1 so that each batch is a step.
 Each is run twice: as configured, and with no representation term (the floor). Step times are the median of the
-steps after the first ``--warmup``. ``--tiny`` shrinks everything (width-8 network, a few steps) so that the
-script runs on a CPU in the test suite; its numbers mean nothing.
+steps after the first ``--warmup``. A numerics table follows: each STL10 representation and its dCor term computed
+on the device under the training run's float32 settings against the CPU (φ in float32, dCor in float64), which
+shows that no TF32 or half-precision product reaches them on that GPU. ``--tiny`` shrinks everything (width-8
+network, a few steps) so that the script runs on a CPU in the test suite; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from mvmr.cli.flags import int_at_least
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
 from mvmr.hardware import resolve_precision
+from mvmr.losses import distance_correlation
 from mvmr.methods.callbacks import build_callbacks
 from mvmr.methods.pretrain import MVMRPretrainModule
 from mvmr.tables import format_table
-from mvmr.training import RunDir, build_trainer
+from mvmr.training import RunDir, build_trainer, configure_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
+NUMERICS_TOLERANCE = 1e-4  # float32 rounding gives ~1e-6 here; a TF32 product (10-bit mantissa) gives ~1e-3
 TINY = [
     "encoder.width=8",
     "encoder.out_dim=32-32-32",
@@ -142,7 +146,33 @@ def fit_and_time(config: str, overrides: list[str], run_dir: Path, name: str, st
         "batch": cfg.batch_size,
         "precision": cfg.trainer.precision
         or resolve_precision(cfg.fp16, "gpu" if torch.cuda.is_available() else "cpu"),
+        "module": module,
     }
+
+
+def numerics_rows(module: MVMRPretrainModule, device: torch.device, batch: int, seed: int = 0) -> list:
+    """Per representation of ``module``: the relative L2 difference of φ(x̄) computed on ``device`` (under the
+    training run's float32 settings) from φ(x̄) on the CPU, and |dCor(z, φ) on ``device`` − dCor in float64 on the
+    CPU|, for random normalised images x̄ and a random embedding z."""
+    configure_runtime()  # what a training run sets, TF32 matrix products included
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for key, representation in module.representations.items():
+        if not representation.deterministic:  # a random copy (augmented_pixels): no two draws agree anyway
+            continue
+        shape = (batch, representation.in_channels, representation.image_size, representation.image_size)
+        images = (torch.rand(shape, generator=generator) - 0.5) / 0.25
+        mixing = torch.randn(images[0].numel(), 128, generator=generator, dtype=torch.float64)
+        z = (images.flatten(1).double() @ mixing).tanh().float()  # an embedding that depends on x̄
+        on_cpu = representation.cpu()(images)
+        on_device = representation.to(device)(images.to(device)).cpu()
+        representation.cpu()
+        phi_error = float((on_device - on_cpu).norm() / on_cpu.norm().clamp_min(1e-30))
+        reference = float(distance_correlation(z.double(), on_cpu.double()))
+        dcor_error = abs(float(distance_correlation(z.to(device), on_device.to(device))) - reference)
+        ok = phi_error <= NUMERICS_TOLERANCE and dcor_error <= NUMERICS_TOLERANCE
+        rows.append([key, f"{phi_error:.1e}", f"{reference:.4f}", f"{dcor_error:.1e}", "ok" if ok else "CHECK"])
+    return rows
 
 
 def summarise(label: str, full: dict, floor: dict, warmup: int) -> list:
@@ -173,6 +203,8 @@ def run(steps: int, warmup: int, out: Path | None, tiny: bool) -> str:
         full = fit_and_time(stl, common, tmp / "runs", "stl10", steps)
         floor = fit_and_time(stl, common + ["representations=[]"], tmp / "runs", "stl10_floor", steps)
         rows.append(summarise("STL10 (cached representations)", full, floor, warmup))
+        on = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        numerics = numerics_rows(full["module"], on, batch=8 if tiny else 64)
         write_imagenet(tmp / "imagenet", 24 if tiny else 2048)
         imagenet = str(ROOT / "configs" / "imagenet_self_supervised.yaml")
         common = extra + [f"dataset.path={tmp / 'imagenet'}", "dataset.n_classes=10", "dataset.val_fraction=0.05"]
@@ -194,10 +226,16 @@ def run(steps: int, warmup: int, out: Path | None, tiny: bool) -> str:
         ],
         rows,
     )
+    numerics_table = format_table(
+        ["representation", "φ: device vs CPU (rel. L2)", "dCor(z, φ), float64 CPU", "dCor: device − CPU (abs.)", ""],
+        numerics,
+    )
     text = (
         f"# GPU check, {datetime.date.today()}\n\n`python benchmarks/gpu_check.py --steps {steps}` on {device}, "
         f"torch {torch.__version__}; medians over steps {warmup + 1}-{steps}"
-        f"{' (TINY: sizes shrunk, numbers meaningless)' if tiny else ''}.\n\n{table}\n"
+        f"{' (TINY: sizes shrunk, numbers meaningless)' if tiny else ''}.\n\n{table}\n\n"
+        f"Numerics on the device (tolerance {NUMERICS_TOLERANCE:g}; CHECK: something runs below float32 there):\n\n"
+        f"{numerics_table}\n"
     )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """ImageNet-style file datasets: x̄ is torchvision's Resize(256) + CenterCrop(224), and x' is a random resized crop
 of the WHOLE image cut by the loader's workers (not of the decoded centre square)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +153,7 @@ def test_gpu_check_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     text = load_benchmark("gpu_check").run(steps=3, warmup=1, out=tmp_path, tiny=True)
     assert "| STL10 (cached representations)" in text and "| ImageNet (representations every step)" in text
     assert "TINY" in text and list(tmp_path.glob("gpu_check_*_tiny.md"))
+    numerics = text.split("Numerics on the device")[1]
+    for name in ("scatnet", "hog", "local_std"):  # the deterministic ones of the STL10 config, each within tolerance
+        assert re.search(rf"\| {name} +\|.*\| ok +\|", numerics), numerics
+    assert "CHECK" not in numerics.split("\n", 1)[1]

@@ -2,8 +2,9 @@
 differentiable torch loss terms.
 
 Shapes: ``x`` (B, p) and ``y`` (B, q) with any p, q; inputs with more dims are flattened from dim 1.
-Everything is computed in float32, or float64 when an input is float64, with autocast disabled,
-because the statistic is a ratio of sums over B² products that half precision cannot hold.
+Everything is computed in float32, or float64 when an input is float64, with autocast disabled and without
+TensorFloat-32 matrix products (:func:`mvmr.numerics.exact_float32`), because the statistic is a ratio of sums
+over B² products and the distances cancel (n_i + n_j − 2 G_ij), which half precision or TF32 cannot hold.
 
 Pairwise distances come from a Gram matrix accumulated over column chunks, so a (B, D) input with
 huge D (flattened images: D ~ 10⁵) costs O(B²) extra memory, never a (B, B, D) broadcast.
@@ -17,7 +18,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 
 from mvmr.errors import ConfigError
-from mvmr.numerics import autocast_disabled
+from mvmr.numerics import exact_float32
 
 # Auto chunk: about max(B², 4 Mi) elements per chunk of columns (16 MiB in float32 for B <= 2048).
 _MIN_CHUNK_ELEMENTS = 1 << 22
@@ -89,7 +90,7 @@ class _SquaredDistances(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, dtype: torch.dtype, chunk_size: int) -> torch.Tensor:
-        with autocast_disabled(x.device):
+        with exact_float32(x.device):
             batch = x.shape[0]
             gram = torch.zeros(batch, batch, dtype=dtype, device=x.device)
             for chunk in _centred_chunks(x, dtype, chunk_size):
@@ -104,7 +105,7 @@ class _SquaredDistances(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_sq_dist: torch.Tensor):
         (x,) = ctx.saved_tensors
-        with autocast_disabled(x.device):
+        with exact_float32(x.device):
             sym = grad_sq_dist.to(ctx.dtype)
             sym = sym + sym.T
             sym.fill_diagonal_(0)
@@ -148,7 +149,7 @@ def pairwise_distances(
     chunk_size = chunk_size or auto_chunk_size(x.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of columns, got {chunk_size}")
-    with autocast_disabled(x.device):
+    with exact_float32(x.device):
         return safe_sqrt(_SquaredDistances.apply(x, dtype, chunk_size))
 
 
@@ -188,7 +189,7 @@ def centred_distances(
     """
     if unbiased:
         check_unbiased_batch(x.shape[0])
-    with autocast_disabled(x.device):
+    with exact_float32(x.device):
         distances = pairwise_distances(x, chunk_size, dtype)
         return u_centre(distances) if unbiased else double_centre(distances)
 
@@ -197,7 +198,7 @@ def correlation_from_centred(a: torch.Tensor, b: torch.Tensor, unbiased: bool = 
     """dCor (V-statistic) or u_dCor² (``unbiased``) from two centred (B, B) matrices -> scalar."""
     if a.shape != b.shape:
         raise ValueError(f"distance correlation needs paired samples, got batch sizes {a.shape[0]} and {b.shape[0]}")
-    with autocast_disabled(a.device):
+    with exact_float32(a.device):
         # Normalisations (1/B² or 1/(B(B−3))) cancel in the ratio.
         cov_ab, var_a, var_b = (a * b).sum(), (a * a).sum(), (b * b).sum()
         dcor_sqr = safe_divide(cov_ab, safe_sqrt(var_a) * safe_sqrt(var_b))
@@ -215,7 +216,7 @@ def covariance_from_centred(a: torch.Tensor, b: torch.Tensor, unbiased: bool = F
     n = a.shape[0]
     if unbiased:
         check_unbiased_batch(n)
-    with autocast_disabled(a.device):
+    with exact_float32(a.device):
         return (a * b).sum() / (n * (n - 3) if unbiased else n * n)
 
 

@@ -14,7 +14,7 @@ from mvmr.losses.dcor import centred_distances, compute_dtype, correlation_from_
 from mvmr.losses.distributed import distributed_world_size, gather_with_grad
 from mvmr.losses.sketch import CountSketch, global_column_moments, sketch_seed
 from mvmr.losses.traffic import LossTraffic, gathered_bytes_per_step
-from mvmr.numerics import autocast_disabled
+from mvmr.numerics import exact_float32
 
 STD_EPS = 1e-4
 COLUMN_STD_FLOOR = 1e-6
@@ -79,7 +79,7 @@ class MVMRObjective(nn.Module):
     representations (minimising the dependence): w_k(1 − dCor) differs from |w_k|·dCor by a constant.
 
     Representations are constants (detached). All terms are computed in float32 (float64 inputs
-    stay float64) with autocast disabled.
+    stay float64) with autocast disabled and no TF32 products (:func:`mvmr.numerics.exact_float32`).
     """
 
     def __init__(
@@ -155,7 +155,7 @@ class MVMRObjective(nn.Module):
             representation_weights = self.representation_weights
         self._check_inputs(z_bar, z, representations, representation_weights)
         dtype = compute_dtype(z_bar, z)
-        with autocast_disabled(z.device):
+        with exact_float32(z.device):
             z_bar, z = z_bar.to(dtype), z.to(dtype)
             if self.normalize_z:
                 z_bar, z = F.normalize(z_bar, dim=1), F.normalize(z, dim=1)

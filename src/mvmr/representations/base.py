@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mvmr.errors import ConfigError
-from mvmr.numerics import autocast_disabled
+from mvmr.numerics import exact_float32
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,10 @@ class Representation(nn.Module):
 
     Subclasses declare ``name``, ``param_specs`` (name -> :class:`Param`), ``dim_formula`` (for the
     docs) and implement ``output_dim`` and ``compute``. Validated parameters become attributes
-    (``self.nbins``). ``forward`` checks the input shape, runs ``compute`` in float32 with autocast
-    disabled and without gradients, and flattens the result. Representations have no parameters and
-    only non-persistent buffers, so they add nothing to checkpoints; ``.to(device)`` moves the buffers.
+    (``self.nbins``). ``forward`` checks the input shape, runs ``compute`` in true float32 (autocast off,
+    no TF32 products: :func:`mvmr.numerics.exact_float32`) and without gradients, and flattens the result.
+    Representations have no parameters and only non-persistent buffers, so they add nothing to checkpoints;
+    ``.to(device)`` moves the buffers.
     """
 
     name: ClassVar[str] = ""
@@ -127,7 +128,7 @@ class Representation(nn.Module):
                 f"representation '{self.name}' expects (B, {', '.join(map(str, expected))}) images, "
                 f"got {tuple(x.shape)}"
             )
-        with torch.no_grad(), autocast_disabled(x.device):
+        with torch.no_grad(), exact_float32(x.device):
             out = self.compute(x.detach().float())
         return out.reshape(x.shape[0], -1).float()
 

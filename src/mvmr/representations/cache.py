@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from mvmr import messages
 from mvmr.errors import ConfigError, DataError, MVMRError
+from mvmr.numerics import exact_float32
 
 CACHE_FORMAT = 1
 FLOAT16_LIMIT = 6e4  # |x| above this is stored as float32 (float16 overflows at 65504)
@@ -165,14 +166,15 @@ class RandomProjection:
         if x.dim() != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"random projection expects (B, {self.in_dim}), got {tuple(x.shape)}")
         x = x.float()
-        if self.resident:
-            if self._matrix is None or self._matrix.device != x.device:
-                self._matrix = self.matrix(x.device)
-            return x @ self._matrix
-        out = torch.zeros(x.shape[0], self.out_dim, device=x.device)
-        for rows in self.block_rows():
-            out.addmm_(x[:, rows], self.block(rows).to(x.device))
-        return out
+        with exact_float32(x.device):  # the same projection on a GPU as on the CPU, not a TF32 one
+            if self.resident:
+                if self._matrix is None or self._matrix.device != x.device:
+                    self._matrix = self.matrix(x.device)
+                return x @ self._matrix
+            out = torch.zeros(x.shape[0], self.out_dim, device=x.device)
+            for rows in self.block_rows():
+                out.addmm_(x[:, rows], self.block(rows).to(x.device))
+            return out
 
 
 # --------------------------------------------------------------------------------------------
