@@ -36,6 +36,7 @@ from mvmr.hardware import resolve_precision
 from mvmr.losses import distance_correlation
 from mvmr.methods.callbacks import build_callbacks
 from mvmr.methods.pretrain import MVMRPretrainModule
+from mvmr.representations import build_representation
 from mvmr.tables import format_table
 from mvmr.training import RunDir, build_trainer, configure_runtime
 
@@ -121,6 +122,7 @@ def fit_and_time(config: str, overrides: list[str], run_dir: Path, name: str, st
             f"trainer.max_steps={steps}",
             "trainer.limit_val_batches=0",
             "trainer.progress_bar=false",
+            "trainer.devices=1",  # one GPU even on a multi-GPU host (the configs say auto: DDP over all of them)
             "accumulate_grad_batches=1",
             "resume=false",
         ],
@@ -151,13 +153,18 @@ def fit_and_time(config: str, overrides: list[str], run_dir: Path, name: str, st
 
 
 def numerics_rows(module: MVMRPretrainModule, device: torch.device, batch: int, seed: int = 0) -> list:
-    """Per representation of ``module``: the relative L2 difference of φ(x̄) computed on ``device`` (under the
-    training run's float32 settings) from φ(x̄) on the CPU, and |dCor(z, φ) on ``device`` − dCor in float64 on the
-    CPU|, for random normalised images x̄ and a random embedding z."""
+    """Per representation of ``module`` (and Gabor and DCT): the relative L2 difference of φ(x̄) computed on
+    ``device`` (under the training run's float32 settings) from φ(x̄) on the CPU, and |dCor(z, φ) on ``device`` −
+    dCor in float64 on the CPU|, for random normalised images x̄ and an embedding z that depends on them."""
     configure_runtime()  # what a training run sets, TF32 matrix products included
     generator = torch.Generator().manual_seed(seed)
     rows = []
-    for key, representation in module.representations.items():
+    some = next(r for r in module.representations.values() if r.deterministic)
+    others = {  # the convolution and matrix-product representations of the other configs
+        name: build_representation(name, None, in_channels=some.in_channels, image_size=some.image_size)
+        for name in ("gabor", "dct")
+    }
+    for key, representation in {**module.representations, **others}.items():
         if not representation.deterministic:  # a random copy (augmented_pixels): no two draws agree anyway
             continue
         shape = (batch, representation.in_channels, representation.image_size, representation.image_size)

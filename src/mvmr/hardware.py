@@ -37,11 +37,14 @@ def resolve_accelerator(requested: str) -> str:
 
 
 def resolve_precision(fp16: bool, accelerator: str) -> str:
-    """``fp16: true`` -> bf16-mixed where the hardware has bf16, 16-mixed on older GPUs; else 32-true."""
+    """``fp16: true`` -> bf16-mixed where the hardware has bf16, 16-mixed on older GPUs; else 32-true.
+
+    A GPU counts as having bf16 only natively (Ampere and later): torch's default also counts the emulation that
+    pre-Ampere GPUs (V100, T4) offer, which runs bf16 without tensor cores, far slower than their 16-mixed."""
     if not fp16:
         return "32-true"
     if accelerator == "gpu":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
     return "bf16-mixed" if cpu_supports_bf16() else "32-true"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import torch.distributed as dist
 
 
@@ -15,3 +17,20 @@ def distributed_world() -> tuple[int, int]:
 def distributed_world_size() -> int:
     """The number of processes of the initialised process group, else 1."""
     return distributed_world()[0]
+
+
+def wait_for_every_process(timeout_hours: float = 24.0) -> None:
+    """A barrier of every process that may wait for hours (no-op outside torch.distributed).
+
+    For waits on long CPU/IO work of one process (building the representation cache): the default process group's
+    barrier would hit its timeout (30 minutes under Lightning's DDP, after which NCCL aborts the run). This one
+    runs over a temporary gloo group with its own timeout; a process that dies closes its connections, so the
+    others fail at once instead of waiting out the timeout.
+    """
+    if distributed_world_size() == 1:
+        return
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=timeout_hours))
+    try:
+        dist.barrier(group=group)
+    finally:
+        dist.destroy_process_group(group)

@@ -25,6 +25,7 @@ def sched_cfg(**overrides):
         min_lr=None,
         lr=1e-4,
         accumulate_grad_batches=1,
+        gradient_clip_val=None,
     )
     return SimpleNamespace(**{**base, **overrides})
 
@@ -249,7 +250,10 @@ def test_semi_supervised_head_is_decayed_with_wd_norm_and_bias_and_counts_one_de
         cfg, DatasetInfo(3, 3, (0.5,) * 3, (0.2,) * 3), EncoderConfig(backbone="resnet18", width=8), 3
     )
     module.trainer = SimpleNamespace(
-        estimated_stepping_batches=40, max_epochs=4, datamodule=SimpleNamespace(num_labelled_train_samples=23)
+        estimated_stepping_batches=40,
+        max_epochs=4,
+        datamodule=SimpleNamespace(num_labelled_train_samples=23),
+        precision="32-true",
     )
     built = module.configure_optimizers()
     head = [g for g in built["optimizer"].param_groups if g["params"][0] is module.head.weight][0]

@@ -154,6 +154,12 @@ def test_gpu_check_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     assert "| STL10 (cached representations)" in text and "| ImageNet (representations every step)" in text
     assert "TINY" in text and list(tmp_path.glob("gpu_check_*_tiny.md"))
     numerics = text.split("Numerics on the device")[1]
-    for name in ("scatnet", "hog", "local_std"):  # the deterministic ones of the STL10 config, each within tolerance
+    for name in (
+        "scatnet",
+        "hog",
+        "local_std",
+        "gabor",
+        "dct",
+    ):  # the deterministic ones of the STL10 config, each within tolerance
         assert re.search(rf"\| {name} +\|.*\| ok +\|", numerics), numerics
     assert "CHECK" not in numerics.split("\n", 1)[1]

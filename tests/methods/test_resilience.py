@@ -266,3 +266,134 @@ def test_two_process_ddp_run_resumes_mid_epoch_with_the_same_result(tmp_path):
     assert torch.load(last, weights_only=False)["global_step"] == 9
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+class _FakeClock:
+    """Stands in for the ``time`` module in mvmr.methods.resilience: ``seconds_per_step`` per optimiser step."""
+
+    def __init__(self, seconds_per_step: float):
+        self.seconds_per_step, self.now = seconds_per_step, 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class _PeriodicRun:
+    """A fake trainer for :class:`PeriodicCheckpoint`: counts collectives (the strategy's object broadcast and
+    ``torch.distributed.broadcast``) and records the steps at which ``last`` is written."""
+
+    def __init__(self, world_size: int = 1, rank: int = 0, object_broadcast=None):
+        from types import SimpleNamespace
+
+        self.world_size, self.global_rank, self.global_step = world_size, rank, 0
+        self.collectives, self.saved_at = 0, []
+        self.object_broadcast = object_broadcast or (lambda obj, src: obj)
+        self.strategy = SimpleNamespace(broadcast=self._broadcast, root_device=torch.device("cpu"))
+
+    def _broadcast(self, obj, src=0):
+        self.collectives += 1
+        return self.object_broadcast(obj, src)
+
+    def save_checkpoint(self, path):
+        self.saved_at.append(self.global_step)
+
+    def train(self, callback, clock: _FakeClock, steps: int, accumulate: int = 1) -> None:
+        callback.on_train_start(self, None)
+        for batch_idx in range(steps * accumulate):
+            if batch_idx % accumulate == accumulate - 1:  # an optimiser step ends this micro-batch
+                self.global_step += 1
+                clock.now += clock.seconds_per_step
+            callback.on_train_batch_end(self, None, None, None, batch_idx)
+
+
+def _count_tensor_broadcasts(monkeypatch, run: _PeriodicRun) -> None:
+    def broadcast(tensor, src=0, **kwargs):
+        run.collectives += 1
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "broadcast", broadcast)
+
+
+def _expected_saves(every_n_steps: int, every_s: float, seconds_per_step: float, steps: int) -> list[int]:
+    """The steps at which one process writes ``last``: every ``every_n_steps`` steps, and at the first step whose
+    clock reads ``every_s`` seconds since the last save (of either kind)."""
+    saves, saved_at = [], 0.0
+    for step in range(1, steps + 1):
+        if step % every_n_steps == 0 or step * seconds_per_step - saved_at >= every_s:
+            saves.append(step)
+            saved_at = step * seconds_per_step
+    return saves
+
+
+@pytest.mark.parametrize("accumulate", [1, 4])
+def test_periodic_time_checkpoint_under_ddp_holds_a_collective_only_every_k_steps(monkeypatch, accumulate):
+    """1,000 optimiser steps of 1 s with a save every minute: rank 0's clock is read into a collective at most
+    once per ``time_check_every_n_steps`` steps (it was one object broadcast per batch), and each save comes
+    less than that many steps after the minute has passed."""
+    import mvmr.methods.resilience as resilience
+
+    clock = _FakeClock(seconds_per_step=1.0)
+    monkeypatch.setattr(resilience, "time", clock)
+    run = _PeriodicRun(world_size=2, rank=0)
+    _count_tensor_broadcasts(monkeypatch, run)
+    callback = resilience.PeriodicCheckpoint("last.ckpt", every_minutes=1.0)
+    k = callback.time_check_every_n_steps
+    run.train(callback, clock, steps=1000, accumulate=accumulate)
+    assert 0 < run.collectives <= -(-1000 // k) and k > 1
+    assert len(run.saved_at) >= 1000 // (60 + k - 1) and 0 not in run.saved_at
+    due = 60
+    for saved in run.saved_at:
+        assert due <= saved < due + k and saved % k == 0
+        due = saved + 60
+
+
+def test_periodic_time_checkpoint_in_one_process_holds_no_collective_and_is_never_late(monkeypatch):
+    import mvmr.methods.resilience as resilience
+
+    clock = _FakeClock(seconds_per_step=0.75)  # exact in binary: the fake clock adds it up without rounding
+    monkeypatch.setattr(resilience, "time", clock)
+    run = _PeriodicRun(world_size=1)
+    _count_tensor_broadcasts(monkeypatch, run)
+    callback = resilience.PeriodicCheckpoint("last.ckpt", every_n_steps=250, every_minutes=1.0)
+    run.train(callback, clock, steps=1000)
+    assert run.collectives == 0
+    assert run.saved_at == _expected_saves(250, 60.0, 0.75, 1000)
+    assert {80, 160, 250, 330} <= set(run.saved_at)
+
+
+def _periodic_worker(rank: int, port: int, out_dir: str) -> None:
+    """Rank 1's clock runs 1.7x as fast as rank 0's: the saves must still follow rank 0's, on both ranks."""
+    import torch.distributed as dist
+    from gloo import init_gloo, save_rank_results
+
+    import mvmr.methods.resilience as resilience
+
+    init_gloo(rank, port, 2, timeout_s=60)
+    try:
+        clock = _FakeClock(seconds_per_step=1.0 if rank == 0 else 1.7)
+        resilience.time = clock
+
+        def object_broadcast(obj, src):
+            box = [obj]
+            dist.broadcast_object_list(box, src)
+            return box[0]
+
+        run = _PeriodicRun(world_size=2, rank=rank, object_broadcast=object_broadcast)
+        callback = resilience.PeriodicCheckpoint("last.ckpt", every_n_steps=130, every_minutes=1.0)
+        run.train(callback, clock, steps=300, accumulate=2)
+        save_rank_results(out_dir, rank, {"saved_at": run.saved_at, "k": callback.time_check_every_n_steps})
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_write_the_timed_checkpoint_at_the_same_step_as_rank_zeros_clock_says(tmp_path):
+    from gloo import run_gloo
+
+    rank0, rank1 = run_gloo(_periodic_worker, 2, tmp_path)
+    assert rank0["saved_at"] == rank1["saved_at"]
+    k, due = rank0["k"], 60
+    timed = [saved for saved in rank0["saved_at"] if saved % 130 != 0]
+    assert {130, 260} <= set(rank0["saved_at"]) and len(timed) >= 2  # by rank 1's clock: 36 steps, not 60
+    for saved in rank0["saved_at"]:
+        assert saved % 130 == 0 or due <= saved < due + k
+        due = saved + 60

@@ -342,6 +342,7 @@ def test_built_optimiser_is_fused_on_cpu_and_follows_the_float64_formula(name):
         min_lr=None,
         lr=0.01,
         accumulate_grad_batches=1,
+        gradient_clip_val=None,
     )
     opt = build_optimizer(cfg, [{"params": [p], "weight_decay": 0.05}], 0.01, 100, 10)["optimizer"]
     assert opt.defaults["fused"] is True and all(group["fused"] for group in opt.param_groups)
@@ -352,6 +353,37 @@ def test_built_optimiser_is_fused_on_cpu_and_follows_the_float64_formula(name):
         opt.step()
         w = _reference_step(name, w, g, state, 0.01, 0.05, 0.9, t)
     assert torch.allclose(p.detach().double(), w, atol=1e-6), (p.detach().double() - w).abs().max()
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "32-true"])
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_no_fused_optimiser_where_lightning_must_unscale_before_clipping(precision, clip):
+    """Under 16-mixed Lightning unscales the gradients before clipping them and refuses an optimiser that unscales
+    inside its own step (a fused one) at the first step; everywhere else the fused kernels stay."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.plugins.precision.amp import _optimizer_handles_unscaling
+
+    from mvmr.methods.optim import build_optimizer
+
+    cfg = SimpleNamespace(
+        optimizer="adamw",
+        wd=0.05,
+        momentum=0.9,
+        warmup_epochs=0,
+        milestones=[],
+        scheduler="multistep",
+        schedule_epoch="run",
+        epochs=10,
+        min_lr=None,
+        lr=0.01,
+        accumulate_grad_batches=1,
+        gradient_clip_val=clip,
+    )
+    params = [{"params": [torch.nn.Parameter(torch.zeros(3))]}]
+    opt = build_optimizer(cfg, params, 0.01, 100, 10, precision=precision)["optimizer"]
+    refused_by_lightning = clip is not None and precision == "16-mixed"
+    assert _optimizer_handles_unscaling(opt) is not refused_by_lightning
 
 
 def test_fused_kernels_only_where_the_device_has_them():

@@ -7,13 +7,17 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from mvmr.parallel import wait_for_every_process
 from mvmr.representations.cache import RepresentationCache
 
 
 class RepresentationCacheCallback(pl.Callback):
-    """Before training, compute every deterministic φ_k(x̄) of the pretraining set once (rank 0 first,
-    the other ranks then reuse the files) and hand the cache to the module.
+    """Before training, compute every deterministic φ_k(x̄) of the pretraining set once, on the training device,
+    and hand the cache to the module.
 
+    Under DDP global rank 0 builds first; then the first process of every other node (which finds rank 0's files
+    when cache.dir is shared, and builds its own when it is node-local); then the other processes reuse the
+    files. The waits go through :func:`mvmr.parallel.wait_for_every_process`, which allows a build of hours.
     A cache that would exceed the free space of cache.dir or cache.max_gb is refused (one-line ConfigError,
     nothing computed), on every rank under DDP."""
 
@@ -46,14 +50,16 @@ class RepresentationCacheCallback(pl.Callback):
             return
         dtype = torch.float16 if self.cfg.cache.dtype == "float16" else torch.float32
         loader = self.datamodule.pretrain_dataloader(shuffle=False, drop_last=False)
+        # Lightning calls setup before it moves the module to the GPU: pl_module.device is still the CPU here
+        device = trainer.strategy.root_device
 
         common = dict(
             representations=dict(pl_module.representations),
             loader=loader,
-            eval_view=pl_module.eval_view.to(pl_module.device),
+            eval_view=pl_module.eval_view.to(device),
             root=self.root,
             fingerprint=self.fingerprint(pl_module),
-            device=pl_module.device,
+            device=device,
             dtype=dtype,
             max_dim=self.cfg.cache.max_dim,
             seed=self.cfg.seed,
@@ -67,11 +73,12 @@ class RepresentationCacheCallback(pl.Callback):
 
         if trainer.world_size > 1:  # a refusal must stop every rank, not leave the others waiting at the barrier
             RepresentationCache.check_fits(**common)
-        cache = build() if trainer.is_global_zero else None
-        trainer.strategy.barrier("representation-cache")
-        if cache is None:
-            cache = build()
-        pl_module.representation_cache = cache
+        cache = None
+        for builds_in_this_turn in (trainer.is_global_zero, trainer.local_rank == 0):
+            if builds_in_this_turn and cache is None:
+                cache = build()
+            wait_for_every_process()
+        pl_module.representation_cache = cache if cache is not None else build()
 
 
 def build_callbacks(cfg, module, datamodule, run) -> list[pl.Callback]:

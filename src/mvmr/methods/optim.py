@@ -223,13 +223,22 @@ def schedule_lengths(
 
 
 def build_optimizer(
-    cfg, groups: list[dict], lr: float, total_steps: int, steps_per_epoch: int, loader_batches: int | None = None
+    cfg,
+    groups: list[dict],
+    lr: float,
+    total_steps: int,
+    steps_per_epoch: int,
+    loader_batches: int | None = None,
+    precision: str | None = None,
 ):
     """Optimiser + per-step LambdaLR scheduler dict for Lightning, from the shared config keys. Uses torch's fused
-    kernels where the parameters' device has them (Lightning moves the module before calling this). Parameter
-    groups marked ``constant_lr`` keep their rate (the authors' probe has its own unscheduled optimiser)."""
+    kernels where the parameters' device has them (Lightning moves the module before calling this), except under
+    16-mixed with ``gradient_clip_val``: a fused optimiser unscales the gradients inside its step, after Lightning
+    would clip them, so Lightning refuses that pair at the first step. Parameter groups marked ``constant_lr``
+    keep their rate (the authors' probe has its own unscheduled optimiser). ``precision``: the trainer's."""
+    clips_scaled_gradients = bool(cfg.gradient_clip_val) and precision == "16-mixed"
     opt = OPTIMIZERS.get(cfg.optimizer, key="optimizer")(
-        groups, lr, cfg.wd, cfg.momentum, fused=fused_supported(groups)
+        groups, lr, cfg.wd, cfg.momentum, fused=fused_supported(groups) and not clips_scaled_gradients
     )
     lengths = schedule_lengths(cfg, total_steps, steps_per_epoch, loader_batches, lr)
     fn = SCHEDULES.get(cfg.scheduler, key="scheduler")(lengths)

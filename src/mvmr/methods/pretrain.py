@@ -315,7 +315,9 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         images = getattr(datamodule, "num_pretrain_samples", None)
         loader_batches = images // self.cfg.batch_size if images else None
-        return build_optimizer(self.cfg, groups, self.lr, total, steps_per_epoch, loader_batches)
+        return build_optimizer(
+            self.cfg, groups, self.lr, total, steps_per_epoch, loader_batches, precision=self.trainer.precision
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -134,27 +134,55 @@ class SaveOnInterrupt(pl.Callback):
 
 class PeriodicCheckpoint(pl.Callback):
     """Write ``last`` every ``every_n_steps`` optimiser steps and/or every ``every_minutes`` of training, so a
-    ``kill -9`` or a lost node costs at most that much (0 turns a trigger off). The time trigger is decided on
-    rank 0 and broadcast, so every DDP rank saves at the same step."""
+    ``kill -9`` or a lost node costs at most that much (0 turns a trigger off). Each optimiser step is considered
+    once, right after it (not again on the micro-batches of gradient accumulation).
+
+    Under DDP every rank must save at the same step, and rank 0's clock decides: the ranks ask rank 0 only on steps
+    that are multiples of ``time_check_every_n_steps`` (one broadcast of a one-element tensor), not on every step,
+    so a timed save comes at most ``time_check_every_n_steps - 1`` optimiser steps after rank 0's clock says it is
+    due. A single process reads its clock every step and holds no collective."""
+
+    time_check_every_n_steps = 16
 
     def __init__(self, last_path: Path, every_n_steps: int = 0, every_minutes: float = 0.0):
         self.last_path, self.every_n_steps, self.every_minutes = Path(last_path), every_n_steps, every_minutes
-        self._saved_at_step, self._saved_at_time = -1, time.monotonic()
+        self._saved_at_time, self._considered_step = time.monotonic(), -1
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._saved_at_time = time.monotonic()
+        self._considered_step = trainer.global_step  # the first step of this run (or of the resumed one) is next
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step == self._saved_at_step:  # gradient accumulation: no new optimiser step yet
+        if step == self._considered_step:  # gradient accumulation: no new optimiser step yet
             return
+        self._considered_step = step
         due = self.every_n_steps > 0 and step % self.every_n_steps == 0
-        if self.every_minutes > 0:
-            late = time.monotonic() - self._saved_at_time >= 60 * self.every_minutes
-            due = bool(trainer.strategy.broadcast(late or due, src=0))
+        if not due and self.every_minutes > 0:
+            due = self._time_is_up(trainer, step)
         if due:
             trainer.save_checkpoint(self.last_path)
-            self._saved_at_step, self._saved_at_time = step, time.monotonic()
+            self._saved_at_time = time.monotonic()
+
+    def _time_is_up(self, trainer, step: int) -> bool:
+        """Whether ``every_minutes`` have passed since the last save, by rank 0's clock on every rank. Every rank
+        sees the same ``global_step``, so every rank enters the broadcast at the same step."""
+        late = time.monotonic() - self._saved_at_time >= 60 * self.every_minutes
+        if trainer.world_size == 1:
+            return late
+        if step % self.time_check_every_n_steps != 0:
+            return False
+        return _rank_zero_flag(trainer, late)
+
+
+def _rank_zero_flag(trainer, flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank: a one-element tensor broadcast on the strategy's device (the rank's GPU
+    under NCCL, the CPU under gloo on CPUs); the strategy's object broadcast outside torch.distributed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return bool(trainer.strategy.broadcast(flag, src=0))
+    tensor = torch.tensor([int(flag)], dtype=torch.int32, device=trainer.strategy.root_device)
+    torch.distributed.broadcast(tensor, src=0)
+    return bool(tensor.item())
 
 
 class MidEpochResume(pl.Callback):

@@ -126,4 +126,6 @@ class SemiSupervisedModule(TopKEvaluation, pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         labelled = getattr(datamodule, "num_labelled_train_samples", None)
         loader_batches = labelled // self.cfg.batch_size if labelled else None
-        return build_optimizer(self.cfg, groups, self.lr, total, steps_per_epoch, loader_batches)
+        return build_optimizer(
+            self.cfg, groups, self.lr, total, steps_per_epoch, loader_batches, precision=self.trainer.precision
+        )

@@ -28,7 +28,7 @@ it inside the training step.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,6 +41,10 @@ from scipy.fft import fft2
 from torch import nn
 
 SEPARABLE_TOLERANCE = 1e-6  # max |φ − r cᵀ| / max |φ| below which a φ level is applied as two 1-D maps
+# Bytes of the largest complex intermediate per chunk of planes: on the CPU small enough to stay in cache; on a GPU
+# large, because each chunk launches a few hundred kernels (at 224 px the CPU size would mean one plane per chunk).
+CHUNK_BYTES = {"cpu": 10 << 20}
+ACCELERATOR_CHUNK_BYTES = 1 << 30
 
 
 def scattering_channels(J: int, L: int, max_order: int) -> int:
@@ -116,7 +120,8 @@ class Scattering2D(nn.Module):
     ``ScatteringTorch2D(J, (M, N), L, max_order)``: S0, then the J·L first-order paths (j1, θ1), then the
     second-order paths (j1, θ1, j2 > j1, θ2) in kymatio's order. Filters are non-persistent buffers.
 
-    ``chunk_bytes``: planes per chunk chosen so that the largest complex intermediate holds about this many bytes.
+    ``chunk_bytes``: planes per chunk chosen so that the largest complex intermediate holds about this many bytes
+    (None: ``CHUNK_BYTES`` for the input's device type, else ``ACCELERATOR_CHUNK_BYTES``).
     ``subsample_second_order`` (an approximation, off by default): each second-order modulus
     |(|x ⋆ ψ_{j1}| ⋆ ψ_{j2})↓2^J| is taken at the output resolution 2^J instead of 2^j2 and low-passed there by φ_J
     periodised to that resolution (kymatio's ``periodize_filter_fft`` at resolution J), instead of low-passed at
@@ -133,7 +138,7 @@ class Scattering2D(nn.Module):
         shape: Tuple[int, int],
         L: int = 8,
         max_order: int = 2,
-        chunk_bytes: int = 10 << 20,
+        chunk_bytes: Optional[int] = None,
         subsample_second_order: bool = False,
     ):
         super().__init__()
@@ -219,15 +224,20 @@ class Scattering2D(nn.Module):
         return torch.fft.ifft2(folded).real[..., 1:-1, 1:-1]
 
     # ------------------------------------------------------------------ forward
+    def planes_per_chunk(self, device: torch.device) -> int:
+        """How many (M, N) planes go through together on ``device`` (see ``chunk_bytes``)."""
+        budget = self.chunk_bytes or CHUNK_BYTES.get(device.type, ACCELERATOR_CHUNK_BYTES)
+        area = self.padded[0] * self.padded[1]
+        per_plane = 8 * max(self.L * area, self.L * self.L * area // 4 if self.max_order == 2 else 0)
+        return max(1, budget // per_plane)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.shape:
             raise ValueError(f"scattering expects (..., {self.shape[0]}, {self.shape[1]}) inputs, got {tuple(x.shape)}")
         planes = x.reshape(-1, *self.shape)
         side = (self.padded[0] // 2**self.J - 2, self.padded[1] // 2**self.J - 2)
         out = x.new_empty(planes.shape[0], self.output_channels(), *side)
-        area = self.padded[0] * self.padded[1]
-        per_plane = 8 * max(self.L * area, self.L * self.L * area // 4 if self.max_order == 2 else 0)
-        step = max(1, self.chunk_bytes // per_plane)
+        step = self.planes_per_chunk(x.device)
         for start in range(0, planes.shape[0], step):
             self._chunk(planes[start : start + step], out[start : start + step])
         return out.reshape(*x.shape[:-2], *out.shape[1:])
