@@ -84,17 +84,43 @@ class RunDir:
     def for_config(cls, cfg: Any, config_path: str | None, default_name: str) -> "RunDir":
         """``<run_dir>/<name>``: name from the config, else the config file's stem (+ comment).
 
-        With ``resume: false`` and an existing run of that name, a new timestamped folder is used,
-        so nothing earlier is overwritten.
+        With ``resume: false`` and an existing run of that name, a new folder is used, so nothing earlier is
+        overwritten: ``<name>-<suffix>``, the suffix being the launcher's job id where there is one (torchrun's
+        run id, SLURM's job id), else the time. Every DDP process must agree on it: the processes Lightning
+        starts for the other GPUs inherit the first one's choice (``MVMR_RUN_PATH``) instead of choosing again
+        seconds later.
         """
+        inherited = os.environ.get(RUN_PATH_ENV)
+        if inherited and _local_rank() > 0:  # a process Lightning started for another GPU of this run
+            return cls(Path(inherited))
         name = cfg.name or (Path(config_path).stem if config_path else default_name)
         if cfg.comment and not cfg.name:
             name = f"{name}_{re.sub(r'[^A-Za-z0-9_.-]+', '-', cfg.comment)}"
         path = Path(cfg.run_dir) / name
         if not cfg.resume and (path / "checkpoints").exists():
-            path = path.with_name(f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+            path = path.with_name(f"{name}-{_launch_suffix()}")
         path.mkdir(parents=True, exist_ok=True)
+        os.environ[RUN_PATH_ENV] = str(path)
         return cls(path)
+
+
+RUN_PATH_ENV = "MVMR_RUN_PATH"  # the run folder the first process chose, for the processes it starts
+
+
+def _local_rank() -> int:
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def _launch_suffix() -> str:
+    """The same on every process of one launch: torchrun's run id or SLURM's job id, else the current time."""
+    for key in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+        value = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.environ.get(key, "")).strip("-")
+        if value and value != "none":
+            return value
+    return f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
 
 def resume_checkpoint(cfg: Any, run: RunDir, explicit: str | None) -> str | None:

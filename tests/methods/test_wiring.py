@@ -140,3 +140,45 @@ def test_scatnet_on_inputs_with_a_known_transform():
     torch.testing.assert_close(b[:, 0], 3 * a[:, 0] - 0.2, atol=1e-4, rtol=1e-4)  # S0 linear
     shifted = scatnet.scattering(x + 0.5)[:, 0]
     torch.testing.assert_close(shifted[:, 1:9], a[:, 1:9], atol=2e-3, rtol=0)  # |x * ψ| ignores a constant
+
+
+def test_probe_gets_a_zero_gradient_from_a_batch_without_labels_and_the_mean_otherwise():
+    """DDP (find_unused_parameters=False) stops at the next step when a parameter got no gradient: a batch of only
+    unlabelled images (probe.source=batch on a partly unlabelled set) must still reach the probe's weights."""
+    module = tiny_module(["probe.enabled=true"])
+    h = torch.randn(6, module.feature_dim)
+    loss, logged = module._probe_step(h, torch.full((6,), -1))
+    loss.backward()
+    assert logged == {} and float(loss) == 0.0
+    assert module.probe.weight.grad is not None and torch.count_nonzero(module.probe.weight.grad) == 0
+    labels = torch.tensor([3, -1, 0, -1, 7, 1])
+    loss, logged = module._probe_step(h, labels)
+    kept = labels >= 0
+    expected = torch.nn.functional.cross_entropy(module.probe(h[kept]), labels[kept])
+    assert torch.allclose(loss, expected) and "train/probe_top1" in logged
+
+
+def _nan_on_rank_one(rank: int, port: int, out_dir: str) -> None:
+    from gloo import init_gloo, save_rank_results
+
+    from mvmr.methods.pretrain import NonFiniteLossError
+
+    init_gloo(rank, port, 2)
+    module = tiny_module()
+    loss = torch.tensor(float("nan") if rank == 1 else 1.0)
+    try:
+        module._check_finite(loss, {"loss": loss})
+        outcome = "went on"
+    except NonFiniteLossError as err:
+        outcome = str(err)
+    save_rank_results(out_dir, rank, outcome)
+    torch.distributed.destroy_process_group()
+
+
+def test_a_nan_on_one_ddp_process_stops_every_process(tmp_path):
+    """Alone, the process with the NaN would stop and leave the other waiting in the gradient all-reduce."""
+    from gloo import run_gloo
+
+    rank0, rank1 = run_gloo(_nan_on_rank_one, 2, tmp_path, timeout_s=120)
+    assert rank0.startswith("the loss became non-finite on another process")
+    assert "loss term 'loss' became nan" in rank1

@@ -31,6 +31,7 @@ from mvmr.methods.optim import build_optimizer, param_groups
 from mvmr.methods.topk import TopKEvaluation, topk_correct
 from mvmr.models import backbone_from_config, build_projector, parse_widths, use_channels_last
 from mvmr.models.ema import ema_decay_at, make_ema_copy, update_ema
+from mvmr.parallel import distributed_world_size
 from mvmr.representations import build_representation
 from mvmr.representations.terms import TermSpec, resolve_terms
 
@@ -272,17 +273,32 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         return self._probe_step(h, labels.to(self.device, non_blocking=True))
 
     def _probe_step(self, h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy of the probe over the labelled rows (label >= 0). Every row goes through the probe and the
+        unlabelled ones are weighted 0, so a batch without any label (probe.source=batch on a partly unlabelled
+        set) still gives the probe a (zero) gradient: DDP expects one for every parameter at every step."""
         labelled = labels >= 0
+        logits = self.probe(h.float())
+        per_row = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+        loss = (per_row * labelled).sum() / labelled.sum().clamp_min(1)
         if not labelled.any():
-            return h.new_zeros(()), {}
-        logits = self.probe(h[labelled].float())
-        y = labels[labelled]
-        loss = F.cross_entropy(logits, y)
-        acc = topk_correct(logits, y, 1).float() / y.numel()
+            return loss, {}
+        acc = topk_correct(logits[labelled], labels[labelled], 1).float() / labelled.sum()
         return loss, {"train/probe_loss": loss.detach(), "train/probe_top1": acc}
 
     def _check_finite(self, loss: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> None:
-        if torch.isfinite(loss):
+        """Stop before a non-finite loss reaches the weights. Under DDP every process decides together (one
+        all-reduce of a flag): a process that stopped alone would leave the others waiting in the gradient
+        all-reduce until the collective timeout."""
+        finite = torch.isfinite(loss)
+        if distributed_world_size() > 1:
+            everywhere = finite.to(torch.int32)
+            torch.distributed.all_reduce(everywhere, op=torch.distributed.ReduceOp.MIN)
+            if not bool(everywhere) and bool(finite):
+                raise NonFiniteLossError(
+                    f"the loss became non-finite on another process at step {self.global_step} "
+                    f"(epoch {self.current_epoch}); every process stops; the last good checkpoint is kept"
+                )
+        if bool(finite):
             return
         bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v)] or ["loss"]
         raise NonFiniteLossError(
