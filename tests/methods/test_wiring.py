@@ -182,3 +182,16 @@ def test_a_nan_on_one_ddp_process_stops_every_process(tmp_path):
     rank0, rank1 = run_gloo(_nan_on_rank_one, 2, tmp_path, timeout_s=120)
     assert rank0.startswith("the loss became non-finite on another process")
     assert "loss term 'loss' became nan" in rank1
+
+
+def test_the_sample_index_stays_on_the_cpu_when_a_training_batch_moves_to_the_device():
+    """The cache reads its memory map with it; moving it to a GPU and back would wait for the queued kernels."""
+    from types import SimpleNamespace
+
+    module = tiny_module()
+    batch = [torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.tensor([1, 2]), torch.tensor([5, 9])]
+    module._trainer = SimpleNamespace(training=True)
+    images, labels, index = module.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert images.device.type == labels.device.type == "meta" and index.device.type == "cpu"
+    module._trainer = SimpleNamespace(training=False)  # validation: everything moves, as Lightning does
+    assert module.transfer_batch_to_device(batch, torch.device("meta"), 0)[2].device.type == "meta"

@@ -204,6 +204,16 @@ class MVMRPretrainModule(TopKEvaluation, pl.LightningModule):
         width = parse_widths(self.cfg.encoder.out_dim)[-1]
         return self.objective.traffic(world_size, self.cfg.batch_size, width, dims, dtypes)
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Training batches (images, labels, index[, crops]) go to ``device`` except the sample index, which stays
+        on the CPU where the cache's memory map is read: an index on the GPU would have to come back first, a
+        copy that waits for every kernel queued so far (the previous step's backward) on every step."""
+        moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        training = self._trainer is not None and self.trainer.training
+        if training and isinstance(batch, (list, tuple)) and len(batch) >= 3 and isinstance(batch[2], torch.Tensor):
+            moved = type(moved)([*moved[:2], batch[2], *moved[3:]])
+        return moved
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels, index = batch[:3]
         copies = self._augmented_copy_keys()
