@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mvmr.data.views.geometric import first_fitting_sizes, random_offsets
+from mvmr.data.views.tensors import to_device
 from mvmr.errors import ConfigError
 
 ERASE_SCALE = (0.02, 0.33)  # torchvision's defaults: area fraction and aspect range of the rectangle
@@ -41,14 +42,14 @@ def erase_boxes(images: torch.Tensor, boxes: torch.Tensor, erase: torch.Tensor, 
     """images (B, C, H, W); boxes (B, 4) as above; erase (B,) bool; fill (C,) -> the images with each erased
     sample's box set to ``fill`` (one value per channel)."""
     height, width = images.shape[-2:]
-    boxes = boxes.to(images.device)
+    boxes, erase, fill = to_device(images.device, boxes, erase, fill)
     rows = torch.arange(height, device=images.device, dtype=boxes.dtype)
     cols = torch.arange(width, device=images.device, dtype=boxes.dtype)
     top, left, box_h, box_w = (boxes[:, i, None] for i in range(4))
     in_rows = (rows >= top) & (rows < top + box_h)  # (B, H)
     in_cols = (cols >= left) & (cols < left + box_w)  # (B, W)
-    mask = (in_rows[:, :, None] & in_cols[:, None, :]) & erase.to(images.device)[:, None, None]
-    return torch.where(mask[:, None], fill.to(images.device, images.dtype).view(1, -1, 1, 1), images)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :]) & erase[:, None, None]
+    return torch.where(mask[:, None], fill.to(images.dtype).view(1, -1, 1, 1), images)
 
 
 class RandomErasing(nn.Module):

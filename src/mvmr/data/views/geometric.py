@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvmr.data.views.resample import INTERPOLATIONS, resample_boxes, resize_center_crop
+from mvmr.data.views.tensors import to_device
 from mvmr.errors import ConfigError
 
 CROP_ATTEMPTS = 10
@@ -147,9 +148,8 @@ class PaddedCropFlip(nn.Module):
         left = torch.randint(0, 2 * pad + 1, (batch,))
         flip = torch.rand(batch) < self.p_flip
         span = torch.arange(self.size)
-        rows = (top[:, None] + span).to(device)
         cols = left[:, None] + span
-        cols = torch.where(flip[:, None], cols.flip(1), cols).to(device)
+        rows, cols = to_device(device, top[:, None] + span, torch.where(flip[:, None], cols.flip(1), cols))
         padded = F.pad(resized, (pad, pad, pad, pad)) if pad else resized
         picked = padded[torch.arange(batch, device=device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
         return picked.permute(0, 3, 1, 2).contiguous()  # advanced indexing put channels last

@@ -17,6 +17,7 @@ from kornia.augmentation.auto.rand_augment.rand_augment import default_policy as
 from torch import nn
 
 from mvmr.compiled import CompiledOrEager
+from mvmr.data.views.tensors import to_device
 from mvmr.errors import ConfigError
 
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue at strength 1
@@ -171,10 +172,11 @@ class ColourJitter(nn.Module):
         formulas by default)."""
         if isinstance(order, torch.Tensor):
             return ColourJitter._apply_per_sample_order(images, gate, factors, order, steps)
+        gate, *moved = to_device(images.device, gate, *(factors[name] for name in order))
         out = images
-        for name in order:
-            out = steps[name](out, factors[name].to(images.device, images.dtype))
-        return torch.where(gate.to(images.device).view(-1, 1, 1, 1), out, images)
+        for name, factor in zip(order, moved):  # copy=True: a compiled step takes its factor at offset 0, see to_device
+            out = steps[name](out, factor.to(images.dtype, copy=True))
+        return torch.where(gate.view(-1, 1, 1, 1), out, images)
 
     @staticmethod
     def _apply_per_sample_order(
@@ -185,18 +187,26 @@ class ColourJitter(nn.Module):
         steps: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
     ) -> torch.Tensor:
         """``apply`` with a (B, 4) order: at each position every step runs once, on the gated samples that have it
-        there (at most 16 calls on parts of the batch, about the work of 4 calls on the gated samples)."""
+        there (at most 16 calls on parts of the batch, about the work of 4 calls on the gated samples). Which samples
+        each call takes, and their factors, are worked out on the CPU first and reach the device in one copy."""
+        calls = [  # (step name, its samples) in the order they run
+            (name, (gate & (order[:, position] == index)).nonzero()[:, 0])
+            for position in range(order.shape[1])
+            for index, name in enumerate(JITTER_ORDER)
+            if name in factors
+        ]
         out = images.clone()
-        for position in range(order.shape[1]):
-            for index, name in enumerate(JITTER_ORDER):
-                if name not in factors:
-                    continue
-                members = (gate & (order[:, position] == index)).nonzero()[:, 0]
-                if len(members) == 0:
-                    continue
-                factor = factors[name][members].to(images.device, images.dtype)
-                members = members.to(images.device)
-                out.index_copy_(0, members, steps[name](out.index_select(0, members), factor))
+        if not calls:
+            return out
+        sizes = [len(members) for _, members in calls]
+        members, factor = to_device(
+            images.device,
+            torch.cat([members for _, members in calls]),
+            torch.cat([factors[name][members] for name, members in calls]),
+        )
+        for (name, _), rows, values in zip(calls, members.split(sizes), factor.split(sizes)):
+            if len(rows):  # copy=True: a compiled step takes its factors at offset 0, see to_device
+                out.index_copy_(0, rows, steps[name](out.index_select(0, rows), values.to(images.dtype, copy=True)))
         return out
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -235,7 +245,7 @@ class RandomGrayscale(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] != 3:
             raise ValueError(f"grayscale needs RGB images (B, 3, H, W); got {tuple(images.shape)}")
-        gate = (torch.rand(images.shape[0]) < self.p).to(images.device).view(-1, 1, 1, 1)
+        gate = to_device(images.device, torch.rand(images.shape[0]) < self.p)[0].view(-1, 1, 1, 1)
         return (to_grey_compiled if self.compiled else _to_grey)(images, gate)
 
 
@@ -271,12 +281,13 @@ class GaussianBlur(nn.Module):
     def apply(self, images: torch.Tensor, gate: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Blur the gated samples of ``images`` with their ``sigma``; the others are returned untouched. A 1-tap
         kernel is the identity (its one normalised tap is 1): ``images`` come back as they are."""
-        members = gate.nonzero()[:, 0].to(images.device)
+        members = gate.nonzero()[:, 0]
         if len(members) == 0 or self.kernel == 1:
             return images
+        members, sigma = to_device(images.device, members, sigma[members])
         picked = images.index_select(0, members)
         batch, channels, height, width = picked.shape
-        taps = gaussian_kernels(sigma.to(images.device, images.dtype)[members], self.kernel)
+        taps = gaussian_kernels(sigma.to(images.dtype), self.kernel)
         taps = taps.repeat_interleave(channels, 0)  # (B * C, kernel): one filter per channel of each sample
         half = self.kernel // 2
         flat = F.pad(picked.reshape(1, batch * channels, height, width), (half, half, half, half), mode="reflect")
@@ -301,7 +312,7 @@ class Solarize(nn.Module):
         return f"p={self.p}, threshold={self.threshold}, compiled={self.compiled}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        gate = (torch.rand(images.shape[0]) < self.p).to(images.device).view(-1, 1, 1, 1)
+        gate = to_device(images.device, torch.rand(images.shape[0]) < self.p)[0].view(-1, 1, 1, 1)
         return (solarize_compiled if self.compiled else _solarize)(images, gate, self.threshold)
 
 
@@ -373,13 +384,16 @@ class PerSampleChoice(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         choice = self.draw(images.shape[0])
+        calls = [  # (branch, its samples) in the order they run
+            (branch, (choice[:, step] == index).nonzero()[:, 0])
+            for step in range(self.picks)
+            for index, branch in enumerate(self.branches)
+        ]
+        samples = to_device(images.device, torch.cat([members for _, members in calls]))[0]  # one copy for all
         out = images.clone()
-        for step in range(self.picks):
-            for index, branch in enumerate(self.branches):
-                members = (choice[:, step] == index).nonzero()[:, 0]
-                if len(members):
-                    members = members.to(images.device)
-                    out[members] = branch(out[members])
+        for (branch, _), rows in zip(calls, samples.split([len(members) for _, members in calls])):
+            if len(rows):
+                out[rows] = branch(out[rows])
         return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mvmr.data.views.tensors import to_device
 from mvmr.errors import ConfigError
 
 
@@ -88,8 +89,9 @@ def resample_boxes(
     below uint8 quantisation.)
     """
     height, width = images.shape[-2:]
-    boxes = boxes.to(device=images.device, dtype=images.dtype)
+    boxes, flip = to_device(images.device, boxes, flip)
+    boxes = boxes.to(images.dtype)
     rows = axis_weights(boxes[:, 0], boxes[:, 2], size, height, interpolation)
     cols = axis_weights(boxes[:, 1], boxes[:, 3], size, width, interpolation)
-    cols = torch.where(flip.to(images.device)[:, None, None], cols.flip(1), cols)
+    cols = torch.where(flip[:, None, None], cols.flip(1), cols)
     return rows[:, None] @ images @ cols[:, None].transpose(-1, -2)

@@ -1,4 +1,5 @@
-"""Input checks, uint8 -> [0, 1] conversion and normalisation shared by every view."""
+"""Input checks, uint8 -> [0, 1] conversion, normalisation and the transfer of drawn parameters shared by every
+view."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 from mvmr.errors import ConfigError, DataError
 
 SUPPORTED_CHANNELS = (1, 3)
+PACK_ALIGN = 16  # bytes: where each tensor of a packed transfer starts (any dtype's alignment, compiled kernels')
 
 
 def check_normalisation(mean: Sequence[float], std: Sequence[float], channels: int | None = None) -> int:
@@ -67,6 +69,34 @@ class Normalize(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean.to(images)) / self.std.to(images)
+
+
+def to_device(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` (a view's parameters, drawn on the CPU) on ``device``, values, dtypes and shapes unchanged. The CPU
+    ones travel in ONE non-blocking copy of their bytes packed together (a blocking copy from pageable memory
+    synchronises the CUDA stream: the CPU would wait for the GPU once per op and step); others are moved with
+    ``non_blocking=True``. On the CPU the copy is a no-op and the same packing runs.
+
+    Packed tensors come back as views of one buffer, at ``PACK_ALIGN``-byte offsets: copy one before handing it to a
+    ``torch.compile``d function (``CompiledOrEager``), whose kernel for an input at a nonzero storage offset can round
+    differently (by an ulp)."""
+    device = torch.device(device)
+    packed = [i for i, t in enumerate(tensors) if t.device.type == "cpu"]
+    packed = packed if len(packed) > 1 else []
+    moved = [t if i in packed else t.to(device, non_blocking=True) for i, t in enumerate(tensors)]
+    if packed:
+        pieces, starts, total = [], [], 0
+        for i in packed:
+            raw = tensors[i].reshape(-1).view(torch.uint8)
+            pad = -raw.numel() % PACK_ALIGN
+            pieces += [raw, raw.new_zeros(pad)] if pad else [raw]
+            starts.append(total)
+            total += raw.numel() + pad
+        buffer = torch.cat(pieces).to(device, non_blocking=True)
+        for i, start in zip(packed, starts):
+            t = tensors[i]
+            moved[i] = buffer[start : start + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+    return tuple(moved)
 
 
 def make_stateless(module: nn.Module) -> nn.Module:
