@@ -7,11 +7,13 @@ ratio to the encoder-only floor, peak GPU memory and the loader's images/s, writ
   batch 256, bf16 or fp16, the authors' five representations, the cache), on a synthetic STL10 binary tree.
 - ImageNet: configs/imagenet_self_supervised.yaml (224 px, the five computed every step, crops in the loader)
   on synthetic JPEGs in train/<wnid>/ folders; accumulation is set to 1 so that each batch is a step.
-Each is run twice: as configured, and with no representation term (the floor). Step times are the median of the
-steps after the first ``--warmup``. A numerics table follows: each STL10 representation and its dCor term computed
-on the device under the training run's float32 settings against the CPU (φ in float32, dCor in float64), which
-shows that no TF32 or half-precision product reaches them on that GPU. ``--tiny`` shrinks everything (width-8
-network, a few steps) so that the script runs on a CPU in the test suite; its numbers mean nothing.
+Each is run twice: as configured, and with no representation term (the floor). A step's time is the mean over the
+steps after the first ``--warmup`` (the GPU synchronised only at the window's two ends); the host-device
+synchronisations inside one training step are counted too. A numerics table follows: each STL10 representation
+and its dCor term computed on the device under the training run's float32 settings against the CPU (φ in
+float32, dCor in float64), which shows that no TF32 or half-precision product reaches them on that GPU.
+``--tiny`` shrinks everything (width-8 network, a few steps) so that the script runs on a CPU in the test suite;
+its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +57,16 @@ TINY = [
 
 
 class StepTimer(pl.Callback):
-    """Wall-clock seconds of every training batch (synchronised with the GPU)."""
+    """Mean wall-clock seconds per training step over the steps after ``warmup``, with the GPU synchronised only at
+    the two ends of that window (a synchronisation per step would stop the CPU from queueing the next step's
+    kernels ahead, which is what a real run does); and the host-device synchronisations inside one training step
+    after the warm-up (torch's sync debug mode, CUDA only; None elsewhere)."""
 
-    def __init__(self):
-        self.times: list[float] = []
-        self._start = 0.0
+    def __init__(self, warmup: int, steps: int):
+        if not 1 <= warmup < steps:
+            raise ValueError(f"the timed window needs 1 <= warmup < steps, got warmup {warmup}, steps {steps}")
+        self.warmup, self.steps, self.step_s, self.syncs = warmup, steps, float("nan"), None
+        self._seen, self._start, self._caught = 0, 0.0, None
 
     @staticmethod
     def _sync() -> None:
@@ -67,12 +74,25 @@ class StepTimer(pl.Callback):
             torch.cuda.synchronize()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._sync()
-        self._start = time.perf_counter()
+        if self._seen == self.warmup and torch.cuda.is_available():  # the first timed step: count its syncs
+            self._caught = warnings.catch_warnings(record=True)
+            self._records = self._caught.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._sync()
-        self.times.append(time.perf_counter() - self._start)
+        if self._caught is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            self._caught.__exit__(None, None, None)
+            self.syncs = sum("synchroniz" in str(w.message) for w in self._records)
+            self._caught = None
+        self._seen += 1
+        if self._seen == self.warmup:
+            self._sync()
+            self._start = time.perf_counter()
+        elif self._seen == self.steps:  # the window's end: before Lightning's end-of-training work (checkpoints)
+            self._sync()
+            self.step_s = (time.perf_counter() - self._start) / (self.steps - self.warmup)
 
 
 def write_stl10(folder: Path, n: int, seed: int = 0) -> None:
@@ -111,7 +131,7 @@ def loader_images_per_s(datamodule: MVMRDataModule, batches: int) -> float:
     return seen / max(time.perf_counter() - start, 1e-9)
 
 
-def fit_and_time(config: str, overrides: list[str], run_dir: Path, name: str, steps: int) -> dict:
+def fit_and_time(config: str, overrides: list[str], run_dir: Path, name: str, steps: int, warmup: int) -> dict:
     """Train ``steps`` batches of ``config``; step times, peak GPU memory, the loader's images/s."""
     cfg = load_config(
         config,
@@ -132,7 +152,7 @@ def fit_and_time(config: str, overrides: list[str], run_dir: Path, name: str, st
     datamodule = MVMRDataModule(cfg.dataset, cfg.batch_size, cfg.n_workers, seed=cfg.seed)
     datamodule.setup("fit")
     module = MVMRPretrainModule(cfg, datamodule.info)
-    timer = StepTimer()
+    timer = StepTimer(warmup, steps)
     run = RunDir.for_config(cfg, None, name)
     trainer = build_trainer(
         cfg, run, monitor=None, module=module, callbacks=[timer, *build_callbacks(cfg, module, datamodule, run)]
@@ -142,7 +162,8 @@ def fit_and_time(config: str, overrides: list[str], run_dir: Path, name: str, st
     trainer.fit(module, datamodule=datamodule)
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
     return {
-        "times": timer.times,
+        "step_s": timer.step_s,
+        "syncs": timer.syncs,
         "peak_gib": peak,
         "loader": loader_images_per_s(datamodule, 20),
         "batch": cfg.batch_size,
@@ -182,9 +203,8 @@ def numerics_rows(module: MVMRPretrainModule, device: torch.device, batch: int, 
     return rows
 
 
-def summarise(label: str, full: dict, floor: dict, warmup: int) -> list:
-    step = statistics.median(full["times"][warmup:] or full["times"])
-    base = statistics.median(floor["times"][warmup:] or floor["times"])
+def summarise(label: str, full: dict, floor: dict) -> list:
+    step, base = full["step_s"], floor["step_s"]
     return [
         label,
         full["batch"],
@@ -195,6 +215,7 @@ def summarise(label: str, full: dict, floor: dict, warmup: int) -> list:
         full["batch"] / step,
         full["loader"],
         full["peak_gib"],
+        "n/a" if full["syncs"] is None else full["syncs"],
     ]
 
 
@@ -207,17 +228,17 @@ def run(steps: int, warmup: int, out: Path | None, tiny: bool) -> str:
         write_stl10(tmp / "stl10" / "stl10_binary", n_stl)
         stl = str(ROOT / "configs" / "stl10_self_supervised.yaml")
         common = extra + [f"dataset.path={tmp / 'stl10'}", f"cache.dir={tmp / 'cache'}"]
-        full = fit_and_time(stl, common, tmp / "runs", "stl10", steps)
-        floor = fit_and_time(stl, common + ["representations=[]"], tmp / "runs", "stl10_floor", steps)
-        rows.append(summarise("STL10 (cached representations)", full, floor, warmup))
+        full = fit_and_time(stl, common, tmp / "runs", "stl10", steps, warmup)
+        floor = fit_and_time(stl, common + ["representations=[]"], tmp / "runs", "stl10_floor", steps, warmup)
+        rows.append(summarise("STL10 (cached representations)", full, floor))
         on = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         numerics = numerics_rows(full["module"], on, batch=8 if tiny else 64)
         write_imagenet(tmp / "imagenet", 24 if tiny else 2048)
         imagenet = str(ROOT / "configs" / "imagenet_self_supervised.yaml")
         common = extra + [f"dataset.path={tmp / 'imagenet'}", "dataset.n_classes=10", "dataset.val_fraction=0.05"]
-        full = fit_and_time(imagenet, common, tmp / "runs", "imagenet", steps)
-        floor = fit_and_time(imagenet, common + ["representations=[]"], tmp / "runs", "imagenet_floor", steps)
-        rows.append(summarise("ImageNet (representations every step)", full, floor, warmup))
+        full = fit_and_time(imagenet, common, tmp / "runs", "imagenet", steps, warmup)
+        floor = fit_and_time(imagenet, common + ["representations=[]"], tmp / "runs", "imagenet_floor", steps, warmup)
+        rows.append(summarise("ImageNet (representations every step)", full, floor))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
     table = format_table(
         [
@@ -230,6 +251,7 @@ def run(steps: int, warmup: int, out: Path | None, tiny: bool) -> str:
             "images/s",
             "loader images/s",
             "peak GiB",
+            "syncs / step",
         ],
         rows,
     )
@@ -239,7 +261,8 @@ def run(steps: int, warmup: int, out: Path | None, tiny: bool) -> str:
     )
     text = (
         f"# GPU check, {datetime.date.today()}\n\n`python benchmarks/gpu_check.py --steps {steps}` on {device}, "
-        f"torch {torch.__version__}; medians over steps {warmup + 1}-{steps}"
+        f"torch {torch.__version__}; mean step over steps {warmup + 1}-{steps} (GPU synchronised at the two ends"
+        f" only); syncs / step: host-device synchronisations in one training step (torch's sync debug mode)"
         f"{' (TINY: sizes shrunk, numbers meaningless)' if tiny else ''}.\n\n{table}\n\n"
         f"Numerics on the device (tolerance {NUMERICS_TOLERANCE:g}; CHECK: something runs below float32 there):\n\n"
         f"{numerics_table}\n"
@@ -253,7 +276,7 @@ def run(steps: int, warmup: int, out: Path | None, tiny: bool) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int_at_least(2), default=200, help="training batches per run")
-    parser.add_argument("--warmup", type=int_at_least(0), default=20, help="first steps left out of the medians")
+    parser.add_argument("--warmup", type=int_at_least(1), default=20, help="first steps left out of the timing")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder of the record")
     parser.add_argument("--tiny", action="store_true", help="shrunk sizes for a CPU smoke run (numbers meaningless)")
     return parser

@@ -185,7 +185,7 @@ def test_max_gb_must_be_positive(tmp_path):
 
 
 @pytest.mark.parametrize("world_size,global_zero", [(1, True), (2, False)])
-def test_callback_passes_cache_max_gb(tmp_path, world_size, global_zero):
+def test_callback_passes_cache_max_gb(tmp_path, monkeypatch, world_size, global_zero):
     """cache.max_gb in the config reaches the build (the callback that training runs); under DDP a rank other than
     0 refuses too, before waiting at the barrier for rank 0's build."""
     from mvmr.config import load_config
@@ -217,8 +217,12 @@ def test_callback_passes_cache_max_gb(tmp_path, world_size, global_zero):
         num_pretrain_samples=N, pretrain_dataloader=lambda **kw: DataLoader(IndexedImages(), batch_size=7)
     )
     barriers = []
+    monkeypatch.setattr("mvmr.methods.callbacks.wait_for_every_process", lambda: barriers.append("wait"))
     trainer = SimpleNamespace(
-        is_global_zero=global_zero, world_size=world_size, strategy=SimpleNamespace(barrier=barriers.append)
+        is_global_zero=global_zero,
+        local_rank=0 if global_zero else 1,
+        world_size=world_size,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
     )
     [callback] = build_callbacks(cfg, module, datamodule, run=None)
     with pytest.raises(ConfigError, match=r"cache.max_gb=1e-06 allows"):
