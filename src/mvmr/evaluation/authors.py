@@ -43,7 +43,7 @@ def _test_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits, labels = [], []
     for images, y, _ in loader:
-        x = view(images.to(device))
+        x = view(images.to(device, non_blocking=True))
         if x.ndim == 5:  # (B, crops, C, H, W): logits averaged over the crops
             b, n = x.shape[:2]
             out = head(backbone(x.flatten(0, 1)).float()).view(b, n, -1).mean(1)
@@ -91,18 +91,22 @@ def retrain_head_authors(
         total, count = 0.0, 0
         for images, y, _ in tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False):
             with torch.no_grad():
-                h = backbone(train_view(images.to(device))).float()
-            loss = F.cross_entropy(head(h), y.to(device))
+                h = backbone(train_view(images.to(device, non_blocking=True))).float()
+            loss = F.cross_entropy(head(h), y.to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, count = total + loss.item() * y.numel(), count + y.numel()
+            total, count = (
+                total + loss.detach() * y.numel(),
+                count + y.numel(),
+            )  # summed on the device: no sync per step
         sched.step()
         head.eval()
         acc = topk_accuracy(*_test_logits(backbone, head, test_loader, test_view, device))
-        result.history.append((epoch, total / max(count, 1), acc[1], acc[5]))
+        train_loss = float(total) / max(count, 1)
+        result.history.append((epoch, train_loss, acc[1], acc[5]))
         if log is not None:
-            log(f"epoch {epoch}: train loss {total / max(count, 1):.3f}, test top-1 {acc[1]:.2f}")
+            log(f"epoch {epoch}: train loss {train_loss:.3f}, test top-1 {acc[1]:.2f}")
         if acc[1] > result.best_top1:
             result.best_top1, result.best_top5, result.best_epoch = acc[1], acc[5], epoch
     return result

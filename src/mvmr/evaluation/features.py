@@ -30,7 +30,7 @@ def extract_features(
     """
     feats, labels = [], []
     for images, y, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        x = view(images.to(device))
+        x = view(images.to(device, non_blocking=True))
         if x.ndim == 5:
             b, n = x.shape[:2]
             f = backbone(x.flatten(0, 1)).float().view(b, n, -1)

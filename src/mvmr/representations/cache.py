@@ -640,7 +640,7 @@ def _fill(
                     f"the cache loader yielded a sample index of {idx.tolist()[:4]}... twice; "
                     "it must visit each sample exactly once (no sampler with replacement)"
                 )
-            views = eval_view(images.to(device))
+            views = eval_view(images.to(device, non_blocking=True))
             for builder, module in zip(builders, modules):
                 builder.add(idx, module(views))
 
