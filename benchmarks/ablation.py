@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from mvmr.cli.evaluate import evaluate
-from mvmr.cli.flags import int_at_least
+from mvmr.cli.flags import doc_summary, int_at_least
 from mvmr.cli.pretrain import pretrain
 from mvmr.config import PretrainConfig, load_config, to_dict
 from mvmr.tables import format_table
@@ -143,7 +143,7 @@ def pixel_logistic_regression(cfg: PretrainConfig, eval_epochs: int) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default=str(ROOT / "configs" / "fashion_mnist_self_supervised.yaml"))
     parser.add_argument(
         "--epochs", type=int_at_least(1), default=3, help="pretraining epochs of every row (equal budget)"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mvmr.cli.flags import int_at_least
+from mvmr.cli.flags import doc_summary, int_at_least
 from mvmr.data.datasets.base import load_image
 from mvmr.data.loader_crops import decode_with_crops
 from mvmr.data.views import LoaderCrops
@@ -92,7 +92,7 @@ def run(images: int, rounds: int, step_images_per_s: float | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--images", type=int_at_least(1), default=200, help="JPEGs written and decoded per round")
     parser.add_argument("--rounds", type=int_at_least(1), default=3, help="interleaved rounds (the median is kept)")
     parser.add_argument(

@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from mvmr.cli.flags import int_at_least
+from mvmr.cli.flags import doc_summary, int_at_least
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import MVMRDataModule
 from mvmr.hardware import resolve_precision
@@ -274,7 +274,7 @@ def run(steps: int, warmup: int, out: Path | None, tiny: bool) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--steps", type=int_at_least(2), default=200, help="training batches per run")
     parser.add_argument("--warmup", type=int_at_least(1), default=20, help="first steps left out of the timing")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder of the record")

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
+from mvmr.cli.flags import doc_summary
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data.datasets import build_dataset
 from mvmr.data.views import build_eval_view
@@ -52,7 +53,7 @@ def pca(train: torch.Tensor, test: torch.Tensor, components: int) -> tuple[torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default="configs/fashion_mnist_self_supervised.yaml")
     parser.add_argument("--train", type=int, default=20000)
     parser.add_argument("--test", type=int, default=6000)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mvmr.cli.flags import int_at_least
+from mvmr.cli.flags import doc_summary, int_at_least
 from mvmr.config import PretrainConfig, load_config
 from mvmr.data import DatasetInfo
 from mvmr.errors import MVMRError
@@ -52,7 +52,7 @@ def config_module(cfg: PretrainConfig, channels: int) -> MVMRPretrainModule:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", required=True)
     parser.add_argument(
         "--channels",

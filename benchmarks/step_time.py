@@ -41,7 +41,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mvmr.cli.flags import int_at_least
+from mvmr.cli.flags import doc_summary, int_at_least
 from mvmr.config import DatasetConfig, PretrainConfig, RepresentationConfig, load_config
 from mvmr.data import DatasetInfo, MVMRDataModule
 from mvmr.hardware import cpu_supports_bf16
@@ -275,7 +275,7 @@ def data_pipeline_images_per_s(size: int, batch: int, n_batches: int = 20) -> tu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--rounds", type=int_at_least(2), default=5, help="interleaved rounds (their quartiles need 2)")
     parser.add_argument("--max_dim", type=int, default=8192, help="cache.max_dim of the cached_proj variant")
     parser.add_argument("--fp32", action="store_true", help="float32 even where bf16 is available")

@@ -22,6 +22,7 @@ import kornia.augmentation as K
 import torch
 import torchvision.transforms.v2 as T
 
+from mvmr.cli.flags import doc_summary
 from mvmr.data.views import build_train_view
 from mvmr.data.views.photometric import (
     BLUR_SIGMA,
@@ -71,7 +72,7 @@ def images_per_second(run: Callable[[torch.Tensor], torch.Tensor], images: torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="device of the mvmr view (the torchvision loop runs on CPU)")
     parser.add_argument("--tables", type=int, nargs="+", choices=(1, 2, 3, 4), default=[1, 2, 3, 4])

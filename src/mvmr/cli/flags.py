@@ -11,6 +11,11 @@ from typing import Any, Callable, Sequence
 from mvmr.errors import MVMRError
 
 
+def doc_summary(doc: str | None) -> str:
+    """A module docstring's first paragraph on one line: a script's ``--help`` description."""
+    return " ".join((doc or "").split("\n\n")[0].split())
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
     """argparse type: an integer >= ``low`` (a bad value is a one-line usage error, not a traceback later)."""
 
