@@ -321,17 +321,12 @@ def _reference_step(name, w, g, state, lr, wd, momentum, t, betas=(0.9, 0.999), 
     return w - lr * m_hat / (v_hat.sqrt() + eps)
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
-def test_built_optimiser_is_fused_on_cpu_and_follows_the_float64_formula(name):
+def optimiser_cfg(**overrides):
+    """The config keys build_optimizer reads: a multistep schedule without milestones (a constant rate)."""
     from types import SimpleNamespace
 
-    from mvmr.methods.optim import build_optimizer
-
-    torch.manual_seed(0)
-    w0 = torch.randn(7, 5, dtype=torch.float64)
-    p = torch.nn.Parameter(w0.float().clone())
-    cfg = SimpleNamespace(
-        optimizer=name,
+    base = dict(
+        optimizer="adam",
         wd=0.05,
         momentum=0.9,
         warmup_epochs=0,
@@ -344,6 +339,18 @@ def test_built_optimiser_is_fused_on_cpu_and_follows_the_float64_formula(name):
         accumulate_grad_batches=1,
         gradient_clip_val=None,
     )
+    return SimpleNamespace(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_built_optimiser_is_fused_on_cpu_and_follows_the_float64_formula(name):
+
+    from mvmr.methods.optim import build_optimizer
+
+    torch.manual_seed(0)
+    w0 = torch.randn(7, 5, dtype=torch.float64)
+    p = torch.nn.Parameter(w0.float().clone())
+    cfg = optimiser_cfg(optimizer=name)
     opt = build_optimizer(cfg, [{"params": [p], "weight_decay": 0.05}], 0.01, 100, 10)["optimizer"]
     assert opt.defaults["fused"] is True and all(group["fused"] for group in opt.param_groups)
     w, state = w0.clone(), {}
@@ -360,26 +367,12 @@ def test_built_optimiser_is_fused_on_cpu_and_follows_the_float64_formula(name):
 def test_no_fused_optimiser_where_lightning_must_unscale_before_clipping(precision, clip):
     """Under 16-mixed Lightning unscales the gradients before clipping them and refuses an optimiser that unscales
     inside its own step (a fused one) at the first step; everywhere else the fused kernels stay."""
-    from types import SimpleNamespace
 
     from pytorch_lightning.plugins.precision.amp import _optimizer_handles_unscaling
 
     from mvmr.methods.optim import build_optimizer
 
-    cfg = SimpleNamespace(
-        optimizer="adamw",
-        wd=0.05,
-        momentum=0.9,
-        warmup_epochs=0,
-        milestones=[],
-        scheduler="multistep",
-        schedule_epoch="run",
-        epochs=10,
-        min_lr=None,
-        lr=0.01,
-        accumulate_grad_batches=1,
-        gradient_clip_val=clip,
-    )
+    cfg = optimiser_cfg(optimizer="adamw", gradient_clip_val=clip)
     params = [{"params": [torch.nn.Parameter(torch.zeros(3))]}]
     opt = build_optimizer(cfg, params, 0.01, 100, 10, precision=precision)["optimizer"]
     refused_by_lightning = clip is not None and precision == "16-mixed"
