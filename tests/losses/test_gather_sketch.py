@@ -319,15 +319,16 @@ def test_traffic_of_the_papers_imagenet_setting():
     """8 ranks × 256, 8192-d embeddings, the authors' five representations at 224 px in bfloat16."""
     dims = {"pixels": 150528, "scatnet": 762048, "augmented_pixels": 150528, "hog": 56448, "local_std": 150528}
     exact = gathered_bytes_per_step(8, 256, 8192, dims, torch.bfloat16)
-    assert exact.gathered["z"] == 8 * (8 + 256 * 8192 * 4)  # the objective upcasts z before gathering
+    assert exact.gathered["z"] == 8 * 256 * 8192 * 4  # the objective upcasts z before gathering
+    assert exact.gathered["row_counts"] == 8 * 8  # one int64 per rank, once per step
     assert exact.backward_reduced == {"z_bar": 2048 * 8192 * 4, "z": 2048 * 8192 * 4}
-    assert exact.gathered["scatnet"] == 8 * (8 + 256 * 762048 * 2)
-    assert sum(exact.gathered[name] for name in dims) == 8 * (5 * 8 + 256 * 1270080 * 2)
+    assert exact.gathered["scatnet"] == 8 * 256 * 762048 * 2
+    assert sum(exact.gathered[name] for name in dims) == 8 * 256 * 1270080 * 2
     assert exact.received_bytes == pytest.approx(7 / 8 * sum(exact.gathered.values()) + 2 * 7 / 8 * 2 * 2048 * 8192 * 4)
     assert 4.90e9 < exact.received_bytes < 4.91e9  # 4.55 GB of representations, 0.35 GB for z̄ and z
     sketched = gathered_bytes_per_step(8, 256, 8192, dims, torch.bfloat16, gather_dim=4096, standardized=["scatnet"])
     assert sketched.sketched == {name: (dim, 4096) for name, dim in dims.items()}
-    assert sketched.gathered["hog"] == 8 * (8 + 256 * 4096 * 4)  # sketches travel in float32
+    assert sketched.gathered["hog"] == 8 * 256 * 4096 * 4  # sketches travel in float32
     assert sketched.forward_reduced == {"scatnet": 2 * 762048 * 4}
     assert sketched.received_bytes < exact.received_bytes / 9
     line = sketched.summary()

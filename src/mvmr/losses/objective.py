@@ -11,7 +11,7 @@ from torch import nn
 
 from mvmr.errors import ConfigError
 from mvmr.losses.dcor import centred_distances, compute_dtype, correlation_from_centred, covariance_from_centred
-from mvmr.losses.distributed import distributed_world_size, gather_with_grad
+from mvmr.losses.distributed import batch_sizes, distributed_world_size, gather_with_grad
 from mvmr.losses.sketch import CountSketch, global_column_moments, sketch_seed
 from mvmr.losses.traffic import LossTraffic, gathered_bytes_per_step
 from mvmr.numerics import exact_float32
@@ -162,10 +162,11 @@ class MVMRObjective(nn.Module):
             reps = {name: rep.detach() for name, rep in representations.items()}
             sketched: frozenset = frozenset()  # already powered, standardised (globally) and sketched
             if self.gather:
-                z_bar, z = gather_with_grad(z_bar), gather_with_grad(z)
+                sizes = batch_sizes(z.shape[0], z.device) if distributed_world_size() > 1 else None  # asked once
+                z_bar, z = gather_with_grad(z_bar, sizes), gather_with_grad(z, sizes)
                 if self.gather_dim is not None and distributed_world_size() > 1:
                     reps, sketched = self._sketch_local(reps, z.shape[0], dtype)
-                reps = {name: gather_with_grad(rep) for name, rep in reps.items()}
+                reps = {name: gather_with_grad(rep, sizes) for name, rep in reps.items()}
             if z.shape[0] < 2:
                 raise ConfigError(
                     f"the MV-MR loss needs at least 2 samples per batch, got {z.shape[0]}; "

@@ -2,11 +2,12 @@
 
 What :class:`~mvmr.losses.objective.MVMRObjective` does on each of W ranks with B rows each:
 
-* forward, one all-gather per tensor (:func:`~mvmr.losses.distributed.gather_with_grad`): z̄ and z (B, D) in
-  the compute dtype (float32; float64 for float64 inputs: the objective upcasts before gathering, so bf16
-  embeddings still travel as float32), then every φ_k (B, d_k) in its own dtype, or, with ``gather_dim=k``
-  and d_k > k, its (B, k) sketch in the compute dtype. Each gather first all-gathers the row count
-  (one int64). all_gather returns W tensors: W·(8 + B·row bytes) per gather.
+* forward, the ranks' row counts once (:func:`~mvmr.losses.distributed.batch_sizes`, one int64 each: W·8
+  bytes, listed as ``row_counts``), then one all-gather per tensor
+  (:func:`~mvmr.losses.distributed.gather_with_grad`): z̄ and z (B, D) in the compute dtype (float32; float64
+  for float64 inputs: the objective upcasts before gathering, so bf16 embeddings still travel as float32), then
+  every φ_k (B, d_k) in its own dtype, or, with ``gather_dim=k`` and d_k > k, its (B, k) sketch in the compute
+  dtype. all_gather returns W tensors: W·B·row bytes per gather.
 * forward, with ``gather_dim`` and a standardised φ_k that is sketched: two all-reduces of d_k values
   (its global column sums and centred sums of squares).
 * backward: the gathers of z̄ and z all-reduce their (W·B, D) gradients in the compute dtype.
@@ -22,7 +23,7 @@ from typing import Dict, Iterable, Mapping, Optional
 
 import torch
 
-SIZE_BYTES = 8  # the int64 row count each gather exchanges first
+SIZE_BYTES = 8  # the int64 row count each rank contributes, once per step
 
 
 def _dtype_bytes(dtype: torch.dtype) -> int:
@@ -40,9 +41,10 @@ def _format_bytes(n: float) -> str:
 @dataclass(frozen=True)
 class LossTraffic:
     """Per rank and step. ``gathered``: name -> bytes the forward all-gathers return (W slices, this rank's
-    included, plus the row counts); ``forward_reduced``: name -> bytes all-reduced in the forward (the
-    global column moments of sketched, standardised φ_k); ``backward_reduced``: name -> bytes all-reduced
-    by the backward of the gathers of z̄ and z; ``sketched``: name -> (d_k, k) for the sketched φ_k."""
+    included; ``row_counts``: the ranks' row counts, gathered once); ``forward_reduced``: name -> bytes
+    all-reduced in the forward (the global column moments of sketched, standardised φ_k); ``backward_reduced``:
+    name -> bytes all-reduced by the backward of the gathers of z̄ and z; ``sketched``: name -> (d_k, k) for
+    the sketched φ_k."""
 
     world_size: int
     batch_per_rank: int
@@ -123,8 +125,9 @@ def gathered_bytes_per_step(
     standardized = frozenset(standardized)
 
     def gather_bytes(row_bytes: int) -> int:
-        return w * (SIZE_BYTES + b * row_bytes)
+        return w * b * row_bytes
 
+    traffic.gathered["row_counts"] = w * SIZE_BYTES
     for name in ("z_bar", "z"):
         traffic.gathered[name] = gather_bytes(embedding_dim * compute)
         traffic.backward_reduced[name] = w * b * embedding_dim * compute
