@@ -214,7 +214,14 @@ def build_trainer(
         deterministic=cfg.deterministic,
         enable_progress_bar=cfg.trainer.progress_bar,
         default_root_dir=str(run.path),
-        **{"enable_model_summary": False, "num_sanity_val_steps": 0, **cfg.trainer.args},
+        # cuDNN's autotuner: the inputs keep one size, so the fastest convolution kernels are found once (no effect
+        # on CPUs); off with deterministic, where it would pick kernels by timing
+        **{
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "benchmark": not cfg.deterministic,
+            **cfg.trainer.args,
+        },
     )
 
 

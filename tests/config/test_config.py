@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from mvmr.config import PretrainConfig, describe_schema, load_config, save_config
 from mvmr.errors import ConfigError
@@ -141,6 +142,26 @@ def test_trainer_args_reach_the_lightning_trainer(tmp_path):
     )
     trainer = build_trainer(cfg, RunDir.for_config(cfg, None, "args"), monitor=None)
     assert trainer.val_check_interval == 0.5
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [([], True), (["deterministic=true"], False), (["trainer.args={benchmark: false}"], False)],
+)
+def test_cudnn_autotuner_is_on_unless_deterministic_or_turned_off(tmp_path, overrides, expected):
+    """Fixed-size inputs: cuDNN's autotuner finds the fastest convolutions once (Lightning sets the flag)."""
+    from mvmr.training import RunDir, build_trainer
+
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "digits_self_supervised.yaml",
+        [f"run_dir={tmp_path}", *overrides],
+    )
+    previous = torch.backends.cudnn.benchmark
+    try:
+        build_trainer(cfg, RunDir.for_config(cfg, None, "bench"), monitor=None)
+        assert torch.backends.cudnn.benchmark is expected
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def test_the_seeds_top_level_loss_keys_read_as_loss_keys(tmp_path):
